@@ -1,0 +1,149 @@
+"""Per-domain counting of training units and the train triggers it causes: pure state transitions.
+
+The counter follows the units as written to ``feedback.triplets`` (partition and offset), so a
+trigger can tell the trainer exactly which records to read, and a re-delivered unit (same
+partition, offset not beyond the last one seen) is recognised and not counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from pipeline.records import TrainTrigger, TriggerRange, deterministic_id
+
+__all__ = ["DomainCounter", "count_units", "force_trigger", "trigger_id"]
+
+
+class DomainCounter(BaseModel):
+    """The faust-table state of one domain's counter (JSON-serialisable, immutable)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pending: int = Field(default=0, ge=0, description="Counted units since the last trigger.")
+    total: int = Field(default=0, ge=0, description="All counted units ever.")
+    sequence: int = Field(default=0, ge=0, description="Sequence of the last trigger (0: none yet).")
+    range_start: int | None = Field(
+        default=None, description="Offset of the first unit (counted or not) since the last trigger."
+    )
+    range_partition: int | None = None
+    last_partition: int | None = Field(default=None, description="Where the last unit seen was written.")
+    last_offset: int | None = Field(default=None, description="Offset of the last unit seen.")
+    last_trigger: TrainTrigger | None = None
+
+
+def trigger_id(domain: str, sequence: int) -> str:
+    """One id per (domain, sequence), so a replayed trigger is recognisably the same one."""
+    return deterministic_id("trigger", domain, sequence)
+
+
+def _emit(
+    state: DomainCounter,
+    *,
+    domain: str,
+    reason: Literal["threshold", "manual"],
+    threshold: int,
+    end_offset: int,
+    at: AwareDatetime,
+) -> tuple[DomainCounter, TrainTrigger]:
+    """Close the open range into a trigger and start afresh (pending 0, no range)."""
+    if state.range_start is None or state.range_partition is None:
+        raise ValueError(f"domain {domain!r}: pending units but no open range (inconsistent state)")
+    if end_offset < state.range_start:
+        raise ValueError(f"end offset {end_offset} is before the range start {state.range_start}")
+    sequence = state.sequence + 1
+    trigger = TrainTrigger(
+        trigger_id=trigger_id(domain, sequence),
+        domain=domain,
+        reason=reason,
+        count=state.pending,
+        threshold=threshold,
+        sequence=sequence,
+        range=TriggerRange(
+            partition=state.range_partition, start_offset=state.range_start, end_offset=end_offset
+        ),
+        emitted_at=at,
+    )
+    state = state.model_copy(
+        update={
+            "pending": 0,
+            "sequence": sequence,
+            "range_start": None,
+            "range_partition": None,
+            "last_trigger": trigger,
+        }
+    )
+    return state, trigger
+
+
+def count_units(
+    state: DomainCounter,
+    *,
+    domain: str,
+    threshold: int,
+    partition: int,
+    offsets_and_counts: Sequence[tuple[int, bool]],
+    at: AwareDatetime,
+) -> tuple[DomainCounter, list[TrainTrigger]]:
+    """Advance the counter over units written at (partition, offset), in order.
+
+    Each unit opens the range if none is open; a counting unit adds one to pending and total;
+    when pending reaches the threshold a ``threshold`` trigger covers range start..this offset
+    and the counter starts afresh. Several crossings give several triggers with consecutive
+    sequences. A unit at or before the last offset seen on the same partition is a re-delivery
+    and is skipped. A domain's units must stay on one partition while a range is open (key the
+    triplets topic by domain); otherwise ValueError, since one range cannot span partitions.
+    """
+    if threshold < 1:
+        raise ValueError(f"threshold must be at least 1, got {threshold}")
+    triggers: list[TrainTrigger] = []
+    for offset, counts in offsets_and_counts:
+        if (
+            state.last_partition == partition
+            and state.last_offset is not None
+            and offset <= state.last_offset
+        ):
+            continue
+        if state.range_partition is not None and state.range_partition != partition:
+            raise ValueError(
+                f"domain {domain!r}: unit on partition {partition} while a range is open on "
+                f"partition {state.range_partition}"
+            )
+        update: dict[str, object] = {"last_partition": partition, "last_offset": offset}
+        if state.range_start is None:
+            update |= {"range_start": offset, "range_partition": partition}
+        if counts:
+            update |= {"pending": state.pending + 1, "total": state.total + 1}
+        state = state.model_copy(update=update)
+        if counts and state.pending >= threshold:
+            state, trigger = _emit(
+                state, domain=domain, reason="threshold", threshold=threshold, end_offset=offset, at=at
+            )
+            triggers.append(trigger)
+    return state, triggers
+
+
+def force_trigger(
+    state: DomainCounter,
+    *,
+    domain: str,
+    threshold: int,
+    at: AwareDatetime,
+    last_offset: int | None,
+) -> tuple[DomainCounter, TrainTrigger | None]:
+    """A manual (POST /train) trigger over everything pending; None when nothing is pending.
+
+    The range ends at ``last_offset`` (the last unit written for the domain) when the caller
+    knows it, else at the last unit this counter has seen.
+    """
+    if state.pending == 0:
+        return state, None
+    end = last_offset if last_offset is not None else state.last_offset
+    if end is None:
+        raise ValueError(f"domain {domain!r}: pending units but no offset seen (inconsistent state)")
+    new_state, trigger = _emit(
+        state, domain=domain, reason="manual", threshold=threshold, end_offset=end, at=at
+    )
+    return new_state, trigger

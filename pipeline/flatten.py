@@ -1,0 +1,142 @@
+"""Flattening of seed 002 feedback objects into one typed entry per dotted key.
+
+Seed 002 lets a caller send booleans, numbers, strings, ``{"score", "reason"}`` objects and
+nested dictionaries; the stream and the HTTP answer both need the same flat list of keys, so the
+rules live here, once, without any I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FEEDBACK_ID_NAMESPACE", "FlatEntry", "FlattenError", "feedback_id", "flatten_feedback"]
+
+# uuid5(NAMESPACE_DNS, "feedback-ids.feedstream"), written out so it can never drift.
+FEEDBACK_ID_NAMESPACE = uuid.UUID("2bb6ef59-a65f-5c8a-9e93-aac957ef3d38")
+
+_STRUCTURED_KEYS = (frozenset({"score"}), frozenset({"score", "reason"}))
+
+FlatValue = bool | float | str
+
+
+@dataclass(frozen=True, slots=True)
+class FlatEntry:
+    """One flattened feedback key; ``reason`` is only set for ``{"score", "reason"}`` leaves."""
+
+    key: str
+    value: FlatValue
+    reason: str | None = None
+
+
+class FlattenError(ValueError):
+    """The feedback object breaks a seed 002 rule; the message names the offending key path."""
+
+
+def _type_name(value: Any) -> str:
+    """JSON-ish type names, so the error speaks the caller's language ("null", not "NoneType")."""
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, float):
+        return "non-finite number"
+    return type(value).__name__
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, bool | int | float | str)
+
+
+def _scalar(value: Any, path: str) -> FlatValue:
+    """Bool stays bool (checked first: bool is an int subclass), int becomes float, str stays str."""
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            raise FlattenError(f"number too large at {path!r}") from None
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise FlattenError(f"unsupported value type {_type_name(value)} at {path!r}")
+
+
+def _structured(value: Mapping[str, Any], path: str) -> FlatEntry | None:
+    """A ``{"score"}``/``{"score", "reason"}`` object as one leaf, or None if it is a plain nested dict.
+
+    ``{"score": {...}}`` without a reason stays a nested dict (key ``path.score...``); once a
+    ``reason`` is present the caller clearly meant a structured score, so a bad one is an error.
+    """
+    keys = frozenset(value.keys())
+    if keys not in _STRUCTURED_KEYS:
+        return None
+    score = value["score"]
+    has_reason = "reason" in keys
+    if not _is_scalar(score):
+        if not has_reason:
+            return None
+        raise FlattenError(
+            f"structured score at {path + '.score'!r} must be a boolean, number or string, "
+            f"not {_type_name(score)}"
+        )
+    reason = value.get("reason")
+    if has_reason and not isinstance(reason, str):
+        raise FlattenError(f"reason at {path + '.reason'!r} must be a string, not {_type_name(reason)}")
+    return FlatEntry(key=path, value=_scalar(score, path + ".score"), reason=reason)
+
+
+def _check_key(key: Any, prefix: str) -> str:
+    if not isinstance(key, str) or not key:
+        where = f"under {prefix!r}" if prefix else "at the top level"
+        raise FlattenError(f"feedback keys must be non-empty strings; got {key!r} {where}")
+    return key
+
+
+def flatten_feedback(feedback: Mapping[str, Any]) -> list[FlatEntry]:
+    """Seed 002 flattening: dotted keys, typed values, order of first appearance, no overwrites.
+
+    Iterative (an explicit stack of iterators) so deep input cannot raise RecursionError:
+    the only exception this raises is :class:`FlattenError`.
+    """
+    if not isinstance(feedback, Mapping):
+        raise FlattenError(f"feedback must be an object, not {_type_name(feedback)}")
+    out: dict[str, FlatEntry] = {}
+
+    def emit(entry: FlatEntry) -> None:
+        if entry.key in out:
+            raise FlattenError(f"duplicate feedback key {entry.key!r} after flattening nested objects")
+        out[entry.key] = entry
+
+    stack: list[tuple[str, Iterator[tuple[Any, Any]]]] = [("", iter(feedback.items()))]
+    while stack:
+        prefix, items = stack[-1]
+        step = next(items, None)
+        if step is None:
+            stack.pop()
+            continue
+        raw_key, value = step
+        key = _check_key(raw_key, prefix)
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping):
+            leaf = _structured(value, path)
+            if leaf is not None:
+                emit(leaf)
+            else:
+                stack.append((path, iter(value.items())))
+        else:
+            emit(FlatEntry(key=path, value=_scalar(value, path)))
+    return list(out.values())
+
+
+def feedback_id(event_id: str, key: str) -> str:
+    """A uuid5 of (event id, flattened key): the HTTP answer and the stream derive the same id.
+
+    The event id's length is part of the name, so no (event id, key) pair can alias another.
+    """
+    return str(uuid.uuid5(FEEDBACK_ID_NAMESPACE, f"{len(event_id)}:{event_id}:{key}"))

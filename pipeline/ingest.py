@@ -1,0 +1,474 @@
+"""The HTTP ingest: validate feedback of the five contracts and write it, durable, to ``feedback.raw``.
+
+Thin by design: no training logic and no state beyond the tenants file, rate buckets and
+idempotency answers. A request is answered only after Kafka acknowledged its events (one
+transaction per group of requests, so a failure leaves nothing half-written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from pipeline import envelope, intake, metrics
+from pipeline.envelope import RankingOutcomePayload
+from pipeline.contracts import (
+    ClassifyOutcome,
+    Contract,
+    CorrectionRequest,
+    CorrectionResponse,
+    RankingOutcomeRequest,
+    ScoredOutputRequest,
+    ScoredOutputResponse,
+    SearchEventRequest,
+    classify,
+    correction_error_code,
+    describe_validation_error,
+    is_score_range_error,
+)
+from pipeline.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
+from pipeline.ids import new_request_id
+from pipeline.kafka_io import OutRecord, PublishError, TransactionalWriter
+from pipeline.settings import Settings, get_settings
+from pipeline.tenants import Tenant, TenantRegistry, load_tenants
+from pipeline.topics import ensure_topics, topic_names
+
+log = logging.getLogger("pipeline.ingest")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error answer; rendered in the seed 001 shape for corrections, else the generic shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers = headers or {}
+
+
+@dataclass
+class Call:
+    """Per-request facts every handler and error path needs."""
+
+    request_id: str
+    correlation_id: str
+    received_at: datetime
+    contract: Contract | None = None
+    tenant: Tenant | None = None
+    rate: RateState | None = None
+
+
+def json_response(status: int, data: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
+    )
+
+
+def error_body(call: Call, err: ApiError) -> dict[str, Any]:
+    if call.contract is Contract.CORRECTION:
+        return {
+            "error_code": err.code,
+            "message": err.message,
+            "correlation_id": call.correlation_id,
+            "request_id": call.request_id,
+        }
+    return {
+        "error": {"code": err.code, "message": err.message, "details": err.details},
+        "correlation_id": call.correlation_id,
+        "request_id": call.request_id,
+    }
+
+
+CORRECTION_CODES = {
+    401: "UNAUTHENTICATED",
+    403: "SCOPE_INSUFFICIENT",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "RATE_LIMITED",
+    503: "UNAVAILABLE",
+    500: "INTERNAL_ERROR",
+}
+
+
+class Ingest:
+    """The aiohttp application and what it holds."""
+
+    def __init__(self, settings: Settings, tenants: TenantRegistry, writer: TransactionalWriter) -> None:
+        self.settings = settings
+        self.tenants = tenants
+        self.writer = writer
+        self.topics = topic_names(settings)
+        self.limiter = RateLimiter()
+        self.idempotency = IdempotencyStore(settings.idempotency_ttl_s)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.middleware], client_max_size=self.settings.max_body_bytes + 1)
+        app.router.add_post("/v1/feedback", self.post_feedback)
+        app.router.add_post("/api/v1/feedback", self.post_scored)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/openapi.json", self.openapi)
+        return app
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        call = Call(
+            request_id=new_request_id(),
+            correlation_id=(request.headers.get("X-Correlation-Id") or "").strip()[:200]
+            or new_request_id()[4:],
+            received_at=datetime.now(UTC),
+        )
+        request["call"] = call
+        route = (
+            request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        )
+        try:
+            response = await handler(request)
+        except ApiError as err:
+            response = json_response(err.status, error_body(call, err), err.headers)
+        except web.HTTPException as exc:
+            code = "NOT_FOUND" if exc.status == 404 else "HTTP_ERROR"
+            response = json_response(exc.status, error_body(call, ApiError(exc.status, code, exc.reason)))
+        except Exception:
+            log.exception("unexpected error (request %s)", call.request_id)
+            internal = ApiError(500, "INTERNAL_ERROR", "An unexpected error occurred.")
+            response = json_response(500, error_body(call, internal))
+        response.headers["X-Correlation-Id"] = call.correlation_id
+        response.headers["X-Request-Id"] = call.request_id
+        if call.rate is not None:
+            response.headers["X-RateLimit-Limit"] = str(call.rate.limit_rps)
+            response.headers["X-RateLimit-Remaining"] = str(call.rate.remaining)
+            response.headers["X-RateLimit-Reset"] = call.rate.reset_at
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+        metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    async def read_json(self, request: web.Request) -> tuple[bytes, Any]:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body exceeds {limit} bytes.")
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body exceeds {limit} bytes.")
+        try:
+            return body, orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "INVALID_JSON", f"Body is not valid JSON: {exc}") from None
+
+    def authenticate(self, request: web.Request, call: Call) -> Tenant:
+        auth = request.headers.get("Authorization", "")
+        key = (
+            auth[7:].strip()
+            if auth[:7].lower() == "bearer "
+            else request.headers.get("X-API-Key", "").strip()
+        )
+        if not key:
+            raise ApiError(
+                401, "UNAUTHENTICATED", "Missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'."
+            )
+        tenant = self.tenants.authenticate(key)
+        if tenant is None:
+            raise ApiError(401, "UNAUTHENTICATED", "Invalid API key.")
+        call.tenant = tenant
+        call.rate = self.limiter.take(key, tenant.rate_limit_rps)
+        if not call.rate.allowed:
+            raise ApiError(
+                429,
+                "RATE_LIMITED",
+                f"Rate limit of {tenant.rate_limit_rps} requests/s exceeded.",
+                headers={"Retry-After": str(call.rate.retry_after_s)},
+            )
+        return tenant
+
+    def check_items(self, n: int) -> None:
+        if n > self.settings.max_items_per_request:
+            raise ApiError(
+                413,
+                "TOO_MANY_ITEMS",
+                f"{n} items exceed the limit of {self.settings.max_items_per_request} per request.",
+            )
+
+    def context(self, call: Call) -> intake.Context:
+        assert call.tenant is not None
+        return intake.Context(call.tenant, call.request_id, call.correlation_id, call.received_at)
+
+    async def write(self, events: list[envelope.RawEvent]) -> None:
+        records = [
+            OutRecord(self.topics.raw, envelope.kafka_key(e), envelope.encode(e), envelope.kafka_headers(e))
+            for e in events
+        ]
+        try:
+            await self.writer.write(records)
+        except PublishError as exc:
+            raise ApiError(
+                503,
+                "UNAVAILABLE",
+                f"Feedback could not be stored, nothing was written; retry. ({exc})",
+                headers={"Retry-After": "1"},
+            ) from None
+        metrics.RAW_PUBLISHED.labels("http").inc(len(records))
+
+    async def idempotent(
+        self, request: web.Request, call: Call, body: bytes, produce: Callable[[], Awaitable[web.Response]]
+    ) -> web.Response:
+        """Answer a retry with the first answer; only successful answers are remembered."""
+        key = request.headers.get("Idempotency-Key")
+        if not key or call.tenant is None:
+            return await produce()
+        scope = (call.tenant.id, request.path, key)
+        try:
+            earlier = self.idempotency.claim(scope, body)
+        except IdempotencyConflict:
+            raise ApiError(
+                422, "IDEMPOTENCY_CONFLICT", "Idempotency-Key was already used with a different body."
+            ) from None
+        if earlier is not None:
+            try:
+                stored = await earlier
+            except asyncio.CancelledError:
+                return await self.idempotent(request, call, body, produce)
+            return web.Response(status=stored.status, body=stored.body, headers=stored.headers)
+        answer: StoredAnswer | None = None
+        try:
+            response = await produce()
+            if response.status < 500 and isinstance(response.body, bytes):
+                answer = StoredAnswer(
+                    response.status,
+                    response.body,
+                    {"Content-Type": response.content_type, "Idempotent-Replayed": "true"},
+                )
+            return response
+        finally:
+            self.idempotency.finish(scope, answer)
+
+    # -- routes -----------------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return json_response(200, {"status": "ok"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from pipeline.openapi import openapi_document
+
+        return json_response(200, openapi_document())
+
+    async def post_feedback(self, request: web.Request) -> web.Response:
+        call: Call = request["call"]
+        raw, body = await self.read_json(request)
+        found = classify(body)
+        if found.outcome is not ClassifyOutcome.MATCHED:
+            self.authenticate(request, call)
+            metrics.ITEMS_REJECTED.labels("unknown", found.outcome.value).inc()
+            raise ApiError(
+                400,
+                "NO_MATCHING_CONTRACT"
+                if found.outcome is ClassifyOutcome.NO_CONTRACT
+                else "AMBIGUOUS_CONTRACT",
+                found.message,
+                details={"tried": {str(c): why for c, why in found.reasons.items()}},
+            )
+        call.contract = found.contract
+        try:
+            self.authenticate(request, call)
+        except ApiError as err:
+            raise self.in_contract_shape(call, err) from None
+        if found.contract is Contract.INFERENCE_FEEDBACK:
+            return await self.idempotent(request, call, raw, lambda: self.inference_feedback(call, body))
+        if found.error is not None:
+            contract = str(found.contract)
+            metrics.ITEMS_REJECTED.labels(contract, "invalid").inc()
+            if found.contract is Contract.CORRECTION:
+                raise ApiError(
+                    400, correction_error_code(found.error).value, describe_validation_error(found.error)
+                )
+            raise ApiError(
+                400,
+                "INVALID_REQUEST",
+                describe_validation_error(found.error),
+                details=found.error.errors(include_url=False, include_input=False),
+            )
+        model = found.model
+        try:
+            if isinstance(model, RankingOutcomeRequest):
+                return await self.idempotent(request, call, raw, lambda: self.ranking(call, model))
+            if isinstance(model, CorrectionRequest):
+                return await self.idempotent(request, call, raw, lambda: self.correction(call, model))
+            if isinstance(model, SearchEventRequest):
+                session = request.headers.get("X-Session-ID")
+                return await self.idempotent(request, call, raw, lambda: self.search(call, model, session))
+        except ApiError as err:
+            raise self.in_contract_shape(call, err) from None
+        raise ApiError(500, "INTERNAL_ERROR", "Unhandled contract.")
+
+    @staticmethod
+    def in_contract_shape(call: Call, err: ApiError) -> ApiError:
+        """Seed 001 names its own error codes; map ours onto them for corrections."""
+        if (
+            call.contract is Contract.CORRECTION
+            and err.status in CORRECTION_CODES
+            and err.code not in ("IDEMPOTENCY_CONFLICT",)
+        ):
+            err.code = CORRECTION_CODES[err.status]
+        return err
+
+    async def ranking(self, call: Call, model: RankingOutcomeRequest) -> web.Response:
+        self.check_items(len(model.items))
+        try:
+            result = intake.ranking_outcomes(self.context(call), model)
+        except intake.Refused as r:
+            raise ApiError(r.status, r.code, r.message) from None
+        rejected = [{"index": r.index, "message": r.message} for r in result.rejected]
+        for rej in result.rejected:
+            metrics.ITEMS_REJECTED.labels(Contract.RANKING_OUTCOME.value, rej.reason).inc()
+        if not result.events:
+            raise ApiError(
+                400, "NO_VALID_ITEMS", "No item of the request is valid.", details={"rejected": rejected}
+            )
+        await self.write(result.events)
+        accepted = sum(len(e.payload.items) for e in result.events if isinstance(e.payload, RankingOutcomePayload))
+        metrics.ITEMS_ACCEPTED.labels(Contract.RANKING_OUTCOME.value).inc(accepted)
+        data: dict[str, Any] = {"accepted": accepted, "request_id": call.request_id}
+        if rejected:
+            data["rejected"] = rejected
+        return json_response(202, data)
+
+    async def correction(self, call: Call, model: CorrectionRequest) -> web.Response:
+        try:
+            result = intake.correction(self.context(call), model)
+        except intake.Refused as r:
+            raise ApiError(r.status, r.code, r.message) from None
+        await self.write(result.events)
+        metrics.ITEMS_ACCEPTED.labels(Contract.CORRECTION.value).inc()
+        event = result.events[0]
+        return json_response(
+            200,
+            CorrectionResponse(feedback_id=event.event_id, received_at=event.received_at).model_dump(
+                mode="json"
+            ),
+        )
+
+    async def inference_feedback(self, call: Call, body: list[Any]) -> web.Response:
+        self.check_items(len(body))
+        try:
+            result, pending = intake.inference_feedback(self.context(call), body)
+        except intake.Refused as r:
+            raise ApiError(r.status, r.code, r.message) from None
+        await self.write(result.events)
+        metrics.ITEMS_ACCEPTED.labels(Contract.INFERENCE_FEEDBACK.value).inc(len(result.events))
+        for rej in result.rejected:
+            metrics.ITEMS_REJECTED.labels(Contract.INFERENCE_FEEDBACK.value, rej.reason).inc()
+        answers = intake.inference_results(result, pending)
+        return json_response(200, [a.model_dump(mode="json") for a in answers])
+
+    async def search(self, call: Call, model: SearchEventRequest, session: str | None) -> web.Response:
+        assert call.rate is not None and call.tenant is not None
+        try:
+            result = intake.search_event(self.context(call), model, session)
+        except intake.Refused as r:
+            raise ApiError(r.status, r.code, r.message) from None
+        await self.write(result.events)
+        metrics.ITEMS_ACCEPTED.labels(Contract.SEARCH_EVENT.value).inc()
+        event = result.events[0]
+        data = {
+            "accepted": True,
+            "access": {
+                "rate_limit": {
+                    "limit_rps": call.rate.limit_rps,
+                    "remaining": call.rate.remaining,
+                    "reset_at": call.rate.reset_at,
+                },
+                "tier": call.tenant.tier,
+            },
+            "feedback_id": event.event_id,
+            "request_id": call.request_id,
+            "session_id": event.payload.session_id,  # type: ignore[union-attr]
+            "usage": {"approx_tokens": 0, "bytes_returned": 0, "requests": 1},
+        }
+        return json_response(200, data)
+
+    async def post_scored(self, request: web.Request) -> web.Response:
+        call: Call = request["call"]
+        call.contract = Contract.SCORED_OUTPUT
+        raw, body = await self.read_json(request)
+        self.authenticate(request, call)
+        try:
+            model = ScoredOutputRequest.model_validate(body)
+        except ValidationError as err:
+            metrics.ITEMS_REJECTED.labels(Contract.SCORED_OUTPUT.value, "invalid").inc()
+            raise ApiError(
+                422,
+                "INVALID_SCORE" if is_score_range_error(err) else "INVALID_REQUEST",
+                describe_validation_error(err),
+                details=err.errors(include_url=False, include_input=False),
+            ) from None
+        return await self.idempotent(request, call, raw, lambda: self.scored(call, model))
+
+    async def scored(self, call: Call, model: ScoredOutputRequest) -> web.Response:
+        try:
+            result = intake.scored_output(self.context(call), model)
+        except intake.Refused as r:
+            metrics.ITEMS_REJECTED.labels(Contract.SCORED_OUTPUT.value, r.code.lower()).inc()
+            raise ApiError(r.status, r.code, r.message) from None
+        await self.write(result.events)
+        metrics.ITEMS_ACCEPTED.labels(Contract.SCORED_OUTPUT.value).inc()
+        event = result.events[0]
+        answer = ScoredOutputResponse.from_request(model, id=event.event_id, created_at=event.received_at)
+        return json_response(201, answer.model_dump(mode="json"))
+
+
+async def serve(settings: Settings) -> None:
+    """Run until cancelled: topics, the transactional writer, then HTTP."""
+    bootstrap = settings.kafka_bootstrap_servers
+    if not bootstrap:
+        raise SystemExit("KAFKA_BOOTSTRAP_SERVERS is not set (make run and the tests set it for you)")
+    tenants = load_tenants(settings.tenants_file)
+    await ensure_topics(bootstrap, settings)
+    writer = TransactionalWriter(
+        bootstrap, transactional_id=settings.ingest_instance, timeout_s=settings.produce_timeout_s
+    )
+    await writer.start()
+    runner = web.AppRunner(Ingest(settings, tenants, writer).app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.ingest_host, settings.ingest_port, backlog=1024)
+    await site.start()
+    log.info("ingest listening on http://%s:%d", settings.ingest_host, settings.ingest_port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await writer.stop()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

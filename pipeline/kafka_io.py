@@ -1,0 +1,163 @@
+"""Atomic, acknowledged writes to Kafka: group commit over a transactional producer.
+
+One request may become several raw events on several partitions. Writing them in one Kafka
+transaction means a failure leaves nothing half-written (the stream reads ``read_committed``);
+grouping concurrent requests into one transaction keeps the cost of a commit shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class Written:
+    topic: str
+    partition: int
+    offset: int
+
+
+class PublishError(RuntimeError):
+    """The broker did not acknowledge in time; nothing of the request was committed."""
+
+
+def bootstrap_list(bootstrap: str) -> list[str]:
+    return [s.strip() for s in bootstrap.split(",") if s.strip()]
+
+
+class TransactionalWriter:
+    """Write batches of records atomically; concurrent callers share transactions (group commit)."""
+
+    def __init__(
+        self, bootstrap: str, *, transactional_id: str, timeout_s: float = 5.0, max_group: int = 2000
+    ) -> None:
+        """``transactional_id`` must be stable per instance: a restart then fences its own zombie."""
+        self._bootstrap = bootstrap
+        self._transactional_id = transactional_id
+        self._timeout_s = timeout_s
+        self._max_group = max_group
+        self._queue: asyncio.Queue[tuple[Sequence[OutRecord], asyncio.Future[list[Written]]]] = (
+            asyncio.Queue()
+        )
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=bootstrap_list(self._bootstrap),
+            client_id=self._transactional_id,
+            transactional_id=self._transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=1,
+            request_timeout_ms=int(self._timeout_s * 1000),
+            transaction_timeout_ms=max(int(self._timeout_s * 4000), 10_000),
+        )
+
+    async def start(self) -> None:
+        self._producer = self._new_producer()
+        await asyncio.wait_for(self._producer.start(), timeout=max(self._timeout_s * 6, 30))
+        self._task = asyncio.create_task(self._run(), name="transactional-writer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._producer:
+            await self._producer.stop()
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(PublishError("writer stopped"))
+
+    async def write(self, records: Sequence[OutRecord]) -> list[Written]:
+        """Commit ``records`` in one transaction; raise PublishError if not done within the timeout."""
+        if not records:
+            return []
+        fut: asyncio.Future[list[Written]] = asyncio.get_running_loop().create_future()
+        await self._queue.put((records, fut))
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=self._timeout_s)
+        except TimeoutError as exc:
+            raise PublishError(f"Kafka did not acknowledge within {self._timeout_s:g} s") from exc
+
+    async def _run(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while not self._queue.empty() and len(group) < self._max_group:
+                group.append(self._queue.get_nowait())
+            try:
+                results = await asyncio.wait_for(self._commit(group), timeout=self._timeout_s)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # anything: the whole group failed and was aborted
+                log.warning("transaction of %d requests failed: %r", len(group), exc)
+                await self._recover()
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(PublishError(f"Kafka write failed: {exc!r}"))
+                continue
+            for (_, fut), written in zip(group, results, strict=True):
+                if not fut.done():
+                    fut.set_result(written)
+
+    async def _commit(
+        self, group: list[tuple[Sequence[OutRecord], asyncio.Future[list[Written]]]]
+    ) -> list[list[Written]]:
+        producer = self._producer
+        assert producer is not None
+        await producer.begin_transaction()
+        try:
+            pending = [
+                [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+                for records, _ in group
+            ]
+            metas = [[await f for f in futs] for futs in pending]
+            await producer.commit_transaction()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.abort_transaction(), timeout=self._timeout_s)
+            raise
+        return [[Written(m.topic, m.partition, m.offset) for m in ms] for ms in metas]
+
+    async def _recover(self) -> None:
+        """After a failed or timed-out transaction start over with a fresh producer (fences the old one)."""
+        old = self._producer
+        self._producer = None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), timeout=self._timeout_s)
+        while self._producer is None:
+            candidate = self._new_producer()
+            try:
+                await asyncio.wait_for(candidate.start(), timeout=self._timeout_s)
+                self._producer = candidate
+            except Exception as exc:
+                log.warning("Kafka producer restart failed: %r; retrying", exc)
+                with contextlib.suppress(Exception):
+                    await candidate.stop()
+                # fail queued requests fast while the broker is away, instead of letting them time out
+                while not self._queue.empty():
+                    _, fut = self._queue.get_nowait()
+                    if not fut.done():
+                        fut.set_exception(PublishError(f"Kafka unavailable: {exc!r}"))
+                await asyncio.sleep(0.5)

@@ -1,0 +1,47 @@
+"""Prometheus metrics, declared once; the ingest and the worker expose them at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE_LATEST", "CONTENT_TYPE_NO_CHARSET", "render"]
+
+# aiohttp wants the charset apart from the content type
+CONTENT_TYPE_NO_CHARSET = "text/plain; version=0.0.4"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Ingest
+HTTP_REQUESTS = Counter(
+    "feedstream_http_requests_total", "HTTP requests answered by the ingest.", ["route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "feedstream_http_request_duration_seconds", "Ingest request latency.", ["route"], buckets=LATENCY_BUCKETS
+)
+ITEMS_ACCEPTED = Counter("feedstream_items_accepted_total", "Feedback items accepted.", ["contract"])
+ITEMS_REJECTED = Counter(
+    "feedstream_items_rejected_total", "Feedback items rejected.", ["contract", "reason"]
+)
+RAW_PUBLISHED = Counter(
+    "feedstream_raw_events_published_total", "Envelopes written to feedback.raw.", ["origin"]
+)
+
+# Stream
+EVENTS = Counter("feedstream_events_total", "Raw events processed by the stream.", ["contract", "domain"])
+SIGNALS = Counter("feedstream_signals_total", "Signals emitted.", ["domain"])
+TRIPLETS = Counter("feedstream_training_units_total", "Training units emitted.", ["domain", "kind"])
+TRIGGERS = Counter("feedstream_triggers_total", "Train triggers emitted.", ["domain", "reason"])
+PENDING = Gauge("feedstream_pending_units", "Training units pending per domain.", ["domain"])
+DLQ = Counter("feedstream_dlq_total", "Messages sent to the dead-letter topic.", ["stage", "reason"])
+DISCARDED = Counter("feedstream_discarded_total", "Feedback discarded by tenant mode.", ["tenant", "mode"])
+PROCESSING_LATENCY = Histogram(
+    "feedstream_processing_latency_seconds",
+    "From ingest receipt to the stream's output, per stage.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def render() -> bytes:
+    """The process's metrics in the Prometheus text format."""
+    return generate_latest()

@@ -1,0 +1,106 @@
+"""``make run``: a whole local pipeline (broker, ingest, worker), one sample, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import urllib.request
+
+from aiokafka import AIOKafkaConsumer
+
+from pipeline.broker import find_broker
+from pipeline.procs import ingest_service, worker_service
+from pipeline.settings import REPO_ROOT, Settings
+from pipeline.topics import ensure_topics, topic_names
+
+DEV_KEY = "fs_dev_key_123"
+SAMPLE = {
+    "domain": "dating",
+    "items": [
+        {"seeker_id": "u_alice", "candidate_id": "u_bob", "outcome": "accepted"},
+        {"seeker_id": "u_alice", "candidate_id": "u_carl", "outcome": "rejected"},
+        {"seeker_id": "u_alice", "candidate_id": "u_dan", "outcome": "converted", "weight": 2.0},
+    ],
+}
+
+
+def post(url: str, body: object) -> tuple[int, str]:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+async def show(bootstrap: str, topic: str, request_id: str, timeout_s: float = 30.0) -> list[str]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        group_id=None,
+    )
+    await consumer.start()
+    found: list[str] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline and not found:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                found += [r.value.decode() for r in records if r.value and request_id.encode() in r.value]
+        return found
+    finally:
+        await consumer.stop()
+
+
+def main() -> int:
+    settings = Settings()
+    log_dir = REPO_ROOT / ".local" / "run"
+    with find_broker(stop_on_exit=True) as broker:
+        print(f"broker: {broker.bootstrap} ({broker.kind})")
+        asyncio.run(ensure_topics(broker.bootstrap, settings))
+        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap)
+        ingest = ingest_service(env, settings.ingest_port, log_dir).start()
+        worker = worker_service(env, settings.worker_port, log_dir).start()
+        try:
+            ingest.wait_ready()
+            worker.wait_ready()
+            url = f"http://127.0.0.1:{settings.ingest_port}"
+            status, body = post(f"{url}/v1/feedback", SAMPLE)
+            print(f"POST {url}/v1/feedback (seed 000 sample) -> {status} {body}")
+            request_id = json.loads(body).get("request_id", "")
+            names = topic_names(settings)
+            for topic in (names.raw, names.signals):
+                records = asyncio.run(show(broker.bootstrap, topic, request_id))
+                example = records[0] if records else "-"
+                print(f"{topic}: {len(records)} record(s) of this request, e.g. {example}")
+            print(f"""
+The pipeline is running. Try:
+  curl -s -XPOST {url}/v1/feedback -H 'Authorization: Bearer {DEV_KEY}' -d '{json.dumps(SAMPLE)}'
+  ingest metrics   {url}/metrics        OpenAPI {url}/openapi.json
+  worker metrics   http://127.0.0.1:{settings.worker_port}/metrics
+  domain state     http://127.0.0.1:{settings.worker_port}/v1/domains/dating
+  logs             {log_dir}/
+Ctrl-C stops the ingest, the worker and the local broker.""")
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            print("stopping ...")
+            worker.stop()
+            ingest.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Every knob of feedstream, read once from the environment into one typed object."""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Environment variables use the field name in upper case (e.g. ``INGEST_PORT``)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, description="Existing cluster; unset means find or start one (pipeline.broker)."
+    )
+    topic_prefix: str = Field(default="", description="Prefix of every topic name (isolates test runs).")
+    topic_partitions: int = Field(default=4, ge=1, description="Partitions of every feedstream topic.")
+    topic_replication: int = Field(default=1, ge=1)
+    produce_timeout_s: float = Field(default=5.0, gt=0, description="Bound on waiting for broker acks.")
+
+    # Ingest HTTP service
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8080
+    ingest_instance: str = Field(
+        default_factory=lambda: f"ingest-{socket.gethostname()}",
+        description="Transactional id of this ingest: unique per running ingest, stable across restarts.",
+    )
+    tenants_file: Path = REPO_ROOT / "deploy" / "tenants.dev.yaml"
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_items_per_request: int = Field(default=1000, ge=1)
+    result_wait_s: float = Field(default=5.0, ge=0, description="How long seed 000 waits for true counts.")
+    idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
+
+    # Stream worker (faust)
+    worker_id: str = "feedstream"
+    worker_host: str = "127.0.0.1"
+    worker_port: int = 6066
+    worker_data_dir: Path = REPO_ROOT / ".local" / "worker"
+    take_batch: int = Field(default=500, ge=1, description="Events taken per chunk by batching agents.")
+    take_within_s: float = Field(default=0.05, gt=0)
+    seeker_max_items: int = Field(default=200, ge=1)
+    seeker_max_age_s: float = Field(default=30 * 86_400.0, gt=0)
+    shared_pool_domain: str = "__shared__"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests build their own ``Settings``)."""
+    return Settings()

@@ -1,0 +1,269 @@
+"""Turning outcomes into training units: pure, deterministic rules the stream agents only call.
+
+Nothing here reads the clock or a random source; time is always an event's ``received_at``, so
+replaying ``feedback.raw`` yields the same units with the same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from pipeline.records import PreferenceUnit, ScoredUnit, TripletOrigin, TripletUnit, deterministic_id
+
+__all__ = [
+    "BUILTIN_GRADES",
+    "BUILTIN_POSITIVES",
+    "MAX_GRADE",
+    "SEARCH_GRADES",
+    "SIGNAL_ONLY_SEARCH_EVENTS",
+    "Limits",
+    "Observation",
+    "SeekerHistory",
+    "correction_unit",
+    "expand_outcomes",
+    "scored_unit",
+    "search_observation",
+    "triplet_id",
+]
+
+MAX_GRADE = 3.0
+
+#: Seed 000 built-in labels. Tenant-registered labels bring their own grade and polarity.
+BUILTIN_GRADES: dict[str, float] = {"converted": 3.0, "accepted": 2.0, "expired": 1.0, "rejected": 0.0}
+BUILTIN_POSITIVES: frozenset[str] = frozenset({"converted", "accepted"})
+
+#: Seed 004 events that rank an item: grade and whether the item is a positive.
+SEARCH_GRADES: dict[str, tuple[float, bool]] = {
+    "passage_used": (3.0, True),
+    "result_helpful": (2.0, True),
+    "result_not_helpful": (0.0, False),
+    "stale_result": (0.0, False),
+    "duplicate_result": (0.0, False),
+    "spam_or_low_quality": (0.0, False),
+}
+#: Seed 004 events that say nothing about an item's rank against others: signals only.
+SIGNAL_ONLY_SEARCH_EVENTS: frozenset[str] = frozenset(
+    {"read_abandoned", "missing_expected_source", "unsafe_or_policy_issue"}
+)
+
+
+class Observation(BaseModel):
+    """The latest known outcome of one candidate for one anchor (seeker, search list...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    candidate_id: str
+    label: str
+    grade: float = Field(ge=0, le=MAX_GRADE, allow_inf_nan=False)
+    positive: bool
+    weight: float = Field(ge=0, allow_inf_nan=False)
+    event_id: str
+    observed_at: AwareDatetime
+
+
+class SeekerHistory(BaseModel):
+    """Per-(domain, anchor) state of the faust table: bounded, oldest first, one row per candidate.
+
+    Domain and anchor live in the table key, not in each row, to keep the JSON small.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    observations: list[Observation] = Field(default_factory=list)
+
+
+class Limits(BaseModel):
+    """Bounds on a history, so a hot anchor cannot grow its state (or its triplets) forever."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_items: Annotated[int, Field(ge=1)]
+    max_age_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def triplet_id(*, domain: str, anchor: str, positive: Observation, negative: Observation) -> str:
+    """Same pair of observations -> same id (replay); a superseding outcome has a new event id."""
+    return deterministic_id(
+        "triplet",
+        domain,
+        anchor,
+        positive.candidate_id,
+        positive.event_id,
+        negative.candidate_id,
+        negative.event_id,
+    )
+
+
+def expand_outcomes(
+    history: SeekerHistory,
+    new: Sequence[Observation],
+    *,
+    domain: str,
+    anchor: str,
+    tenant: str | None,
+    now: AwareDatetime,
+    limits: Limits,
+    origin: TripletOrigin = "ranking_outcome",
+) -> tuple[SeekerHistory, list[TripletUnit]]:
+    """Merge ``new`` into ``history`` and emit the triplets the new observations make possible.
+
+    Rules:
+
+    * grades: converted 3, accepted 2, expired 1, rejected 0 (positives: converted, accepted);
+      registered labels arrive with their own grade/positive, which are taken as given;
+    * a new observation supersedes the stored one of the same candidate; within ``new`` the later
+      one wins;
+    * observations older than ``now - max_age_seconds`` are dropped, then only the newest
+      ``max_items`` are kept (by ``observed_at``; at equal times, later arrivals are newer);
+    * for every positive p and every kept n with a strictly lower grade, emit (anchor, p, n) with
+      weight ((g_p - g_n) / 3) * w_p * w_n; equal grades and zero weights emit nothing;
+    * only pairs with at least one new observation are emitted, so earlier pairs never repeat.
+
+    A unit's event id and time are those of the newer observation of its pair, so the same pair
+    gives the same unit however the input was batched. Output order: by positive, then negative,
+    each in history order (oldest first).
+    """
+    latest_new: dict[str, Observation] = {}
+    for obs in new:
+        latest_new.pop(obs.candidate_id, None)  # re-insert so the later arrival sorts last
+        latest_new[obs.candidate_id] = obs
+    merged = [o for o in history.observations if o.candidate_id not in latest_new]
+    merged.extend(latest_new.values())
+
+    cutoff = now - timedelta(seconds=limits.max_age_seconds)
+    fresh = [(o.observed_at, i, o) for i, o in enumerate(merged) if o.observed_at >= cutoff]
+    fresh.sort(key=lambda t: (t[0], t[1]))
+    kept = [o for _, _, o in fresh[-limits.max_items :]]
+
+    kept_objs = {id(o) for o in kept}
+    new_ids = {c for c, o in latest_new.items() if id(o) in kept_objs}
+    rank = {o.candidate_id: i for i, o in enumerate(kept)}
+    units: list[TripletUnit] = []
+    for p in kept:
+        if not p.positive or p.weight == 0:
+            continue
+        for n in kept:
+            if n.grade >= p.grade or n.weight == 0:
+                continue
+            if p.candidate_id not in new_ids and n.candidate_id not in new_ids:
+                continue
+            weight = ((p.grade - n.grade) / MAX_GRADE) * p.weight * n.weight
+            if weight <= 0:  # underflow of tiny weights
+                continue
+            newer = p if rank[p.candidate_id] > rank[n.candidate_id] else n
+            units.append(
+                TripletUnit(
+                    unit_id=triplet_id(domain=domain, anchor=anchor, positive=p, negative=n),
+                    domain=domain,
+                    tenant=tenant,
+                    event_id=newer.event_id,
+                    received_at=newer.observed_at,
+                    counts=True,
+                    anchor=anchor,
+                    positive=p.candidate_id,
+                    negative=n.candidate_id,
+                    weight=weight,
+                    origin=origin,
+                )
+            )
+    return SeekerHistory(observations=kept), units
+
+
+def search_observation(
+    event_type: str,
+    doc_id: str | None,
+    passage_id: str | None,
+    event_id: str,
+    at: AwareDatetime,
+) -> Observation | None:
+    """Map a seed 004 event to a graded item, or None when it ranks nothing (signal only).
+
+    The item is the passage when given (the finer grain), else the document. passage_used is
+    grade 3 and result_helpful grade 2 (positives); result_not_helpful, stale_result,
+    duplicate_result and spam_or_low_quality are grade-0 negatives. read_abandoned,
+    missing_expected_source and unsafe_or_policy_issue only become signals: abandoning is
+    ambiguous, a missing source has no item in the list, and safety is not relevance.
+    An unknown event type raises ValueError: a contract drift should dead-letter, not vanish.
+    """
+    event_type = str(event_type)
+    if event_type in SIGNAL_ONLY_SEARCH_EVENTS:
+        return None
+    if event_type not in SEARCH_GRADES:
+        raise ValueError(f"unknown search event type {event_type!r}")
+    item = passage_id or doc_id
+    if not item:
+        return None
+    grade, positive = SEARCH_GRADES[event_type]
+    return Observation(
+        candidate_id=item,
+        label=event_type,
+        grade=grade,
+        positive=positive,
+        weight=1.0,
+        event_id=event_id,
+        observed_at=at,
+    )
+
+
+def correction_unit(
+    *,
+    event_id: str,
+    tenant: str | None,
+    domain: str,
+    module: str,
+    case_id: str,
+    original_output: Any,
+    corrected_output: Any,
+    received_at: AwareDatetime,
+    counts: bool,
+) -> PreferenceUnit:
+    """A seed 001 correction as a preference: the corrected output is chosen over the original.
+
+    Whether it may train at all (feedback mode) and whether it counts is the caller's decision.
+    """
+    return PreferenceUnit(
+        unit_id=deterministic_id("preference", event_id),
+        domain=domain,
+        tenant=tenant,
+        event_id=event_id,
+        received_at=received_at,
+        counts=counts,
+        anchor=f"{module}:{case_id}",
+        chosen=corrected_output,
+        rejected=original_output,
+        weight=1.0,
+    )
+
+
+def scored_unit(
+    *,
+    event_id: str,
+    tenant: str | None,
+    domain: str,
+    task_id: str,
+    inputs: dict[str, Any] | None,
+    output: str | None,
+    score: float | None,
+    source: str,
+    metadata: dict[str, Any] | None,
+    received_at: AwareDatetime,
+) -> ScoredUnit:
+    """A seed 003 entry as a training unit; ``seed`` entries train but never advance the threshold."""
+    return ScoredUnit(
+        unit_id=deterministic_id("scored", event_id),
+        domain=domain,
+        tenant=tenant,
+        event_id=event_id,
+        received_at=received_at,
+        counts=source != "seed",
+        task_id=task_id,
+        inputs=inputs,
+        output=output,
+        score=score,
+        source=source,
+        metadata=metadata,
+    )
