@@ -22,6 +22,7 @@ from pipeline.contracts import (
 )
 from pipeline.tenants import FeedbackMode
 
+
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -21,7 +21,6 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from pipeline import envelope, intake, metrics
-from pipeline.envelope import RankingOutcomePayload
 from pipeline.contracts import (
     ClassifyOutcome,
     Contract,
@@ -36,6 +35,7 @@ from pipeline.contracts import (
     describe_validation_error,
     is_score_range_error,
 )
+from pipeline.envelope import RankingOutcomePayload
 from pipeline.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
 from pipeline.ids import new_request_id
 from pipeline.kafka_io import OutRecord, PublishError, TransactionalWriter
@@ -348,7 +348,9 @@ class Ingest:
                 400, "NO_VALID_ITEMS", "No item of the request is valid.", details={"rejected": rejected}
             )
         await self.write(result.events)
-        accepted = sum(len(e.payload.items) for e in result.events if isinstance(e.payload, RankingOutcomePayload))
+        accepted = sum(
+            len(e.payload.items) for e in result.events if isinstance(e.payload, RankingOutcomePayload)
+        )
         metrics.ITEMS_ACCEPTED.labels(Contract.RANKING_OUTCOME.value).inc(accepted)
         data: dict[str, Any] = {"accepted": accepted, "request_id": call.request_id}
         if rejected:

@@ -35,6 +35,7 @@ from pipeline.envelope import (
     SearchEventEnvelope,
     SearchEventPayload,
 )
+from pipeline.flatten import feedback_id
 from pipeline.ids import new_event_id
 from pipeline.tenants import BUILTIN_LABELS, Tenant
 
@@ -120,7 +121,8 @@ def ranking_outcomes(ctx: Context, req: RankingOutcomeRequest) -> Intake:
             out.rejected.append(
                 ItemRejection(
                     index,
-                    f"items.{index}.outcome: unknown label '{item.outcome}'; known labels: {', '.join(known)}.",
+                    f"items.{index}.outcome: unknown label '{item.outcome}'; "
+                    f"known labels: {', '.join(known)}.",
                     "unknown_label",
                 )
             )
@@ -181,7 +183,8 @@ def inference_results(
         if result is None:
             event = next(written)
             assert isinstance(event, InferenceFeedbackEnvelope)
-            results.append(InferenceFeedbackResult.ok(event.payload.feedback_ids()))
+            keys = [entry.key for entry in event.payload.entries()]
+            results.append(InferenceFeedbackResult.ok({k: feedback_id(event.event_id, k) for k in keys}))
         else:
             results.append(result)
     return results

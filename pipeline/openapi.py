@@ -101,7 +101,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/feedback": {
                 "post": {
                     "operationId": "submitFeedback",
-                    "summary": "Ranking outcomes (000), corrections (001), inference feedback (002), search events (004)",
+                    "summary": "Outcomes (000), corrections (001), inference feedback (002), search (004)",
                     "parameters": [
                         {"name": "X-Correlation-Id", "in": "header", "schema": {"type": "string"}},
                         {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},

@@ -131,7 +131,7 @@ TRAINING_UNIT: TypeAdapter[TrainingUnit] = TypeAdapter(TrainingUnit)
 class TriggerRange(_Record):
     """Where the trainer finds the units of this trigger: one partition, offsets inclusive."""
 
-    topic: Literal["feedback.triplets"] = "feedback.triplets"
+    topic: str = Field(default="feedback.triplets", description="feedback.triplets (with any TOPIC_PREFIX).")
     partition: int = Field(ge=0)
     start_offset: int = Field(ge=0)
     end_offset: int = Field(ge=0, description="Inclusive.")
@@ -195,6 +195,51 @@ def dead_letter(
     )
 
 
+# --- feedback.units and feedback.results (internal: between the stages, and back to the ingest) ---
+
+
+class UnitsBatch(_Record):
+    """The training units one raw event produced, routed by domain to the counting stage."""
+
+    kind: Literal["units"] = "units"
+    request_id: str
+    event_id: str
+    tenant: str | None
+    domain: str
+    contract: str
+    received_at: AwareDatetime
+    units: list[TrainingUnit] = Field(default_factory=list)
+    reply: bool = Field(default=True, description="False for copies (the shared pool): no result.")
+
+
+class TrainRequest(_Record):
+    """``POST /v1/train``: force a trigger, ordered with the counts of its domain."""
+
+    kind: Literal["train"] = "train"
+    request_id: str
+    tenant: str
+    domain: str
+    requested_at: AwareDatetime
+
+
+UnitsMessage = Annotated[UnitsBatch | TrainRequest, Field(discriminator="kind")]
+UNITS_MESSAGE: TypeAdapter[UnitsMessage] = TypeAdapter(UnitsMessage)
+
+
+class StageResult(_Record):
+    """What the counting stage did with one raw event or train request (keyed by request id)."""
+
+    request_id: str
+    event_id: str | None = None
+    domain: str
+    kind: Literal["units", "train"]
+    units_generated: int = Field(ge=0)
+    units_counted: int = Field(ge=0)
+    pending: int = Field(ge=0)
+    threshold: int = Field(ge=1)
+    triggers: list[TrainTrigger] = Field(default_factory=list)
+
+
 def record_json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema of each output topic's value, keyed by the (unprefixed) topic name."""
     return {
@@ -202,4 +247,6 @@ def record_json_schemas() -> dict[str, dict[str, Any]]:
         "feedback.triplets": TRAINING_UNIT.json_schema(),
         "train.triggers": TrainTrigger.model_json_schema(),
         "feedback.dlq": DeadLetter.model_json_schema(),
+        "feedback.units": UNITS_MESSAGE.json_schema(),
+        "feedback.results": StageResult.model_json_schema(),
     }

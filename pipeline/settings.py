@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     seeker_max_items: int = Field(default=200, ge=1)
     seeker_max_age_s: float = Field(default=30 * 86_400.0, gt=0)
     shared_pool_domain: str = "__shared__"
+    shared_pool_threshold: int = Field(default=1000, ge=1, description="Threshold of the shared pool.")
 
 
 @lru_cache(maxsize=1)

@@ -18,6 +18,10 @@ SIGNALS = "feedback.signals"
 TRIPLETS = "feedback.triplets"
 TRIGGERS = "train.triggers"
 DLQ = "feedback.dlq"
+UNITS = "feedback.units"
+RESULTS = "feedback.results"
+EXPAND_STATE = "feedstream.expand.changelog"
+COUNT_STATE = "feedstream.count.changelog"
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,24 @@ class TopicNames:
     triplets: str
     triggers: str
     dlq: str
+    units: str
+    results: str
+    expand_state: str
+    count_state: str
 
 
 def topic_names(settings: Settings) -> TopicNames:
     p = settings.topic_prefix
     return TopicNames(
-        raw=p + RAW, signals=p + SIGNALS, triplets=p + TRIPLETS, triggers=p + TRIGGERS, dlq=p + DLQ
+        raw=p + RAW,
+        signals=p + SIGNALS,
+        triplets=p + TRIPLETS,
+        triggers=p + TRIGGERS,
+        dlq=p + DLQ,
+        units=p + UNITS,
+        results=p + RESULTS,
+        expand_state=p + EXPAND_STATE,
+        count_state=p + COUNT_STATE,
     )
 
 
@@ -76,6 +92,26 @@ TOPICS: tuple[TopicSpec, ...] = (
         DLQ,
         "What failed in the stream, with original bytes, stage and reason.",
         {"retention.ms": str(4 * WEEK_MS)},
+    ),
+    TopicSpec(
+        UNITS,
+        "Internal: units of each raw event and train requests, keyed by domain (counting stage input).",
+        {"retention.ms": str(WEEK_MS)},
+    ),
+    TopicSpec(
+        RESULTS,
+        "Internal: per-request results of the counting stage, read by the ingest (seed 000 answer).",
+        {"retention.ms": str(3600 * 1000)},
+    ),
+    TopicSpec(
+        EXPAND_STATE,
+        "Internal changelog: recent outcomes per (domain, seeker), restored on partition assignment.",
+        {"cleanup.policy": "compact"},
+    ),
+    TopicSpec(
+        COUNT_STATE,
+        "Internal changelog: pending/total/last trigger per domain; also read by GET /v1/domains.",
+        {"cleanup.policy": "compact"},
     ),
 )
 

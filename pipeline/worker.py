@@ -1,21 +1,64 @@
-"""The faust app: topics, tables and agents wired to the pure stage functions.
+"""The stream worker: a faust app hosting the two exactly-once stages, web and metrics.
 
-Run with ``python -m pipeline.worker worker`` (faust's CLI). Settings come from the environment.
+Run with ``python -m pipeline.worker worker`` (faust's CLI). The stages (``pipeline.expand``,
+``pipeline.count``) run on :mod:`pipeline.eos` rather than faust agents under faust's
+``exactly_once``: see the module docstring of ``pipeline.eos`` for why. faust provides the
+process: CLI, lifecycle, the web server (``/ready``, ``/metrics``, ``/v1/domains/{domain}``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
 import faust
 from faust.web import Request, Response, View
 
 from pipeline import metrics, topics
+from pipeline.count import CountStage
+from pipeline.eos import StageRunner
+from pipeline.expand import ExpandStage
 from pipeline.settings import Settings, get_settings
+from pipeline.tenants import load_tenants
+from pipeline.triplets import Limits
+
+log = logging.getLogger(__name__)
 
 
 def faust_broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip()]
+
+
+def build_runners(settings: Settings, bootstrap: str) -> tuple[StageRunner[Any], StageRunner[Any]]:
+    """The two stages wired to their topics (also used by the benchmark and tests)."""
+    names = topics.topic_names(settings)
+    registry = load_tenants(settings.tenants_file)
+
+    def threshold_for(domain: str) -> int | None:
+        if domain == settings.shared_pool_domain:
+            return settings.shared_pool_threshold
+        return registry.threshold_for(domain)
+
+    limits = Limits(max_items=settings.seeker_max_items, max_age_seconds=settings.seeker_max_age_s)
+    expand = StageRunner(
+        ExpandStage(names, limits, settings.shared_pool_domain),
+        bootstrap=bootstrap,
+        group_id=f"{settings.worker_id}-expand",
+        input_topic=names.raw,
+        changelog_topic=names.expand_state,
+        max_batch=settings.take_batch,
+    )
+    count = StageRunner(
+        CountStage(names, threshold_for),
+        bootstrap=bootstrap,
+        group_id=f"{settings.worker_id}-count",
+        input_topic=names.units,
+        changelog_topic=names.count_state,
+        max_batch=settings.take_batch,
+    )
+    return expand, count
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
@@ -23,24 +66,27 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     app = faust.App(
         settings.worker_id,
         broker=faust_broker_urls(bootstrap),
-        processing_guarantee="exactly_once",
         store="memory://",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         web_host=settings.worker_host,
         web_port=settings.worker_port,
         datadir=str(settings.worker_data_dir),
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
     )
-    names = topics.topic_names(settings)
-    raw_topic = app.topic(names.raw, value_type=bytes, value_serializer="raw", key_serializer="raw")
-    signals_topic = app.topic(names.signals, value_type=bytes, value_serializer="raw", key_serializer="raw")
+    runners: list[StageRunner[Any]] = []
 
-    @app.agent(raw_topic)
-    async def expand(stream: Any) -> None:
-        async for key, value in stream.items():
-            await signals_topic.send(key=key, value=value)
+    @app.task  # type: ignore[untyped-decorator]
+    async def run_stages() -> None:
+        await topics.ensure_topics(bootstrap, settings)
+        runners.extend(build_runners(settings, bootstrap))
+        try:
+            for runner in runners:
+                await runner.start()
+            await asyncio.Event().wait()
+        finally:
+            for runner in runners:
+                with contextlib.suppress(Exception):
+                    await runner.stop()
 
     @app.page("/metrics")
     class Metrics(View):
@@ -50,21 +96,19 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     @app.page("/ready")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            ready = app.tables.recovery.completed.is_set() and not app.rebalancing  # type: ignore[attr-defined]
-            return self.json({"ready": ready}, status=200 if ready else 503)
+            ready = len(runners) == 2 and all(r.ready.is_set() for r in runners)
+            body = {"ready": ready, **{r.stage.name: r.partitions for r in runners}}
+            return self.json(body, status=200 if ready else 503)
 
     return app
 
 
-def _bootstrap_from_env() -> str:
-    settings = get_settings()
-    if not settings.kafka_bootstrap_servers:
+def _bootstrap() -> str:
+    bootstrap = get_settings().kafka_bootstrap_servers
+    if not bootstrap:
         raise SystemExit("KAFKA_BOOTSTRAP_SERVERS is not set (make run and the tests set it for you)")
-    return settings.kafka_bootstrap_servers
+    return bootstrap
 
-
-app = create_app(get_settings(), get_settings().kafka_bootstrap_servers or "127.0.0.1:9092")
 
 if __name__ == "__main__":
-    _bootstrap_from_env()
-    app.main()
+    create_app(get_settings(), _bootstrap()).main()

@@ -1,0 +1,71 @@
+"""Pure: every raw event becomes typed signals, one per flattened key or mapped field.
+
+Dashboards read one stream whatever the contract: seed 002 keys as flattened, seed 000 outcomes,
+seed 001 corrections, seed 003 scores and seed 004 event types.
+"""
+
+from __future__ import annotations
+
+from pipeline.contracts import InferenceFeedbackEvent
+from pipeline.envelope import (
+    CorrectionPayload,
+    RankingOutcomePayload,
+    RawEvent,
+    ScoredOutputPayload,
+    SearchEventPayload,
+    search_anchor,
+)
+from pipeline.flatten import feedback_id
+from pipeline.records import Signal, SignalValue, signal_id
+
+
+def signals_for(event: RawEvent) -> list[Signal]:
+    """The signals of one event (a seed 001 correction in mode ``off`` has none: discarded)."""
+    p = event.payload
+    common = {
+        "event_id": event.event_id,
+        "tenant": event.tenant,
+        "domain": event.domain,
+        "contract": str(event.contract),
+        "received_at": event.received_at,
+    }
+
+    def make(key: str, value: SignalValue, subject: str, **extra: object) -> Signal:
+        sid = extra.pop("signal_id", None) or signal_id(event_id=event.event_id, subject=subject, key=key)
+        return Signal.model_validate(
+            {**common, "signal_id": sid, "key": key, "value": value, "subject": subject, **extra}
+        )
+
+    if isinstance(p, InferenceFeedbackEvent):
+        return [
+            make(
+                e.key,
+                e.value,
+                p.id,
+                reason=e.reason,
+                tags=p.tags or {},
+                optimize=p.optimize,
+                signal_id=feedback_id(event.event_id, e.key),
+            )
+            for e in p.entries()
+        ]
+    if isinstance(p, RankingOutcomePayload):
+        return [
+            make(
+                "outcome",
+                item.outcome,
+                f"{p.seeker_id}->{item.candidate_id}",
+                tags={"grade": f"{item.grade:g}", "weight": f"{item.weight:g}"},
+            )
+            for item in p.items
+        ]
+    if isinstance(p, CorrectionPayload):
+        if p.feedback_mode == "off":
+            return []
+        return [make("correction", p.module, p.case_id, tags={"feedback_mode": str(p.feedback_mode)})]
+    if isinstance(p, ScoredOutputPayload):
+        tags = {"source": p.source, "task_id": p.task_id}
+        return [] if p.score is None else [make("score", p.score, p.entry_id, tags=tags, optimize="max")]
+    assert isinstance(p, SearchEventPayload)
+    tags = {k: str(v) for k, v in (("rank", p.rank), ("doc_id", p.doc_id), ("passage_id", p.passage_id)) if v}
+    return [make("event_type", str(p.event_type), search_anchor(p, p.session_id), tags=tags)]
