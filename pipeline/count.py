@@ -91,6 +91,7 @@ class CountStage:
                             (m.offset, u.counts) for m, u in zip(metas, msg.units, strict=True)
                         ],
                         at=msg.received_at,
+                        topic=self.names.triplets,
                     )
                 for unit in msg.units:
                     metrics.TRIPLETS.labels(msg.domain, unit.kind).inc()
@@ -110,7 +111,12 @@ class CountStage:
                 )
             else:
                 counter, trigger = force_trigger(
-                    counter, domain=msg.domain, threshold=threshold, at=msg.requested_at, last_offset=None
+                    counter,
+                    domain=msg.domain,
+                    threshold=threshold,
+                    at=msg.requested_at,
+                    last_offset=None,
+                    topic=self.names.triplets,
                 )
                 triggers = [trigger] if trigger else []
                 result = StageResult(

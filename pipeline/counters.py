@@ -47,6 +47,7 @@ def _emit(
     threshold: int,
     end_offset: int,
     at: AwareDatetime,
+    topic: str,
 ) -> tuple[DomainCounter, TrainTrigger]:
     """Close the open range into a trigger and start afresh (pending 0, no range)."""
     if state.range_start is None or state.range_partition is None:
@@ -62,7 +63,10 @@ def _emit(
         threshold=threshold,
         sequence=sequence,
         range=TriggerRange(
-            partition=state.range_partition, start_offset=state.range_start, end_offset=end_offset
+            topic=topic,
+            partition=state.range_partition,
+            start_offset=state.range_start,
+            end_offset=end_offset,
         ),
         emitted_at=at,
     )
@@ -86,6 +90,7 @@ def count_units(
     partition: int,
     offsets_and_counts: Sequence[tuple[int, bool]],
     at: AwareDatetime,
+    topic: str = "feedback.triplets",
 ) -> tuple[DomainCounter, list[TrainTrigger]]:
     """Advance the counter over units written at (partition, offset), in order.
 
@@ -119,7 +124,13 @@ def count_units(
         state = state.model_copy(update=update)
         if counts and state.pending >= threshold:
             state, trigger = _emit(
-                state, domain=domain, reason="threshold", threshold=threshold, end_offset=offset, at=at
+                state,
+                domain=domain,
+                reason="threshold",
+                threshold=threshold,
+                end_offset=offset,
+                at=at,
+                topic=topic,
             )
             triggers.append(trigger)
     return state, triggers
@@ -132,6 +143,7 @@ def force_trigger(
     threshold: int,
     at: AwareDatetime,
     last_offset: int | None,
+    topic: str = "feedback.triplets",
 ) -> tuple[DomainCounter, TrainTrigger | None]:
     """A manual (POST /train) trigger over everything pending; None when nothing is pending.
 
@@ -144,6 +156,6 @@ def force_trigger(
     if end is None:
         raise ValueError(f"domain {domain!r}: pending units but no offset seen (inconsistent state)")
     new_state, trigger = _emit(
-        state, domain=domain, reason="manual", threshold=threshold, end_offset=end, at=at
+        state, domain=domain, reason="manual", threshold=threshold, end_offset=end, at=at, topic=topic
     )
     return new_state, trigger

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,11 +36,14 @@ from pipeline.contracts import (
     describe_validation_error,
     is_score_range_error,
 )
+from pipeline.counters import DomainCounter
 from pipeline.envelope import RankingOutcomePayload
 from pipeline.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
 from pipeline.ids import new_request_id
 from pipeline.kafka_io import OutRecord, PublishError, TransactionalWriter
+from pipeline.records import TrainRequest
 from pipeline.settings import Settings, get_settings
+from pipeline.stream_view import StreamView
 from pipeline.tenants import Tenant, TenantRegistry, load_tenants
 from pipeline.topics import ensure_topics, topic_names
 
@@ -111,10 +115,13 @@ CORRECTION_CODES = {
 class Ingest:
     """The aiohttp application and what it holds."""
 
-    def __init__(self, settings: Settings, tenants: TenantRegistry, writer: TransactionalWriter) -> None:
+    def __init__(
+        self, settings: Settings, tenants: TenantRegistry, writer: TransactionalWriter, view: StreamView
+    ) -> None:
         self.settings = settings
         self.tenants = tenants
         self.writer = writer
+        self.view = view
         self.topics = topic_names(settings)
         self.limiter = RateLimiter()
         self.idempotency = IdempotencyStore(settings.idempotency_ttl_s)
@@ -125,6 +132,9 @@ class Ingest:
         app = web.Application(middlewares=[self.middleware], client_max_size=self.settings.max_body_bytes + 1)
         app.router.add_post("/v1/feedback", self.post_feedback)
         app.router.add_post("/api/v1/feedback", self.post_scored)
+        app.router.add_post("/v1/train", self.post_train)
+        app.router.add_get("/v1/domains/{domain}", self.get_domain)
+        app.router.add_get("/v1/requests/{request_id}", self.get_request)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/openapi.json", self.openapi)
@@ -218,6 +228,10 @@ class Ingest:
             OutRecord(self.topics.raw, envelope.kafka_key(e), envelope.encode(e), envelope.kafka_headers(e))
             for e in events
         ]
+        await self.write_records(records)
+        metrics.RAW_PUBLISHED.labels("http").inc(len(records))
+
+    async def write_records(self, records: list[OutRecord]) -> None:
         try:
             await self.writer.write(records)
         except PublishError as exc:
@@ -227,7 +241,6 @@ class Ingest:
                 f"Feedback could not be stored, nothing was written; retry. ({exc})",
                 headers={"Retry-After": "1"},
             ) from None
-        metrics.RAW_PUBLISHED.labels("http").inc(len(records))
 
     async def idempotent(
         self, request: web.Request, call: Call, body: bytes, produce: Callable[[], Awaitable[web.Response]]
@@ -347,15 +360,124 @@ class Ingest:
             raise ApiError(
                 400, "NO_VALID_ITEMS", "No item of the request is valid.", details={"rejected": rejected}
             )
-        await self.write(result.events)
+        waiting = self.view.expect(call.request_id, len(result.events))
+        try:
+            await self.write(result.events)
+        except ApiError:
+            self.view.forget(call.request_id)
+            raise
         accepted = sum(
             len(e.payload.items) for e in result.events if isinstance(e.payload, RankingOutcomePayload)
         )
         metrics.ITEMS_ACCEPTED.labels(Contract.RANKING_OUTCOME.value).inc(accepted)
-        data: dict[str, Any] = {"accepted": accepted, "request_id": call.request_id}
+        data: dict[str, Any] = {"accepted": accepted}
+        results = await self.view.wait(call.request_id, waiting, self.settings.result_wait_s)
+        status = 200
+        if results is None:  # the stream has not answered in time: say where to look, never estimate
+            status = 202
+            data["status"] = "processing"
+            data["results_url"] = f"/v1/requests/{call.request_id}"
+        else:
+            data["triplets_generated"] = sum(r.units_generated for r in results)
+            data["triplets_pending_train"] = results[-1].pending
+        data["request_id"] = call.request_id
         if rejected:
             data["rejected"] = rejected
-        return json_response(202, data)
+        return json_response(status, data)
+
+    async def post_train(self, request: web.Request) -> web.Response:
+        """Force a trigger (seed 000's ``POST /train``), ordered with the domain's counts."""
+        call: Call = request["call"]
+        _, body = await self.read_json(request)
+        tenant = self.authenticate(request, call)
+        domain = body.get("domain") if isinstance(body, dict) else None
+        if not isinstance(domain, str) or not domain or set(body) - {"domain"}:
+            raise ApiError(400, "INVALID_REQUEST", 'Body must be {"domain": "<domain>"}.')
+        if not tenant.owns_domain(domain):
+            raise ApiError(
+                403, "SCOPE_INSUFFICIENT", f"Tenant '{tenant.id}' may not train domain '{domain}'."
+            )
+        msg = TrainRequest(
+            request_id=call.request_id, tenant=tenant.id, domain=domain, requested_at=call.received_at
+        )
+        waiting = self.view.expect(call.request_id, 1)
+        try:
+            record = OutRecord(
+                self.topics.units, domain.encode(), orjson.dumps(msg.model_dump(mode="json")), []
+            )
+            await self.write_records([record])
+        except ApiError:
+            self.view.forget(call.request_id)
+            raise
+        results = await self.view.wait(call.request_id, waiting, self.settings.result_wait_s)
+        if results is None:
+            return json_response(
+                202,
+                {
+                    "accepted": True,
+                    "status": "processing",
+                    "request_id": call.request_id,
+                    "results_url": f"/v1/requests/{call.request_id}",
+                },
+            )
+        result = results[0]
+        if not result.triggers:
+            return json_response(
+                200,
+                {
+                    "triggered": False,
+                    "reason": "nothing_pending",
+                    "domain": domain,
+                    "pending": result.pending,
+                    "request_id": call.request_id,
+                },
+            )
+        trigger = result.triggers[0].model_dump(mode="json")
+        return json_response(
+            200, {"triggered": True, "domain": domain, "request_id": call.request_id, "trigger": trigger}
+        )
+
+    async def get_domain(self, request: web.Request) -> web.Response:
+        """Pending, threshold, total and last trigger of a domain, from the counting stage's changelog."""
+        call: Call = request["call"]
+        tenant = self.authenticate(request, call)
+        domain = request.match_info["domain"]
+        if not tenant.owns_domain(domain):
+            raise ApiError(403, "SCOPE_INSUFFICIENT", f"Tenant '{tenant.id}' may not read domain '{domain}'.")
+        key = (
+            str(uuid.UUID(domain)) if tenant.task(domain) is not None else domain
+        )  # stream keys are canonical
+        counter = self.view.domains.get(key) or DomainCounter()
+        last = counter.last_trigger.model_dump(mode="json") if counter.last_trigger else None
+        return json_response(
+            200,
+            {
+                "domain": domain,
+                "pending": counter.pending,
+                "threshold": tenant.threshold_for(domain),
+                "total": counter.total,
+                "sequence": counter.sequence,
+                "last_trigger": last,
+            },
+        )
+
+    async def get_request(self, request: web.Request) -> web.Response:
+        """Where a 202 points: what the stream has answered so far for a request."""
+        call: Call = request["call"]
+        tenant = self.authenticate(request, call)
+        request_id = request.match_info["request_id"]
+        results = [r for r in self.view.recent.get(request_id, []) if tenant.owns_domain(r.domain)]
+        if not results:
+            raise ApiError(404, "NOT_FOUND", f"No stream result for request '{request_id}' (yet).")
+        return json_response(
+            200,
+            {
+                "request_id": request_id,
+                "triplets_generated": sum(r.units_generated for r in results),
+                "triplets_pending_train": results[-1].pending,
+                "results": [r.model_dump(mode="json") for r in results],
+            },
+        )
 
     async def correction(self, call: Call, model: CorrectionRequest) -> web.Response:
         try:
@@ -452,7 +574,9 @@ async def serve(settings: Settings) -> None:
         bootstrap, transactional_id=settings.ingest_instance, timeout_s=settings.produce_timeout_s
     )
     await writer.start()
-    runner = web.AppRunner(Ingest(settings, tenants, writer).app(), access_log=None)
+    view = StreamView(bootstrap, topic_names(settings))
+    await view.start()
+    runner = web.AppRunner(Ingest(settings, tenants, writer, view).app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.ingest_host, settings.ingest_port, backlog=1024)
     await site.start()
@@ -461,6 +585,7 @@ async def serve(settings: Settings) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        await view.stop()
         await writer.stop()
 
 

@@ -161,3 +161,16 @@ class TransactionalWriter:
                     if not fut.done():
                         fut.set_exception(PublishError(f"Kafka unavailable: {exc!r}"))
                 await asyncio.sleep(0.5)
+
+
+async def partitions_of(bootstrap: str, topics: list[str]) -> dict[str, list[int]]:
+    """Partition numbers of existing topics (the admin API; consumers only know subscribed ones)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {d["topic"]: sorted(p["partition"] for p in d["partitions"]) for d in described}
