@@ -16,6 +16,7 @@ from pipeline.topics import TopicNames, ensure_topics, topic_names
 from tests.kafka_helpers import run
 
 LOG_DIR = Path(__file__).resolve().parent.parent / ".local" / "test-logs"
+TEST_TENANTS = Path(__file__).resolve().parent / "data" / "tenants.test.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +33,13 @@ def prefix() -> str:
 
 @pytest.fixture(scope="session")
 def settings(broker: Broker, prefix: str) -> Settings:
-    s = Settings(kafka_bootstrap_servers=broker.bootstrap, topic_prefix=prefix, worker_id=f"fs-{prefix[:-1]}")
+    s = Settings(
+        kafka_bootstrap_servers=broker.bootstrap,
+        topic_prefix=prefix,
+        worker_id=f"fs-{prefix[:-1]}",
+        tenants_file=TEST_TENANTS,
+        shared_pool_threshold=2,
+    )
     run(ensure_topics(broker.bootstrap, s))
     return s
 
@@ -50,6 +57,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         TOPIC_PREFIX=settings.topic_prefix,
         WORKER_ID=settings.worker_id,
         INGEST_INSTANCE=f"ingest-{settings.topic_prefix[:-1]}",
+        TENANTS_FILE=str(TEST_TENANTS),
+        SHARED_POOL_THRESHOLD="2",
     )
     return env
 
