@@ -57,28 +57,15 @@ async def test_seed_000_batch_expands_into_weighted_triplets(
     publisher: FeedbackPublisher, broker: Broker, names: TopicNames
 ) -> None:
     seeker = f"alice-{uuid.uuid4().hex[:6]}"
-    res = (
-        await publisher.publish(
-            {
-                "domain": "s_llm",
-                "items": [
-                    outcome(seeker, "bob", "accepted"),
-                    outcome(seeker, "carl", "rejected"),
-                    outcome(seeker, "dan", "converted", 2.0),
-                ],
-            }
-        )
-        if False
-        else await publisher.publish(
-            {
-                "domain": "s_five",
-                "items": [
-                    outcome(seeker, "bob", "accepted"),
-                    outcome(seeker, "carl", "rejected"),
-                    outcome(seeker, "dan", "converted", 2.0),
-                ],
-            }
-        )
+    res = await publisher.publish(
+        {
+            "domain": "s_five",
+            "items": [
+                outcome(seeker, "bob", "accepted"),
+                outcome(seeker, "carl", "rejected"),
+                outcome(seeker, "dan", "converted", 2.0),
+            ],
+        }
     )
     units = await units_of(broker, names, set(res.event_ids), 3, settle_s=1.0)
     got = {(u["positive"], u["negative"]): round(u["weight"], 4) for u in units}
