@@ -134,7 +134,7 @@ class StageRunner(Generic[S]):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.max_batch,
-            session_timeout_ms=10_000,
+            session_timeout_ms=6_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=120_000,
         )
@@ -187,9 +187,8 @@ class StageRunner(Generic[S]):
             await producer.stop()
             raise
         if committed is None:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, committed)
+            committed = (await consumer.beginning_offsets([tp]))[tp]
+        consumer.seek(tp, committed)
         self._owned[tp.partition] = _Owned(producer, state)
         log.info(
             "%s: partition %d taken at offset %s with %d state keys",
@@ -215,6 +214,7 @@ class StageRunner(Generic[S]):
             bootstrap_servers=bootstrap_list(self.bootstrap),
             isolation_level="read_committed",
             enable_auto_commit=False,
+            auto_offset_reset="earliest",
             group_id=None,
         )
         await reader.start()
@@ -222,7 +222,8 @@ class StageRunner(Generic[S]):
         try:
             reader.assign([tp])
             end = (await reader.end_offsets([tp]))[tp]
-            await reader.seek_to_beginning(tp)
+            # explicit seek: aiokafka's seek_to_beginning can lose to the initial offset reset
+            reader.seek(tp, (await reader.beginning_offsets([tp]))[tp])
             while await reader.position(tp) < end:
                 batch = await reader.getmany(tp, timeout_ms=500, max_records=5000)
                 for rec in batch.get(tp, []):

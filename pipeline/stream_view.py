@@ -53,8 +53,11 @@ class StreamView:
         parts = await partitions_of(self.bootstrap, [self.names.results, self.names.count_state])
         tps = [TopicPartition(topic, p) for topic, ps in parts.items() for p in ps]
         consumer.assign(tps)
-        await consumer.seek_to_end(*[tp for tp in tps if tp.topic == self.names.results])
-        await consumer.seek_to_beginning(*[tp for tp in tps if tp.topic == self.names.count_state])
+        # explicit offsets: aiokafka's seek_to_* can lose to the initial offset reset
+        ends = await consumer.end_offsets([tp for tp in tps if tp.topic == self.names.results])
+        starts = await consumer.beginning_offsets([tp for tp in tps if tp.topic == self.names.count_state])
+        for tp, offset in {**ends, **starts}.items():
+            consumer.seek(tp, offset)
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="stream-view")
 

@@ -61,9 +61,25 @@ def build_runners(settings: Settings, bootstrap: str) -> tuple[StageRunner[Any],
     return expand, count
 
 
+class WorkerApp(faust.App):
+    """A faust app that starts the stages as soon as it starts.
+
+    faust runs ``@app.task`` only after its own consumer group settled, which after a crash
+    waits for the dead member's session to expire; the stages have groups of their own and
+    need not wait for faust's.
+    """
+
+    stage_starter: Any = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.stage_starter is not None:
+            self.add_future(self.stage_starter())
+
+
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
     """Build the faust app; one function so tests and the CLI build it the same way."""
-    app = faust.App(
+    app = WorkerApp(
         settings.worker_id,
         broker=faust_broker_urls(bootstrap),
         store="memory://",
@@ -72,10 +88,12 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         web_host=settings.worker_host,
         web_port=settings.worker_port,
         datadir=str(settings.worker_data_dir),
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=20.0,
     )
     runners: list[StageRunner[Any]] = []
 
-    @app.task  # type: ignore[untyped-decorator]
     async def run_stages() -> None:
         await topics.ensure_topics(bootstrap, settings)
         runners.extend(build_runners(settings, bootstrap))
@@ -87,6 +105,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             for runner in runners:
                 with contextlib.suppress(Exception):
                     await runner.stop()
+
+    app.stage_starter = run_stages
 
     @app.page("/metrics")
     class Metrics(View):
