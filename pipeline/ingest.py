@@ -87,6 +87,12 @@ def json_response(status: int, data: Any, headers: dict[str, str] | None = None)
     )
 
 
+def header_text(request: web.Request, name: str) -> str:
+    """A header as valid text: bytes that are not UTF-8 arrive as lone surrogates, which no JSON
+    answer, Kafka record or key hash can take; they become '?' instead of failing with a bare 500."""
+    return request.headers.get(name, "").encode("utf-8", "replace").decode("utf-8")
+
+
 def error_body(call: Call, err: ApiError) -> dict[str, Any]:
     if call.contract is Contract.CORRECTION:
         return {
@@ -145,8 +151,7 @@ class Ingest:
         started = time.perf_counter()
         call = Call(
             request_id=new_request_id(),
-            correlation_id=(request.headers.get("X-Correlation-Id") or "").strip()[:200]
-            or new_request_id()[4:],
+            correlation_id=header_text(request, "X-Correlation-Id").strip()[:200] or new_request_id()[4:],
             received_at=datetime.now(UTC),
         )
         request["call"] = call
@@ -178,7 +183,14 @@ class Ingest:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body exceeds {limit} bytes.")
-        body = await request.content.read(limit + 1)
+        # StreamReader.read(n) returns what has arrived (up to n bytes), not n bytes: read to EOF
+        buf = bytearray()
+        while len(buf) <= limit:
+            chunk = await request.content.read(limit + 1 - len(buf))
+            if not chunk:
+                break
+            buf += chunk
+        body = bytes(buf)
         if len(body) > limit:
             raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body exceeds {limit} bytes.")
         try:
@@ -187,12 +199,8 @@ class Ingest:
             raise ApiError(400, "INVALID_JSON", f"Body is not valid JSON: {exc}") from None
 
     def authenticate(self, request: web.Request, call: Call) -> Tenant:
-        auth = request.headers.get("Authorization", "")
-        key = (
-            auth[7:].strip()
-            if auth[:7].lower() == "bearer "
-            else request.headers.get("X-API-Key", "").strip()
-        )
+        auth = header_text(request, "Authorization")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else header_text(request, "X-API-Key").strip()
         if not key:
             raise ApiError(
                 401, "UNAUTHENTICATED", "Missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'."
@@ -330,7 +338,7 @@ class Ingest:
             if isinstance(model, CorrectionRequest):
                 return await self.idempotent(request, call, raw, lambda: self.correction(call, model))
             if isinstance(model, SearchEventRequest):
-                session = request.headers.get("X-Session-ID")
+                session = header_text(request, "X-Session-ID").strip() or None
                 return await self.idempotent(request, call, raw, lambda: self.search(call, model, session))
         except ApiError as err:
             raise self.in_contract_shape(call, err) from None

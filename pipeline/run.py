@@ -41,7 +41,8 @@ def post(url: str, body: object) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-async def show(bootstrap: str, topic: str, request_id: str, timeout_s: float = 30.0) -> list[str]:
+async def show(bootstrap: str, topic: str, needles: list[str], timeout_s: float = 15.0) -> list[str]:
+    """The records of ``topic`` that mention one of ``needles`` (read_committed, from the start)."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -54,9 +55,14 @@ async def show(bootstrap: str, topic: str, request_id: str, timeout_s: float = 3
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while loop.time() < deadline and not found:
+        first_seen: float | None = None
+        while loop.time() < deadline and (first_seen is None or loop.time() < first_seen + 1.0):
             for records in (await consumer.getmany(timeout_ms=500)).values():
-                found += [r.value.decode() for r in records if r.value and request_id.encode() in r.value]
+                found += [
+                    r.value.decode()
+                    for r in records
+                    if r.value and any(n.encode() in r.value for n in needles)
+                ]
         return found
     finally:
         await consumer.stop()
@@ -79,10 +85,13 @@ def main() -> int:
             print(f"POST {url}/v1/feedback (seed 000 sample) -> {status} {body}")
             request_id = json.loads(body).get("request_id", "")
             names = topic_names(settings)
-            for topic in (names.raw, names.signals):
-                records = asyncio.run(show(broker.bootstrap, topic, request_id))
+            raw = asyncio.run(show(broker.bootstrap, names.raw, [request_id]))
+            print(f"\n{names.raw}: {len(raw)} event(s), e.g. {raw[0] if raw else '-'}")
+            event_ids = [json.loads(r)["event_id"] for r in raw]
+            for topic in (names.signals, names.triplets):
+                records = asyncio.run(show(broker.bootstrap, topic, event_ids))
                 example = records[0] if records else "-"
-                print(f"{topic}: {len(records)} record(s) of this request, e.g. {example}")
+                print(f"\n{topic}: {len(records)} record(s) of this request, e.g. {example}")
             print(f"""
 The pipeline is running. Try:
   curl -s -XPOST {url}/v1/feedback -H 'Authorization: Bearer {DEV_KEY}' -d '{json.dumps(SAMPLE)}'
