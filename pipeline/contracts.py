@@ -241,6 +241,20 @@ class InferenceFeedbackEvent(_Request):
                     },
                     "tags": {"evaluator": "human", "task": "question-answering"},
                 },
+                # seed 002's other request examples: two events in one request, then nested feedback
+                {"id": "019503a1-b2c3-7d4e-8f01-234567890abc", "feedback": {"helpful": True}},
+                {
+                    "id": "019503a2-d4e5-7f60-a1b2-c3d4e5f60718",
+                    "feedback": {"quality": 4.5},
+                    "optimize": "max",
+                },
+                {
+                    "id": "019503a1-b2c3-7d4e-8f01-234567890abc",
+                    "feedback": {
+                        "evaluation": {"quality": {"precision": 0.95, "recall": 0.87}},
+                        "helpful": True,
+                    },
+                },
             ]
         },
     )

@@ -93,6 +93,21 @@ def header_text(request: web.Request, name: str) -> str:
     return request.headers.get(name, "").encode("utf-8", "replace").decode("utf-8")
 
 
+def validation_details(err: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors as JSON: a validator's ``ctx`` holds the exception it raised, which orjson
+    cannot serialize (the answer was a bare 500); it is given as its message instead."""
+    details: list[dict[str, Any]] = []
+    for error in err.errors(include_url=False, include_input=False):
+        detail: dict[str, Any] = dict(error)
+        ctx: dict[str, Any] = detail.get("ctx") or {}
+        if ctx:
+            detail["ctx"] = {
+                k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in ctx.items()
+            }
+        details.append(detail)
+    return details
+
+
 def error_body(call: Call, err: ApiError) -> dict[str, Any]:
     if call.contract is Contract.CORRECTION:
         return {
@@ -329,7 +344,7 @@ class Ingest:
                 400,
                 "INVALID_REQUEST",
                 describe_validation_error(found.error),
-                details=found.error.errors(include_url=False, include_input=False),
+                details=validation_details(found.error),
             )
         model = found.model
         try:
@@ -554,7 +569,7 @@ class Ingest:
                 422,
                 "INVALID_SCORE" if is_score_range_error(err) else "INVALID_REQUEST",
                 describe_validation_error(err),
-                details=err.errors(include_url=False, include_input=False),
+                details=validation_details(err),
             ) from None
         return await self.idempotent(request, call, raw, lambda: self.scored(call, model))
 

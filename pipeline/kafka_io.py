@@ -58,6 +58,7 @@ class TransactionalWriter:
             asyncio.Queue()
         )
         self._producer: AIOKafkaProducer | None = None
+        self._inflight: set[asyncio.Future[list[Written]]] = set()
         self._task: asyncio.Task[None] | None = None
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -98,24 +99,38 @@ class TransactionalWriter:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout=self._timeout_s)
         except TimeoutError as exc:
-            raise PublishError(f"Kafka did not acknowledge within {self._timeout_s:g} s") from exc
+            if fut not in self._inflight:
+                # still queued: cancelled, so ``_run`` skips it and it can never be written later
+                fut.cancel()
+                raise PublishError(f"Kafka did not acknowledge within {self._timeout_s:g} s") from exc
+        # its transaction is under way (bounded by the commit timeout): only its outcome is the truth
+        return await fut
 
     async def _run(self) -> None:
         while True:
             group = [await self._queue.get()]
             while not self._queue.empty() and len(group) < self._max_group:
                 group.append(self._queue.get_nowait())
+            group = [entry for entry in group if not entry[1].done()]  # callers that gave up
+            if not group:
+                continue
+            self._inflight.update(fut for _, fut in group)
             try:
                 results = await asyncio.wait_for(self._commit(group), timeout=self._timeout_s)
             except (asyncio.CancelledError, KeyboardInterrupt):
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(PublishError("writer stopped"))
                 raise
             except Exception as exc:  # anything: the whole group failed and was aborted
                 log.warning("transaction of %d requests failed: %r", len(group), exc)
-                await self._recover()
-                for _, fut in group:
+                for _, fut in group:  # answer now: recovery may last as long as the broker is away
                     if not fut.done():
                         fut.set_exception(PublishError(f"Kafka write failed: {exc!r}"))
+                await self._recover()
                 continue
+            finally:
+                self._inflight.difference_update(fut for _, fut in group)
             for (_, fut), written in zip(group, results, strict=True):
                 if not fut.done():
                     fut.set_result(written)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.broker import Broker, find_broker
-from pipeline.procs import Service, free_port, ingest_service, worker_service
+from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import Settings
 from pipeline.topics import TopicNames, ensure_topics, topic_names
 from tests.kafka_helpers import run
@@ -81,3 +81,32 @@ def ingest(service_env: dict[str, str]) -> Iterator[Service]:
         yield svc
     finally:
         svc.stop()
+
+
+# --- dedicated ingests (tests/integration/test_ingest_*.py) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ingest_factory(service_env: dict[str, str]) -> Iterator[Callable[..., Service]]:
+    """Start extra ingests with overridden settings (e.g. ``max_body_bytes=2048``); stopped after the module.
+
+    Each gets its own transactional id, so it never fences the session ingest.
+    """
+    started: list[Service] = []
+
+    def start(name: str, **overrides: object) -> Service:
+        env = child_env(
+            service_env,
+            ingest_instance=f"{service_env['INGEST_INSTANCE']}-{name}-{uuid.uuid4().hex[:6]}",
+            **overrides,
+        )
+        svc = ingest_service(env, free_port(), LOG_DIR / service_env["TOPIC_PREFIX"], name=name).start()
+        started.append(svc)
+        svc.wait_ready()
+        return svc
+
+    try:
+        yield start
+    finally:
+        for svc in started:
+            svc.stop()

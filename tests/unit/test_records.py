@@ -167,7 +167,16 @@ def test_deterministic_ids() -> None:
 
 def test_json_schemas_cover_every_output_topic() -> None:
     schemas = record_json_schemas()
-    assert set(schemas) == {"feedback.signals", "feedback.triplets", "train.triggers", "feedback.dlq"}
+    assert set(schemas) == {
+        "feedback.signals",
+        "feedback.triplets",
+        "train.triggers",
+        "feedback.dlq",
+        "feedback.units",
+        "feedback.results",
+    }
     assert schemas["feedback.triplets"]["discriminator"]["propertyName"] == "kind"
     assert schemas["train.triggers"]["properties"]["emitted_at"]["format"] == "date-time"
+    assert schemas["feedback.units"]["discriminator"]["propertyName"] == "kind"
+    assert schemas["feedback.results"]["properties"]["triggers"]["items"]["$ref"] == "#/$defs/TrainTrigger"
     json.dumps(schemas)

@@ -1,0 +1,385 @@
+"""HTTP load benchmark of the real ingest, against a trivial aiohttp endpoint as same-run baseline.
+
+Run with ``python -m scripts.load [--concurrency 32] [--duration 6] [--out bench-results/load.json]``.
+
+Starts, on the broker of ``pipeline.broker.find_broker`` with its own ``TOPIC_PREFIX``:
+
+* a worker (``pipeline.procs.worker_service``), so seed 000 requests get their true 200 answer
+  (the ingest waits for the count stage's result, up to ``RESULT_WAIT_S``, then answers 202);
+* the ingest (``pipeline.procs.ingest_service``) with a tenants file whose ``rate_limit_rps`` is
+  far above what this machine can send, so nothing is throttled;
+* a baseline server: a tiny aiohttp app (this module, ``--serve-baseline PORT``) that reads the
+  body, parses it as JSON and answers 200 JSON, on the same stack (aiohttp, ``AppRunner``,
+  ``TCPSite``, no access log) in its own process.
+
+Each case (seed 000 with 1 and with 100 items, seed 002 arrays of 1 and of 100 items) is driven
+against the ingest and then the baseline with an aiohttp client at a fixed concurrency, bounded
+in time (``--duration``) and count (``--max-requests``), after a short warm-up. Between ingest
+runs the worker is given time to drain what the last case wrote (bounded). Reported per case:
+requests/s, items/s, latency p50/p99, status counts, and requests/s relative to the baseline.
+
+The load generator shares the machine's cores with the ingest, the worker and the broker, so the
+absolute numbers are lower bounds; the ratio against the baseline (driven identically in the same
+run) is the number to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from pipeline.broker import find_broker
+from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
+from pipeline.settings import REPO_ROOT, Settings
+from pipeline.topics import ensure_topics, topic_names
+from scripts.bench import (
+    N_TENANTS,
+    Workload,
+    delete_topics,
+    partitions_of,
+    percentile,
+    ranking_domains,
+    tenant_key,
+    tenants_data,
+)
+
+# --- the baseline server ---------------------------------------------------------------------------
+
+
+async def _baseline_feedback(request: web.Request) -> web.Response:
+    body = await request.read()
+    data = orjson.loads(body)
+    n = len(data) if isinstance(data, list) else len(data.get("items", [1])) if isinstance(data, dict) else 1
+    return web.Response(body=orjson.dumps({"accepted": n}), content_type="application/json")
+
+
+async def _baseline_health(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+async def serve_baseline(port: int) -> None:
+    app = web.Application(client_max_size=1_048_577)
+    app.router.add_post("/v1/feedback", _baseline_feedback)
+    app.router.add_get("/healthz", _baseline_health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+    await site.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def baseline_service(env: dict[str, str], port: int, log_dir: Path) -> Service:
+    return Service(
+        "baseline",
+        [sys.executable, "-m", "scripts.load", "--serve-baseline", str(port)],
+        child_env(env),
+        f"http://127.0.0.1:{port}/healthz",
+        log_dir / "baseline.log",
+    )
+
+
+# --- request bodies --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    items: int
+    bodies: list[bytes]
+    through_stream: bool  # the answer waits for the worker (seed 000)
+
+
+def ranking_body(workload: Workload, n_items: int) -> bytes:
+    req = workload.ranking(0, n_items)
+    return orjson.dumps(req.model.model_dump(mode="json", exclude_defaults=True))
+
+
+def build_cases(workload: Workload, pool: int) -> list[Case]:
+    return [
+        Case("seed000 x1", 1, [ranking_body(workload, 1) for _ in range(pool)], True),
+        Case("seed000 x100", 100, [ranking_body(workload, 100) for _ in range(pool // 4)], True),
+        Case("seed002 x1", 1, [orjson.dumps(workload.inference_items(1)) for _ in range(pool)], False),
+        Case(
+            "seed002 x100",
+            100,
+            [orjson.dumps(workload.inference_items(100)) for _ in range(pool // 4)],
+            False,
+        ),
+    ]
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+
+async def drive(
+    url: str, case: Case, *, key: str, concurrency: int, duration_s: float, max_requests: int, warmup: int
+) -> dict[str, Any]:
+    """POST the case's bodies from ``concurrency`` workers until the time or count bound."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+    rng = random.Random(1)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one() -> tuple[str, float]:
+            body = case.bodies[rng.randrange(len(case.bodies))]
+            started = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    return str(resp.status), time.perf_counter() - started
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return type(exc).__name__, time.perf_counter() - started
+
+        # warm-up: connections opened, code paths hot; not counted
+        for _ in range(math.ceil(warmup / concurrency)):
+            await asyncio.gather(*(one() for _ in range(concurrency)))
+
+        issued = 0
+        deadline = time.perf_counter() + duration_s
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < max_requests and time.perf_counter() < deadline:
+                issued += 1
+                status, latency = await one()
+                statuses[status] += 1
+                latencies.append(latency)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ok = sum(n for s, n in statuses.items() if s.startswith("2"))
+    return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "requests_per_s": len(latencies) / elapsed,
+        "ok_per_s": ok / elapsed,
+        "items_per_s": ok * case.items / elapsed,
+        "p50_ms": (percentile(latencies, 0.50) or 0) * 1000,
+        "p99_ms": (percentile(latencies, 0.99) or 0) * 1000,
+        "statuses": dict(statuses),
+    }
+
+
+async def lag(bootstrap: str, group: str, topic: str) -> int:
+    """Records (and transaction markers) not yet committed by ``group`` on ``topic``."""
+    tps = await partitions_of(bootstrap, topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await consumer.start()
+    await admin.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        total = 0
+        for tp in tps:
+            at = committed.get(tp)
+            # a transaction's commit marker sits after its last record: 1 per partition is "caught up"
+            total += max(0, ends[tp] - (at.offset if at is not None and at.offset >= 0 else 0) - 1)
+        return total
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
+async def wait_drained(bootstrap: str, settings: Settings, timeout_s: float) -> float:
+    """Wait (bounded) until the worker's two stages have caught up; seconds waited."""
+    names = topic_names(settings)
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        expand = await lag(bootstrap, f"{settings.worker_id}-expand", names.raw)
+        count = await lag(bootstrap, f"{settings.worker_id}-count", names.units)
+        if expand == 0 and count == 0:
+            break
+        await asyncio.sleep(0.5)
+    return time.perf_counter() - started
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, bootstrap: str, broker_kind: str) -> dict[str, Any]:
+    t_run = time.perf_counter()
+    tag = f"load{uuid.uuid4().hex[:8]}"
+    try:
+        return await measure(args, bootstrap, broker_kind, tag) | {"run_s": time.perf_counter() - t_run}
+    finally:
+        if not args.keep_topics:
+            with contextlib.suppress(Exception):
+                await delete_topics(bootstrap, f"{tag}.")
+
+
+async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, tag: str) -> dict[str, Any]:
+    prefix = f"{tag}."
+    log_dir = REPO_ROOT / ".local" / "bench-logs" / tag
+    tenants_file = Path(tempfile.mkdtemp(prefix="feedstream-load-")) / "tenants.yaml"
+    # thresholds high enough that triggers are rare: this measures the HTTP path
+    thresholds = {d: 100_000 for i in range(N_TENANTS) for d in ranking_domains(i)}
+    tenants_file.write_text(yaml.safe_dump(tenants_data(thresholds, rate_limit_rps=1_000_000)))
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_prefix=prefix,
+        worker_id=f"fs-{tag}",
+        tenants_file=tenants_file,
+    )
+    await ensure_topics(bootstrap, settings)
+    print(f"[load] broker {bootstrap} ({broker_kind}), prefix {prefix}, logs {log_dir}")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        TOPIC_PREFIX=prefix,
+        WORKER_ID=settings.worker_id,
+        INGEST_INSTANCE=f"ingest-{tag}",
+        TENANTS_FILE=str(tenants_file),
+    )
+    cases = build_cases(Workload(seed=args.seed), pool=400)
+    ingest_port, baseline_port = free_port(), free_port()
+    worker = worker_service(env, free_port(), log_dir)
+    ingest = ingest_service(env, ingest_port, log_dir)
+    base = baseline_service(env, baseline_port, log_dir)
+    results: list[dict[str, Any]] = []
+    try:
+        for svc in (worker, ingest, base):
+            svc.start()
+        for svc in (worker, ingest, base):
+            await asyncio.to_thread(svc.wait_ready, 90.0)
+        print("[load] worker, ingest and baseline ready")
+        for case in cases:
+            row: dict[str, Any] = {"case": case.name, "items_per_request": case.items}
+            for target, port in (("ingest", ingest_port), ("baseline", baseline_port)):
+                # the worker drains what earlier runs wrote first, so it does not compete with this one
+                row[f"drain_before_{target}_s"] = await wait_drained(bootstrap, settings, args.drain_timeout)
+                row[target] = await drive(
+                    f"http://127.0.0.1:{port}/v1/feedback",
+                    case,
+                    key=tenant_key(0),
+                    concurrency=args.concurrency,
+                    duration_s=args.duration,
+                    max_requests=args.max_requests,
+                    warmup=args.warmup,
+                )
+            row["ratio_rps"] = row["ingest"]["requests_per_s"] / row["baseline"]["requests_per_s"]
+            results.append(row)
+            i, b = row["ingest"], row["baseline"]
+            print(
+                f"[load] {case.name}: ingest {i['requests_per_s']:.0f} req/s p50 {i['p50_ms']:.0f} ms "
+                f"p99 {i['p99_ms']:.0f} ms {i['statuses']}; baseline {b['requests_per_s']:.0f} req/s"
+            )
+    finally:
+        for svc in (base, ingest, worker):
+            with contextlib.suppress(Exception):
+                svc.stop()
+    return {
+        "tool": "scripts.load",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "broker": {"bootstrap": bootstrap, "kind": broker_kind},
+        "config": {
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "max_requests": args.max_requests,
+            "warmup_requests": args.warmup,
+            "result_wait_s": settings.result_wait_s,
+            "note": "the load generator runs on the same cores as the ingest, the worker and the broker",
+        },
+        "cases": results,
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    header = ("case", "target", "req/s", "items/s", "p50 ms", "p99 ms", "vs baseline", "statuses")
+    rows = [header]
+    for c in r["cases"]:
+        for target in ("ingest", "baseline"):
+            m = c[target]
+            rows.append(
+                (
+                    c["case"] if target == "ingest" else "",
+                    target,
+                    f"{m['requests_per_s']:.0f}",
+                    f"{m['items_per_s']:.0f}",
+                    f"{m['p50_ms']:.1f}",
+                    f"{m['p99_ms']:.1f}",
+                    f"{c['ratio_rps']:.3f}" if target == "ingest" else "1",
+                    " ".join(f"{s}:{n}" for s, n in sorted(m["statuses"].items())),
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i in (0, 1, 7) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    cfg = r["config"]
+    lines += [
+        "",
+        f"concurrency {cfg['concurrency']}, {cfg['duration_s']} s per case and target (max "
+        f"{cfg['max_requests']} requests), nproc {r['nproc']}; the load generator shares the cores",
+        "seed 000 answers wait for the worker's count result (202 after result_wait_s); "
+        "vs baseline = ingest req/s / baseline req/s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per case and target")
+    parser.add_argument("--max-requests", type=int, default=50_000, help="bound per case and target")
+    parser.add_argument("--warmup", type=int, default=64, help="requests before measuring")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, help="bound on waiting for the worker")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "load.json")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--keep-topics", action="store_true")
+    parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_baseline:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_baseline(args.serve_baseline))
+        return 0
+    with find_broker() as broker:
+        result = asyncio.run(run(args, broker.bootstrap, broker.kind))
+    print()
+    print(table(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out} (run took {result['run_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
