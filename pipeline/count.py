@@ -9,8 +9,13 @@ changes go to its changelog once per domain.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import orjson
 from aiokafka.structs import RecordMetadata
@@ -19,7 +24,7 @@ from pipeline import metrics
 from pipeline.counters import DomainCounter, count_units, force_trigger
 from pipeline.eos import Record, Tx
 from pipeline.expand import send_dead_letter
-from pipeline.records import UNITS_MESSAGE, StageResult, TrainRequest, TrainTrigger, UnitsBatch
+from pipeline.records import StageResult, TrainRequest, TrainTrigger, to_json
 from pipeline.topics import TopicNames
 
 
@@ -50,62 +55,41 @@ class CountStage:
         self, partition: int, records: Sequence[Record], state: Mapping[bytes, DomainCounter], tx: Tx
     ) -> dict[bytes, DomainCounter | None]:
         # 1. decode and write every unit: their offsets bound the triggers' ranges
-        decoded: list[tuple[Record, UnitsBatch | TrainRequest, int, list[object]]] = []
+        decoded: list[tuple[Incoming, int, list[asyncio.Future[RecordMetadata]]]] = []
         for rec in records:
             try:
-                msg = UNITS_MESSAGE.validate_json(rec.value or b"")
+                msg = Incoming.parse(rec.value or b"")
                 threshold = self.threshold(msg.domain)
             except Exception as exc:
                 await send_dead_letter(tx, self.names.dlq, self.name, exc, rec)
                 continue
-            futures: list[object] = []
-            if isinstance(msg, UnitsBatch):
-                for unit in msg.units:
-                    futures.append(
-                        await tx.send(
-                            self.names.triplets,
-                            orjson.dumps(unit.model_dump(mode="json")),
-                            key=msg.domain.encode(),
-                        )
-                    )
-            decoded.append((rec, msg, threshold, futures))
+            key = msg.domain.encode()
+            futures = [await tx.send(self.names.triplets, orjson.dumps(u), key=key) for u in msg.units]
+            decoded.append((msg, threshold, futures))
         await tx.flush()
 
         # 2. count in order, emit triggers and results; the table changes once per domain
         changes: dict[bytes, DomainCounter | None] = {}
+        produced: collections.Counter[tuple[str, str]] = collections.Counter()
         now = time.time()
-        for _rec, msg, threshold, futures in decoded:
+        for msg, threshold, futures in decoded:
             key = msg.domain.encode()
             counter = changes.get(key) or state.get(key) or DomainCounter()
-            if isinstance(msg, UnitsBatch):
-                metas: list[RecordMetadata] = [f.result() for f in futures]  # type: ignore[attr-defined]
-                counted = sum(1 for u in msg.units if u.counts)
-                triggers: list[TrainTrigger] = []
+            triggers: list[TrainTrigger] = []
+            if msg.train is None:
+                metas = [f.result() for f in futures]
                 if metas:
                     counter, triggers = count_units(
                         counter,
                         domain=msg.domain,
                         threshold=threshold,
                         partition=metas[0].partition,
-                        offsets_and_counts=[
-                            (m.offset, u.counts) for m, u in zip(metas, msg.units, strict=True)
-                        ],
+                        offsets_and_counts=[(m.offset, c) for m, c in zip(metas, msg.counts, strict=True)],
                         at=msg.received_at,
                         topic=self.names.triplets,
                     )
                 for unit in msg.units:
-                    metrics.TRIPLETS.labels(msg.domain, unit.kind).inc()
-                result = StageResult(
-                    request_id=msg.request_id,
-                    event_id=msg.event_id,
-                    domain=msg.domain,
-                    kind="units",
-                    units_generated=len(msg.units),
-                    units_counted=counted,
-                    pending=counter.pending,
-                    threshold=threshold,
-                    triggers=triggers,
-                )
+                    produced[msg.domain, unit["kind"]] += 1
                 metrics.PROCESSING_LATENCY.labels(self.name).observe(
                     max(0.0, now - msg.received_at.timestamp())
                 )
@@ -114,30 +98,74 @@ class CountStage:
                     counter,
                     domain=msg.domain,
                     threshold=threshold,
-                    at=msg.requested_at,
+                    at=msg.received_at,
                     last_offset=None,
                     topic=self.names.triplets,
                 )
                 triggers = [trigger] if trigger else []
-                result = StageResult(
+            for trigger in triggers:
+                await tx.send(self.names.triggers, to_json(trigger), key=key)
+                metrics.TRIGGERS.labels(msg.domain, trigger.reason).inc()
+            if msg.reply:
+                result = StageResult.model_construct(
                     request_id=msg.request_id,
+                    event_id=msg.event_id,
                     domain=msg.domain,
-                    kind="train",
-                    units_generated=0,
-                    units_counted=0,
+                    kind="units" if msg.train is None else "train",
+                    units_generated=len(msg.units),
+                    units_counted=sum(msg.counts),
                     pending=counter.pending,
                     threshold=threshold,
                     triggers=triggers,
                 )
-            for trigger in triggers:
-                await tx.send(self.names.triggers, orjson.dumps(trigger.model_dump(mode="json")), key=key)
-                metrics.TRIGGERS.labels(msg.domain, trigger.reason).inc()
-            if isinstance(msg, TrainRequest) or msg.reply:
-                await tx.send(
-                    self.names.results,
-                    orjson.dumps(result.model_dump(mode="json")),
-                    key=msg.request_id.encode(),
-                )
-            metrics.PENDING.labels(msg.domain).set(counter.pending)
+                await tx.send(self.names.results, to_json(result), key=msg.request_id.encode())
             changes[key] = counter
+        for (domain, kind), n in produced.items():
+            metrics.TRIPLETS.labels(domain, kind).inc(n)
+        for domain_key, changed in changes.items():
+            if changed is not None:
+                metrics.PENDING.labels(domain_key.decode()).set(changed.pending)
         return changes
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A ``feedback.units`` message, decoded lightly: units stay JSON objects, written as they came.
+
+    The topic is internal (only the expand stage and the ingest write it); anything that does not
+    parse goes to the DLQ.
+    """
+
+    domain: str
+    request_id: str
+    event_id: str | None
+    received_at: datetime
+    units: list[dict[str, Any]]
+    counts: list[bool]
+    reply: bool
+    train: TrainRequest | None
+
+    @classmethod
+    def parse(cls, value: bytes) -> Incoming:
+        raw = orjson.loads(value)
+        if raw.get("kind") == "train":
+            train = TrainRequest.model_validate(raw)
+            return cls(train.domain, train.request_id, None, train.requested_at, [], [], True, train)
+        if raw.get("kind") != "units":
+            raise ValueError(f"unknown message kind {raw.get('kind')!r}")
+        units = raw["units"]
+        if not isinstance(units, list) or not all(isinstance(u, dict) and "kind" in u for u in units):
+            raise ValueError("units must be a list of training units")
+        received_at = datetime.fromisoformat(raw["received_at"])
+        if received_at.tzinfo is None:
+            raise ValueError("received_at needs a time zone")
+        return cls(
+            domain=str(raw["domain"]),
+            request_id=str(raw["request_id"]),
+            event_id=str(raw["event_id"]),
+            received_at=received_at,
+            units=units,
+            counts=[bool(u["counts"]) for u in units],
+            reply=bool(raw.get("reply", True)),
+            train=None,
+        )

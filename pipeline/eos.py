@@ -20,20 +20,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
+from pipeline import metrics
 from pipeline.kafka_io import bootstrap_list
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 Record: TypeAlias = ConsumerRecord  # bytes key and value
+
+
+@functools.lru_cache(maxsize=65_536)
+def key_partition(key: bytes, partitions: int) -> int | None:
+    """Kafka's default partition of a key (murmur2, as Java and aiokafka), cached: keys repeat a lot."""
+    if partitions == 0:
+        return None  # metadata not known yet: let the producer wait for it and partition
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class Tx:
@@ -52,6 +63,8 @@ class Tx:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[RecordMetadata]:
         """Queue a record in the transaction; await the returned future for its offset."""
+        if partition is None and key is not None:
+            partition = key_partition(key, len(self._producer._metadata.partitions_for_topic(topic) or ()))
         fut: asyncio.Future[RecordMetadata] = await self._producer.send(
             topic, value, key=key, partition=partition, headers=headers or []
         )
@@ -133,7 +146,7 @@ class StageRunner(Generic[S]):
             isolation_level="read_committed",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self.max_batch,
+            fetch_max_wait_ms=self.poll_ms,
             session_timeout_ms=6_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=120_000,
@@ -250,10 +263,19 @@ class StageRunner(Generic[S]):
                         for tp in orphans:
                             if tp.partition not in self._owned and tp in consumer.assignment():
                                 await self._take(tp)
-                batches = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.max_batch)
-                for tp, records in batches.items():
-                    if records:
-                        await self._process(tp, records)
+                batches = await consumer.getmany(
+                    timeout_ms=self.poll_ms, max_records=self.max_batch * max(1, len(self._owned))
+                )
+                # partitions have their own producers: their transactions run side by side; the
+                # lock makes a rebalance wait until every batch in flight has committed or aborted
+                async with self._lock:
+                    outcomes = await asyncio.gather(
+                        *(self._process(tp, records) for tp, records in batches.items() if records),
+                        return_exceptions=True,
+                    )
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -261,46 +283,48 @@ class StageRunner(Generic[S]):
                 await asyncio.sleep(1.0)
 
     async def _process(self, tp: TopicPartition, records: list[Record]) -> None:
-        async with self._lock:
-            owned = self._owned.get(tp.partition)
-            if owned is None:
-                # Revoked while the batch was in our hands (the new owner redoes it), or a failed
-                # batch left it un-owned: take it again, which seeks back to the committed offset.
-                if self._consumer is not None and tp in self._consumer.assignment():
-                    await self._take(tp)
-                return
-            producer = owned.producer
-            try:
-                await producer.begin_transaction()
-                tx = Tx(producer)
-                changes = await self.stage.process(tp.partition, records, owned.state, tx)
-                for key, value in changes.items():
-                    encoded = None if value is None else self.stage.encode_state(value)
-                    await tx.send(self.changelog_topic, encoded, key=key, partition=tp.partition)
-                await tx.flush()
-                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-                await producer.commit_transaction()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The outcome may be unknown (a commit that timed out may have landed): start the
-                # partition over from what Kafka says was committed, with a fresh, fencing producer.
-                log.exception(
-                    "%s: batch on partition %d failed; re-taking the partition", self.stage.name, tp.partition
-                )
-                self._owned.pop(tp.partition, None)
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                await asyncio.sleep(0.5)
-                if self._consumer is not None and tp in self._consumer.assignment():
-                    await self._take(tp)
-                return
+        """One transaction for one partition's batch (the caller holds the rebalance lock)."""
+        owned = self._owned.get(tp.partition)
+        if owned is None:
+            # Revoked while the batch was in our hands (the new owner redoes it), or a failed
+            # batch left it un-owned: take it again, which seeks back to the committed offset.
+            if self._consumer is not None and tp in self._consumer.assignment():
+                await self._take(tp)
+            return
+        producer = owned.producer
+        try:
+            await producer.begin_transaction()
+            tx = Tx(producer)
+            changes = await self.stage.process(tp.partition, records, owned.state, tx)
             for key, value in changes.items():
-                if value is None:
-                    owned.state.pop(key, None)
-                else:
-                    owned.state[key] = value
-            self.batches += 1
+                encoded = None if value is None else self.stage.encode_state(value)
+                await tx.send(self.changelog_topic, encoded, key=key, partition=tp.partition)
+            await tx.flush()
+            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+            await producer.commit_transaction()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The outcome may be unknown (a commit that timed out may have landed): start the
+            # partition over from what Kafka says was committed, with a fresh, fencing producer.
+            log.exception(
+                "%s: batch on partition %d failed; re-taking the partition", self.stage.name, tp.partition
+            )
+            self._owned.pop(tp.partition, None)
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            await asyncio.sleep(0.5)
+            if self._consumer is not None and tp in self._consumer.assignment():
+                await self._take(tp)
+            return
+        for key, value in changes.items():
+            if value is None:
+                owned.state.pop(key, None)
+            else:
+                owned.state[key] = value
+        self.batches += 1
+        metrics.STAGE_BATCHES.labels(self.stage.name).inc()
+        metrics.STAGE_BATCH_SIZE.labels(self.stage.name).observe(len(records))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

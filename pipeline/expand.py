@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -26,7 +27,7 @@ from pipeline.envelope import (
     search_anchor,
 )
 from pipeline.eos import Record, Tx
-from pipeline.records import TrainingUnit, UnitsBatch, dead_letter
+from pipeline.records import TrainingUnit, UnitsBatch, dead_letter, to_json
 from pipeline.signals import signals_for
 from pipeline.tenants import FeedbackMode
 from pipeline.topics import TopicNames
@@ -52,9 +53,9 @@ class Expansion:
     discarded: bool = False
 
 
-def _batch(event: RawEvent, units: Sequence[TrainingUnit], **over: object) -> UnitsBatch:
-    return UnitsBatch.model_validate(
-        {
+def _batch(event: RawEvent, units: Sequence[TrainingUnit], **over: Any) -> UnitsBatch:
+    return UnitsBatch.model_construct(  # built from a validated envelope and our own units
+        **{
             "request_id": event.request_id,
             "event_id": event.event_id,
             "tenant": event.tenant,
@@ -71,7 +72,7 @@ def expand_event(
     event: RawEvent, history_of: Mapping[bytes, SeekerHistory], *, limits: Limits, shared_pool: str
 ) -> Expansion:
     """Pure: the signals, unit batches and new anchor history of one event."""
-    out = Expansion(signals=[orjson.dumps(s.model_dump(mode="json")) for s in signals_for(event)])
+    out = Expansion(signals=[to_json(s) for s in signals_for(event)])
     p = event.payload
     units: list[TrainingUnit] = []
     observations: list[Observation] = []
@@ -184,9 +185,7 @@ class ExpandStage:
             for signal in result.signals:
                 await tx.send(self.names.signals, signal, key=rec.key)
             for batch in result.batches:
-                await tx.send(
-                    self.names.units, orjson.dumps(batch.model_dump(mode="json")), key=batch.domain.encode()
-                )
+                await tx.send(self.names.units, to_json(batch), key=batch.domain.encode())
             if result.state_key is not None:
                 changes[result.state_key] = result.history
             metrics.EVENTS.labels(str(event.contract), event.domain).inc()

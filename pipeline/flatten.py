@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.ids import uuid5_str
+
 __all__ = ["FEEDBACK_ID_NAMESPACE", "FlatEntry", "FlattenError", "feedback_id", "flatten_feedback"]
 
 # uuid5(NAMESPACE_DNS, "feedback-ids.feedstream"), written out so it can never drift.
@@ -139,4 +141,4 @@ def feedback_id(event_id: str, key: str) -> str:
 
     The event id's length is part of the name, so no (event id, key) pair can alias another.
     """
-    return str(uuid.uuid5(FEEDBACK_ID_NAMESPACE, f"{len(event_id)}:{event_id}:{key}"))
+    return uuid5_str(FEEDBACK_ID_NAMESPACE, f"{len(event_id)}:{event_id}:{key}")

@@ -34,6 +34,13 @@ TRIGGERS = Counter("feedstream_triggers_total", "Train triggers emitted.", ["dom
 PENDING = Gauge("feedstream_pending_units", "Training units pending per domain.", ["domain"])
 DLQ = Counter("feedstream_dlq_total", "Messages sent to the dead-letter topic.", ["stage", "reason"])
 DISCARDED = Counter("feedstream_discarded_total", "Feedback discarded by tenant mode.", ["tenant", "mode"])
+STAGE_BATCHES = Counter("feedstream_stage_batches_total", "Committed stage transactions.", ["stage"])
+STAGE_BATCH_SIZE = Histogram(
+    "feedstream_stage_batch_records",
+    "Input records per committed stage transaction.",
+    ["stage"],
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+)
 PROCESSING_LATENCY = Histogram(
     "feedstream_processing_latency_seconds",
     "From ingest receipt to the stream's output, per stage.",

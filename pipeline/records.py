@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
+from pipeline.ids import uuid5_str
+
 __all__ = [
     "RECORD_NAMESPACE",
     "TRAINING_UNIT",
@@ -39,10 +41,15 @@ TripletOrigin = Literal["ranking_outcome", "search_event"]
 Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+def to_json(model: BaseModel) -> bytes:
+    """JSON bytes of a record, straight from pydantic's serializer (the stream's hot path)."""
+    return model.__pydantic_serializer__.to_json(model)
+
+
 def deterministic_id(kind: str, *parts: str | int) -> str:
     """A uuid5 of a kind and its parts; each part is length-prefixed so no tuple aliases another."""
     name = "|".join(f"{len(s)}:{s}" for s in (kind, *(str(p) for p in parts)))
-    return str(uuid.uuid5(RECORD_NAMESPACE, name))
+    return uuid5_str(RECORD_NAMESPACE, name)
 
 
 def signal_id(*, event_id: str, subject: str, key: str) -> str:

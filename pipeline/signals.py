@@ -6,6 +6,8 @@ seed 001 corrections, seed 003 scores and seed 004 event types.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipeline.contracts import InferenceFeedbackEvent
 from pipeline.envelope import (
     CorrectionPayload,
@@ -22,7 +24,7 @@ from pipeline.records import Signal, SignalValue, signal_id
 def signals_for(event: RawEvent) -> list[Signal]:
     """The signals of one event (a seed 001 correction in mode ``off`` has none: discarded)."""
     p = event.payload
-    common = {
+    common: dict[str, Any] = {
         "event_id": event.event_id,
         "tenant": event.tenant,
         "domain": event.domain,
@@ -30,10 +32,10 @@ def signals_for(event: RawEvent) -> list[Signal]:
         "received_at": event.received_at,
     }
 
-    def make(key: str, value: SignalValue, subject: str, **extra: object) -> Signal:
+    def make(key: str, value: SignalValue, subject: str, **extra: Any) -> Signal:
         sid = extra.pop("signal_id", None) or signal_id(event_id=event.event_id, subject=subject, key=key)
-        return Signal.model_validate(
-            {**common, "signal_id": sid, "key": key, "value": value, "subject": subject, **extra}
+        return Signal.model_construct(  # built from a validated envelope
+            **{**common, "signal_id": sid, "key": key, "value": value, "subject": subject, **extra}
         )
 
     if isinstance(p, InferenceFeedbackEvent):

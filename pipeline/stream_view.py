@@ -48,6 +48,7 @@ class StreamView:
             group_id=None,
             isolation_level="read_committed",
             enable_auto_commit=False,
+            fetch_max_wait_ms=20,
         )
         await consumer.start()
         parts = await partitions_of(self.bootstrap, [self.names.results, self.names.count_state])

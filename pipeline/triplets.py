@@ -156,7 +156,7 @@ def expand_outcomes(
                 continue
             newer = p if rank[p.candidate_id] > rank[n.candidate_id] else n
             units.append(
-                TripletUnit(
+                TripletUnit.model_construct(  # fields computed from validated observations
                     unit_id=triplet_id(domain=domain, anchor=anchor, positive=p, negative=n),
                     domain=domain,
                     tenant=tenant,
