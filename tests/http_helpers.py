@@ -38,7 +38,10 @@ async def post(
     if correlation_id:
         h["X-Correlation-Id"] = correlation_id
     data = raw if raw is not None else orjson.dumps(body)
-    async with aiohttp.ClientSession() as session, session.post(base_url(svc) + path, data=data, headers=h) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base_url(svc) + path, data=data, headers=h) as resp,
+    ):
         text = await resp.read()
         try:
             parsed = orjson.loads(text)

@@ -7,6 +7,7 @@ none of them was written. Partly valid batches (seeds 000, 002) write exactly th
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -17,7 +18,7 @@ from aiokafka import ConsumerRecord
 from pipeline.broker import Broker
 from pipeline.procs import Service
 from pipeline.topics import TopicNames
-from tests.http_helpers import DEV_KEY, KAIZEN_KEY, OTHER_KEY, post
+from tests.http_helpers import DEV_KEY, KAIZEN_KEY, OTHER_KEY, base_url, post
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -446,7 +447,7 @@ async def test_invalid_json_is_400(ingest: Service, path: str, raw: bytes) -> No
     assert answer["error"]["message"].startswith("Body is not valid JSON: ")
 
 
-async def test_unknown_route_and_method_answer_json(ingest: Service) -> None:
+async def test_unknown_route_answers_json(ingest: Service) -> None:
     await rejected(ingest, "/v2/feedback", SEARCH, 404, "NOT_FOUND")
 
 
@@ -491,6 +492,35 @@ async def test_idempotency_keys_are_per_tenant_and_route(ingest: Service) -> Non
     assert status == 201, answer  # another route: another key space
 
 
+async def raw_request(svc: Service, head: bytes, body: bytes) -> tuple[int, dict[str, Any]]:
+    """Bytes no HTTP client library would send (headers that are not UTF-8)."""
+    host, port = base_url(svc).removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    status_line, _, rest = response.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), orjson.loads(payload)
+
+
+async def test_headers_that_are_not_utf8_never_cause_a_500(ingest: Service) -> None:
+    body = orjson.dumps(SEARCH)
+    status, answer = await raw_request(
+        ingest,
+        b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + DEV_KEY.encode() + b"\r\n"
+        b"X-Correlation-Id: caf\xc3\xa9-\xff\r\nX-Session-ID: s-\xfe\r\n",
+        body,
+    )
+    assert status == 200, answer
+    assert answer["session_id"] == "s-?"
+    status, answer = await raw_request(
+        ingest, b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nX-API-Key: fs_dev_key_12\xff\r\n", body
+    )
+    assert (status, answer["error"]["code"]) == (401, "UNAUTHENTICATED")
+
+
 # --- the sweep -------------------------------------------------------------------------------------
 
 
@@ -498,7 +528,9 @@ async def test_zz_nothing_was_written_for_any_rejected_request(
     ingest: Service, broker: Broker, names: TopicNames
 ) -> None:
     """Runs last in this module: one read of feedback.raw, after a sentinel written after all of them."""
-    assert len(REJECTED) > 50
+    await rejected(
+        ingest, "/v1/feedback", outcomes("search", weight=-1), 400, "INVALID_REQUEST"
+    )  # run alone too
     sentinel = cid("sentinel")
     status, _, _ = await post(ingest, "/v1/feedback", SEARCH, correlation_id=sentinel)
     assert status == 200

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import yaml
@@ -21,7 +22,7 @@ from pipeline.broker import Broker
 from pipeline.procs import Service
 from pipeline.tenants import hash_api_key
 from pipeline.topics import TopicNames
-from tests.http_helpers import post
+from tests.http_helpers import DEV_KEY, base_url, post
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 MAX_BODY = 2048
 MAX_ITEMS = 3
 RATE_KEY = "fs_rate_key_2rps"
+RATE_KEY_B = "fs_rate_key_2rps_b"  # same tenant, its own bucket
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +45,15 @@ def rate_limited(ingest_factory: Callable[..., Service], tmp_path_factory: pytes
         "tenants": [
             {
                 "id": "dev",
-                "api_keys": [hash_api_key(RATE_KEY)],
+                "api_keys": [hash_api_key(RATE_KEY), hash_api_key(RATE_KEY_B)],
                 "tier": "metered",
                 "rate_limit_rps": 2,
                 "feedback_mode": "tenant_tuning",
-                "default_domains": {"correction": "support", "inference_feedback": "llm", "search_event": "search"},
+                "default_domains": {
+                    "correction": "support",
+                    "inference_feedback": "llm",
+                    "search_event": "search",
+                },
                 "domains": {d: {"threshold": 1000} for d in ("dating", "support", "llm", "search")},
             }
         ]
@@ -85,7 +91,9 @@ async def test_body_at_the_limit_is_accepted_one_byte_more_is_413(
     small: Service, broker: Broker, names: TopicNames
 ) -> None:
     ok, too_big = f"lim-ok-{uuid.uuid4().hex[:8]}", f"lim-big-{uuid.uuid4().hex[:8]}"
-    status, answer, _ = await post(small, "/v1/feedback", None, raw=padded_events(MAX_BODY), correlation_id=ok)
+    status, answer, _ = await post(
+        small, "/v1/feedback", None, raw=padded_events(MAX_BODY), correlation_id=ok
+    )
     assert status == 200 and answer[0]["error"] is None, answer
     status, answer, headers = await post(
         small, "/v1/feedback", None, raw=padded_events(MAX_BODY + 1), correlation_id=too_big
@@ -111,10 +119,6 @@ async def test_big_chunked_body_without_length_is_413(
             yield raw[i : i + 1000]
 
     correlation_id = f"lim-chunked-{uuid.uuid4().hex[:8]}"
-    import aiohttp
-
-    from tests.http_helpers import DEV_KEY, base_url
-
     headers = {"Authorization": f"Bearer {DEV_KEY}", "X-Correlation-Id": correlation_id}
     async with (
         aiohttp.ClientSession() as session,
@@ -165,7 +169,9 @@ async def test_past_the_rate_429_with_retry_after_and_seed_004_rate_state(
     cids = [f"rate-{tag}-{i}" for i in range(8)]
     answers = await asyncio.gather(
         *(
-            post(rate_limited, "/v1/feedback", {"event_type": "result_helpful"}, key=RATE_KEY, correlation_id=c)
+            post(
+                rate_limited, "/v1/feedback", {"event_type": "result_helpful"}, key=RATE_KEY, correlation_id=c
+            )
             for c in cids
         )
     )
@@ -194,7 +200,10 @@ async def test_past_the_rate_429_with_retry_after_and_seed_004_rate_state(
 async def test_rate_limited_correction_answers_in_seed_001_shape(rate_limited: Service) -> None:
     correction = {"case_id": "c", "module": "m", "original_output": {}, "corrected_output": {}, "actor": {}}
     answers = await asyncio.gather(
-        *(post(rate_limited, "/v1/feedback", correction, key=RATE_KEY, correlation_id="rate-001") for _ in range(6))
+        *(
+            post(rate_limited, "/v1/feedback", correction, key=RATE_KEY, correlation_id="rate-001")
+            for _ in range(6)
+        )
     )
     limited = [a for a in answers if a[0] == 429]
     assert limited, [a[0] for a in answers]
@@ -209,8 +218,23 @@ async def test_rate_limited_correction_answers_in_seed_001_shape(rate_limited: S
 
 
 async def test_the_rate_is_per_key(rate_limited: Service) -> None:
-    """The dev key is not in this ingest's tenants file: 401, never 429, however busy RATE_KEY is."""
+    search = {"event_type": "stale_result"}
     answers = await asyncio.gather(
-        *(post(rate_limited, "/v1/feedback", {"event_type": "stale_result"}) for _ in range(4))
+        *(post(rate_limited, "/v1/feedback", search, key=RATE_KEY) for _ in range(6))
     )
-    assert [a[0] for a in answers] == [401] * 4
+    assert 429 in [a[0] for a in answers]
+    status, body, _ = await post(rate_limited, "/v1/feedback", search, key=RATE_KEY_B)
+    assert status == 200, body
+    assert body["access"]["rate_limit"]["remaining"] == 1  # a full bucket of 2, minus this request
+    status, body, _ = await post(rate_limited, "/v1/feedback", search)  # the dev key is not in this file
+    assert status == 401
+
+
+async def test_large_body_under_the_default_limit_is_read_whole(ingest: Service) -> None:
+    """~600 KB arrives in many TCP reads; the ingest must read all of it (it once parsed the first one)."""
+    events = [{"id": str(uuid.uuid4()), "feedback": {"note": "n" * 2000}} for _ in range(300)]
+    raw = orjson.dumps(events)
+    assert 500_000 < len(raw) < 1_048_576
+    status, answer, _ = await post(ingest, "/v1/feedback", None, raw=raw)
+    assert status == 200, answer
+    assert [list(a["feedback_ids"]) for a in answer] == [["note"]] * 300

@@ -9,8 +9,8 @@ import orjson
 
 from pipeline.procs import Service
 from pipeline.topics import TopicNames
-from tests.kafka_helpers import read_until
 from tests.http_helpers import post
+from tests.kafka_helpers import read_until
 
 SEED_000 = {
     "domain": "dating",
@@ -40,7 +40,10 @@ async def test_post_reaches_raw_topic_with_headers(ingest: Service, names: Topic
 
 
 def test_metrics_are_scraped_from_ingest_and_worker(ingest: Service, worker: Service) -> None:
-    for url in (ingest.health_url.replace("/healthz", "/metrics"), worker.health_url.replace("/ready", "/metrics")):
+    for url in (
+        ingest.health_url.replace("/healthz", "/metrics"),
+        worker.health_url.replace("/ready", "/metrics"),
+    ):
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode()
         assert resp.status == 200
@@ -49,4 +52,6 @@ def test_metrics_are_scraped_from_ingest_and_worker(ingest: Service, worker: Ser
 
 def test_worker_ready_reports_json(worker: Service) -> None:
     with urllib.request.urlopen(worker.health_url, timeout=5) as resp:
-        assert json.loads(resp.read()) == {"ready": True}
+        body = json.loads(resp.read())
+    # one worker owns every partition of both stages
+    assert body == {"ready": True, "expand": [0, 1, 2, 3], "count": [0, 1, 2, 3]}
