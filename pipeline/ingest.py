@@ -594,7 +594,10 @@ async def serve(settings: Settings) -> None:
     tenants = load_tenants(settings.tenants_file)
     await ensure_topics(bootstrap, settings)
     writer = TransactionalWriter(
-        bootstrap, transactional_id=settings.ingest_instance, timeout_s=settings.produce_timeout_s
+        bootstrap,
+        transactional_id=settings.ingest_instance,
+        timeout_s=settings.produce_timeout_s,
+        lanes=settings.ingest_writer_lanes,
     )
     await writer.start()
     view = StreamView(bootstrap, topic_names(settings))

@@ -44,28 +44,40 @@ def bootstrap_list(bootstrap: str) -> list[str]:
 
 
 class TransactionalWriter:
-    """Write batches of records atomically; concurrent callers share transactions (group commit)."""
+    """Write batches of records atomically; concurrent callers share transactions (group commit).
+
+    ``lanes`` transactional producers take groups from one queue, so several transactions are in
+    flight at once (a commit costs a few round trips; one lane would serialize them).
+    """
 
     def __init__(
-        self, bootstrap: str, *, transactional_id: str, timeout_s: float = 5.0, max_group: int = 2000
+        self,
+        bootstrap: str,
+        *,
+        transactional_id: str,
+        timeout_s: float = 5.0,
+        max_group: int = 2000,
+        lanes: int = 4,
     ) -> None:
-        """``transactional_id`` must be stable per instance: a restart then fences its own zombie."""
+        """``transactional_id`` must be stable per instance: a restart then fences its own zombies."""
         self._bootstrap = bootstrap
         self._transactional_id = transactional_id
         self._timeout_s = timeout_s
         self._max_group = max_group
+        self._lanes = lanes
         self._queue: asyncio.Queue[tuple[Sequence[OutRecord], asyncio.Future[list[Written]]]] = (
             asyncio.Queue()
         )
-        self._producer: AIOKafkaProducer | None = None
+        self._producers: list[AIOKafkaProducer | None] = [None] * lanes
         self._inflight: set[asyncio.Future[list[Written]]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def _new_producer(self) -> AIOKafkaProducer:
+    def _new_producer(self, lane: int) -> AIOKafkaProducer:
+        tid = f"{self._transactional_id}-{lane}"
         return AIOKafkaProducer(
             bootstrap_servers=bootstrap_list(self._bootstrap),
-            client_id=self._transactional_id,
-            transactional_id=self._transactional_id,
+            client_id=tid,
+            transactional_id=tid,
             enable_idempotence=True,
             acks="all",
             linger_ms=1,
@@ -74,17 +86,23 @@ class TransactionalWriter:
         )
 
     async def start(self) -> None:
-        self._producer = self._new_producer()
-        await asyncio.wait_for(self._producer.start(), timeout=max(self._timeout_s * 6, 30))
-        self._task = asyncio.create_task(self._run(), name="transactional-writer")
+        for lane in range(self._lanes):
+            producer = self._new_producer(lane)
+            await asyncio.wait_for(producer.start(), timeout=max(self._timeout_s * 6, 30))
+            self._producers[lane] = producer
+        self._tasks = [
+            asyncio.create_task(self._run(lane), name=f"transactional-writer-{lane}")
+            for lane in range(self._lanes)
+        ]
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._producer:
-            await self._producer.stop()
+                await task
+        for producer in self._producers:
+            if producer is not None:
+                await producer.stop()
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()
             if not fut.done():
@@ -106,7 +124,7 @@ class TransactionalWriter:
         # its transaction is under way (bounded by the commit timeout): only its outcome is the truth
         return await fut
 
-    async def _run(self) -> None:
+    async def _run(self, lane: int) -> None:
         while True:
             group = [await self._queue.get()]
             while not self._queue.empty() and len(group) < self._max_group:
@@ -116,7 +134,7 @@ class TransactionalWriter:
                 continue
             self._inflight.update(fut for _, fut in group)
             try:
-                results = await asyncio.wait_for(self._commit(group), timeout=self._timeout_s)
+                results = await asyncio.wait_for(self._commit(lane, group), timeout=self._timeout_s)
             except (asyncio.CancelledError, KeyboardInterrupt):
                 for _, fut in group:
                     if not fut.done():
@@ -127,7 +145,7 @@ class TransactionalWriter:
                 for _, fut in group:  # answer now: recovery may last as long as the broker is away
                     if not fut.done():
                         fut.set_exception(PublishError(f"Kafka write failed: {exc!r}"))
-                await self._recover()
+                await self._recover(lane)
                 continue
             finally:
                 self._inflight.difference_update(fut for _, fut in group)
@@ -136,9 +154,9 @@ class TransactionalWriter:
                     fut.set_result(written)
 
     async def _commit(
-        self, group: list[tuple[Sequence[OutRecord], asyncio.Future[list[Written]]]]
+        self, lane: int, group: list[tuple[Sequence[OutRecord], asyncio.Future[list[Written]]]]
     ) -> list[list[Written]]:
-        producer = self._producer
+        producer = self._producers[lane]
         assert producer is not None
         await producer.begin_transaction()
         try:
@@ -154,18 +172,18 @@ class TransactionalWriter:
             raise
         return [[Written(m.topic, m.partition, m.offset) for m in ms] for ms in metas]
 
-    async def _recover(self) -> None:
+    async def _recover(self, lane: int) -> None:
         """After a failed or timed-out transaction start over with a fresh producer (fences the old one)."""
-        old = self._producer
-        self._producer = None
+        old = self._producers[lane]
+        self._producers[lane] = None
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), timeout=self._timeout_s)
-        while self._producer is None:
-            candidate = self._new_producer()
+        while self._producers[lane] is None:
+            candidate = self._new_producer(lane)
             try:
                 await asyncio.wait_for(candidate.start(), timeout=self._timeout_s)
-                self._producer = candidate
+                self._producers[lane] = candidate
             except Exception as exc:
                 log.warning("Kafka producer restart failed: %r; retrying", exc)
                 with contextlib.suppress(Exception):

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="", description="Prefix of every topic name (isolates test runs).")
     topic_partitions: int = Field(default=4, ge=1, description="Partitions of every feedstream topic.")
     topic_replication: int = Field(default=1, ge=1)
+    ingest_writer_lanes: int = Field(default=4, ge=1, description="Kafka transactions in flight at once.")
     produce_timeout_s: float = Field(default=5.0, gt=0, description="Bound on waiting for broker acks.")
 
     # Ingest HTTP service
