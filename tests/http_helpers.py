@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -48,3 +49,38 @@ async def post(
         except orjson.JSONDecodeError:
             parsed = text.decode(errors="replace")
         return resp.status, parsed, {k.lower(): v for k, v in resp.headers.items()}
+
+
+async def get(svc: Service, path: str, *, key: str = DEV_KEY) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(base_url(svc) + path, headers={"Authorization": f"Bearer {key}"}) as resp,
+    ):
+        return resp.status, orjson.loads(await resp.read())
+
+
+async def domain_state(
+    svc: Service, domain: str, *, key: str = DEV_KEY, until: Any = None, timeout_s: float = 30.0
+) -> dict[str, Any]:
+    """GET /v1/domains/{domain}, polled until ``until(state)`` holds (the view follows the stream)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        status, state = await get(svc, f"/v1/domains/{domain}", key=key)
+        assert status == 200, state
+        if until is None or until(state):
+            return state  # type: ignore[no-any-return]
+        assert loop.time() < deadline, f"domain {domain} never reached the expected state: {state}"
+        await asyncio.sleep(0.1)
+
+
+async def settled_domain_state(svc: Service, domain: str, *, key: str = DEV_KEY) -> dict[str, Any]:
+    """The domain's state once two reads 0.3 s apart agree (earlier requests' counts have arrived)."""
+    previous = await domain_state(svc, domain, key=key)
+    for _ in range(50):
+        await asyncio.sleep(0.3)
+        current = await domain_state(svc, domain, key=key)
+        if current == previous:
+            return current
+        previous = current
+    return previous

@@ -20,7 +20,7 @@ from pipeline.broker import Broker
 from pipeline.flatten import feedback_id
 from pipeline.procs import Service
 from pipeline.topics import TopicNames
-from tests.http_helpers import DEV_KEY, KAIZEN_KEY, base_url, post
+from tests.http_helpers import DEV_KEY, KAIZEN_KEY, base_url, domain_state, post, settled_domain_state
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -173,8 +173,7 @@ def check_envelope(
 async def test_seed_000_answers_true_counts_and_writes_one_event_per_seeker(
     ingest: Service, broker: Broker, names: TopicNames
 ) -> None:
-    status, before = await get_json(ingest, "/v1/domains/dating")
-    assert status == 200
+    before = await settled_domain_state(ingest, "dating")
     cid = f"seed000-{uuid.uuid4().hex[:8]}"
 
     status, body, headers = await post(ingest, "/v1/feedback", SEED_000, correlation_id=cid)
@@ -202,8 +201,9 @@ async def test_seed_000_answers_true_counts_and_writes_one_event_per_seeker(
             dict(zip(outcome, (2, "u_dan", "converted", 3.0, True, 2.0), strict=True)),
         ],
     }
-    status, after = await get_json(ingest, "/v1/domains/dating")
-    assert (after["pending"], after["total"]) == (before["pending"] + 3, before["total"] + 3)
+    expected = (before["pending"] + 3, before["total"] + 3)
+    after = await domain_state(ingest, "dating", until=lambda st: (st["pending"], st["total"]) == expected)
+    assert (after["pending"], after["total"]) == expected
 
 
 async def test_seed_001_echoes_the_correlation_id_and_answers_id_and_time(
