@@ -159,3 +159,18 @@ if __name__ == "__main__":
 
     created = asyncio.run(ensure_topics(sys.argv[1], get_settings()))
     print("created:", ", ".join(created) or "nothing (all exist)")
+
+
+async def delete_prefixed_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (test and benchmark runs clean up)."""
+    if not prefix:
+        raise ValueError("refusing to delete topics without a prefix")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            await admin.delete_topics(doomed)
+        return doomed
+    finally:
+        await admin.close()

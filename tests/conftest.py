@@ -12,7 +12,7 @@ import pytest
 from pipeline.broker import Broker, find_broker
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import Settings
-from pipeline.topics import TopicNames, ensure_topics, topic_names
+from pipeline.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
 from tests.kafka_helpers import run
 
 LOG_DIR = Path(__file__).resolve().parent.parent / ".local" / "test-logs"
@@ -32,7 +32,7 @@ def prefix() -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(broker: Broker, prefix: str) -> Settings:
+def settings(broker: Broker, prefix: str) -> Iterator[Settings]:
     s = Settings(
         kafka_bootstrap_servers=broker.bootstrap,
         topic_prefix=prefix,
@@ -41,7 +41,11 @@ def settings(broker: Broker, prefix: str) -> Settings:
         shared_pool_threshold=2,
     )
     run(ensure_topics(broker.bootstrap, s))
-    return s
+    yield s
+    # the session's topics go away with it (a long-lived local broker would otherwise fill up);
+    # workers and ingests are stopped by then: their fixtures depend on this one
+    run(delete_prefixed_topics(broker.bootstrap, prefix))
+    run(delete_prefixed_topics(broker.bootstrap, s.worker_id + "-"))  # faust's own leader topic
 
 
 @pytest.fixture(scope="session")

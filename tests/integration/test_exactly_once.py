@@ -30,7 +30,7 @@ from pipeline.procs import Service, free_port, worker_service
 from pipeline.publisher import FeedbackPublisher
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
-from pipeline.topics import ensure_topics, topic_names
+from pipeline.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.triplets import Limits, SeekerHistory
 from tests.conftest import LOG_DIR, TEST_TENANTS
 from tests.kafka_helpers import read_until
@@ -139,6 +139,8 @@ def workload(broker: Any, service_env: dict[str, str]) -> Iterator[Workload]:
     events = asyncio.new_event_loop().run_until_complete(setup())
     units, counted = replay(events, settings)
     yield Workload(settings, env, events, units, counted)
+    for doomed in (prefix, settings.worker_id + "-"):
+        asyncio.new_event_loop().run_until_complete(delete_prefixed_topics(broker.bootstrap, doomed))
 
 
 def start_worker(w: Workload, name: str) -> Service:
