@@ -63,6 +63,8 @@ async def show(bootstrap: str, topic: str, needles: list[str], timeout_s: float 
                     for r in records
                     if r.value and any(n.encode() in r.value for n in needles)
                 ]
+            if found and first_seen is None:
+                first_seen = loop.time()  # one more second: the rest of its transaction
         return found
     finally:
         await consumer.stop()
@@ -97,7 +99,7 @@ The pipeline is running. Try:
   curl -s -XPOST {url}/v1/feedback -H 'Authorization: Bearer {DEV_KEY}' -d '{json.dumps(SAMPLE)}'
   ingest metrics   {url}/metrics        OpenAPI {url}/openapi.json
   worker metrics   http://127.0.0.1:{settings.worker_port}/metrics
-  domain state     http://127.0.0.1:{settings.worker_port}/v1/domains/dating
+  domain state     curl -s {url}/v1/domains/dating -H 'Authorization: Bearer {DEV_KEY}'
   logs             {log_dir}/
 Ctrl-C stops the ingest, the worker and the local broker.""")
             signal.pause()
