@@ -38,6 +38,7 @@ class CountStage:
     def __init__(self, names: TopicNames, threshold_for: Callable[[str], int | None]) -> None:
         self.names = names
         self.threshold_for = threshold_for
+        self._thresholds: dict[str, int] = {}
 
     def decode_state(self, value: bytes) -> DomainCounter:
         return DomainCounter.model_validate_json(value)
@@ -46,9 +47,13 @@ class CountStage:
         return state.model_dump_json().encode()
 
     def threshold(self, domain: str) -> int:
-        t = self.threshold_for(domain)
+        """The domain's threshold (cached: the tenants file is read once per process)."""
+        t = self._thresholds.get(domain)
         if t is None:
-            raise UnknownDomain(f"no tenant owns domain '{domain}'")
+            t = self.threshold_for(domain)
+            if t is None:
+                raise UnknownDomain(f"no tenant owns domain '{domain}'")
+            self._thresholds[domain] = t
         return t
 
     async def process(

@@ -8,6 +8,7 @@ counting stage turns into triplet records, counts and triggers, and a result for
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from pipeline.envelope import (
 )
 from pipeline.eos import Record, Tx
 from pipeline.records import TrainingUnit, UnitsBatch, dead_letter, to_json
-from pipeline.signals import signals_for
+from pipeline.signals import signal_records
 from pipeline.tenants import FeedbackMode
 from pipeline.topics import TopicNames
 from pipeline.triplets import (
@@ -72,7 +73,7 @@ def expand_event(
     event: RawEvent, history_of: Mapping[bytes, SeekerHistory], *, limits: Limits, shared_pool: str
 ) -> Expansion:
     """Pure: the signals, unit batches and new anchor history of one event."""
-    out = Expansion(signals=[to_json(s) for s in signals_for(event)])
+    out = Expansion(signals=[orjson.dumps(record) for record in signal_records(event)])
     p = event.payload
     units: list[TrainingUnit] = []
     observations: list[Observation] = []
@@ -175,6 +176,9 @@ class ExpandStage:
         changes: dict[bytes, SeekerHistory | None] = {}
         view = _Overlay(state, changes)
         now = time.time()
+        events: collections.Counter[tuple[str, str]] = collections.Counter()
+        signals: collections.Counter[str] = collections.Counter()
+        latency = metrics.PROCESSING_LATENCY.labels(self.name)
         for rec in records:
             try:
                 event = envelope.decode(rec.value or b"")
@@ -188,13 +192,15 @@ class ExpandStage:
                 await tx.send(self.names.units, to_json(batch), key=batch.domain.encode())
             if result.state_key is not None:
                 changes[result.state_key] = result.history
-            metrics.EVENTS.labels(str(event.contract), event.domain).inc()
-            metrics.SIGNALS.labels(event.domain).inc(len(result.signals))
+            events[str(event.contract), event.domain] += 1
+            signals[event.domain] += len(result.signals)
             if result.discarded:
                 metrics.DISCARDED.labels(event.tenant, "off").inc()
-            metrics.PROCESSING_LATENCY.labels(self.name).observe(
-                max(0.0, now - event.received_at.timestamp())
-            )
+            latency.observe(max(0.0, now - event.received_at.timestamp()))
+        for (contract, domain), n in events.items():  # once per label set and batch, not per event
+            metrics.EVENTS.labels(contract, domain).inc(n)
+        for domain, n in signals.items():
+            metrics.SIGNALS.labels(domain).inc(n)
         return changes
 
 
