@@ -31,7 +31,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from pipeline import metrics
-from pipeline.kafka_io import bootstrap_list
+from pipeline.kafka_io import MAX_REQUEST_BYTES, bootstrap_list
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,7 @@ class StageRunner(Generic[S]):
             acks="all",
             linger_ms=2,
             max_batch_size=256 * 1024,
+            max_request_size=MAX_REQUEST_BYTES,
             transaction_timeout_ms=30_000,
         )
         await producer.start()  # init_transactions: fences the previous owner, aborts its open txn

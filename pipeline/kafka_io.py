@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaProducer
 
 log = logging.getLogger(__name__)
 
+MAX_REQUEST_BYTES = 8 * 1024 * 1024  # topics that take big messages say so (pipeline.topics)
+
 Headers = list[tuple[str, bytes]]
 
 
@@ -81,6 +83,7 @@ class TransactionalWriter:
             enable_idempotence=True,
             acks="all",
             linger_ms=1,
+            max_request_size=MAX_REQUEST_BYTES,
             request_timeout_ms=int(self._timeout_s * 1000),
             transaction_timeout_ms=max(int(self._timeout_s * 4000), 10_000),
         )

@@ -55,6 +55,10 @@ def topic_names(settings: Settings) -> TopicNames:
 
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+# A request body may be up to MAX_BODY_BYTES (1 MiB): its envelope, the units it yields and a
+# dead letter carrying it in base64 must all fit, so these topics take more than Kafka's 1 MB.
+BIG_MESSAGES = str(4 * 1024 * 1024)
+HUGE_MESSAGES = str(8 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         RAW,
         "Validated feedback envelopes, as accepted (HTTP ingest and publisher library).",
-        {"retention.ms": str(4 * WEEK_MS), "min.insync.replicas": "1"},
+        {"retention.ms": str(4 * WEEK_MS), "min.insync.replicas": "1", "max.message.bytes": BIG_MESSAGES},
     ),
     TopicSpec(
         SIGNALS,
@@ -81,7 +85,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         TRIPLETS,
         "Training units (triplets, preferences, scored entries) keyed by domain.",
-        {"retention.ms": "-1"},
+        {"retention.ms": "-1", "max.message.bytes": BIG_MESSAGES},
     ),
     TopicSpec(
         TRIGGERS,
@@ -91,12 +95,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         DLQ,
         "What failed in the stream, with original bytes, stage and reason.",
-        {"retention.ms": str(4 * WEEK_MS)},
+        {"retention.ms": str(4 * WEEK_MS), "max.message.bytes": HUGE_MESSAGES},
     ),
     TopicSpec(
         UNITS,
         "Internal: units of each raw event and train requests, keyed by domain (counting stage input).",
-        {"retention.ms": str(WEEK_MS)},
+        {"retention.ms": str(WEEK_MS), "max.message.bytes": BIG_MESSAGES},
     ),
     TopicSpec(
         RESULTS,

@@ -339,3 +339,34 @@ async def test_publisher_rejects_what_the_ingest_rejects(publisher: FeedbackPubl
             {"task_id": "7d444840-9dc0-11d1-b245-5ffdce74fad2", "score": 1.5}, contract=Contract.SCORED_OUTPUT
         )
     assert bad_score.value.status == 422
+
+
+async def test_a_body_near_the_size_limit_flows_through_every_stage(
+    ingest: Service, broker: Broker, names: TopicNames
+) -> None:
+    big = "x" * 1_000_000  # near MAX_BODY_BYTES (1 MiB): envelope and unit must fit their topics
+    body = {
+        "case_id": f"big-{uuid.uuid4().hex[:6]}",
+        "module": "summarizer",
+        "original_output": big,
+        "corrected_output": "short",
+        "actor": {"id": "rep-2"},
+    }
+    status, answer, _ = await post(ingest, "/v1/feedback", body, key="fs_stream_key")
+    assert status == 200, answer
+    units = await read_until(
+        broker.bootstrap, names.triplets, lambda r: _json(r)["event_id"] == answer["feedback_id"]
+    )
+    assert len(units) == 1
+    unit = _json(units[0])
+    assert unit["kind"] == "preference" and unit["rejected"] == big and unit["chosen"] == "short"
+
+
+async def test_a_big_bad_message_still_reaches_the_dlq_whole(broker: Broker, names: TopicNames) -> None:
+    marker = uuid.uuid4().hex.encode()
+    junk = b"{" + b"y" * 1_000_000 + marker  # its dead letter carries it in base64: 1.3 MB
+    await produce(broker.bootstrap, names.raw, junk, key=marker)
+    letters = await read_until(broker.bootstrap, names.dlq, lambda r: r.key == marker)
+    import base64
+
+    assert base64.b64decode(_json(letters[0])["original"]) == junk
