@@ -80,7 +80,10 @@ def find_broker(*, stop_on_exit: bool | None = None) -> Iterator[Broker]:
         yield Broker(env, "env")
         return
     if docker_available():
-        from testcontainers.kafka import KafkaContainer
+        try:  # testcontainers >= 4.13 moved it; the old path still works with a deprecation warning
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:
+            from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer(CP_KAFKA_IMAGE).with_kraft() as kafka:
             yield Broker(kafka.get_bootstrap_server(), "testcontainers")
