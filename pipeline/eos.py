@@ -130,10 +130,6 @@ class StageRunner(Generic[S]):
         self.ready = asyncio.Event()
         self.batches = 0
 
-    def state_of(self, partition: int) -> dict[bytes, S] | None:
-        owned = self._owned.get(partition)
-        return None if owned is None else owned.state
-
     @property
     def partitions(self) -> list[int]:
         return sorted(self._owned)

@@ -19,12 +19,7 @@ from pipeline.envelope import (
     search_anchor,
 )
 from pipeline.flatten import feedback_id
-from pipeline.records import Signal, SignalValue, signal_id
-
-
-def signals_for(event: RawEvent) -> list[Signal]:
-    """The signals of one event as models (a seed 001 correction in mode ``off`` has none)."""
-    return [Signal.model_validate(record) for record in signal_records(event)]
+from pipeline.records import SignalValue, signal_id
 
 
 def json_time(at: datetime) -> str:

@@ -14,6 +14,16 @@ DEV_KEY = "fs_dev_key_123"
 OTHER_KEY = "fs_other_key_456"
 KAIZEN_KEY = "kaizen_abc123"
 
+# seed 000's request example, as written in the seed
+SEED_000 = {
+    "domain": "dating",
+    "items": [
+        {"seeker_id": "u_alice", "candidate_id": "u_bob", "outcome": "accepted"},
+        {"seeker_id": "u_alice", "candidate_id": "u_carl", "outcome": "rejected"},
+        {"seeker_id": "u_alice", "candidate_id": "u_dan", "outcome": "converted", "weight": 2.0},
+    ],
+}
+
 
 def base_url(svc: Service) -> str:
     return svc.health_url.rsplit("/", 1)[0]

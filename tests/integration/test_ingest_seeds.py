@@ -20,7 +20,15 @@ from pipeline.broker import Broker
 from pipeline.flatten import feedback_id
 from pipeline.procs import Service
 from pipeline.topics import TopicNames
-from tests.http_helpers import DEV_KEY, KAIZEN_KEY, base_url, domain_state, post, settled_domain_state
+from tests.http_helpers import (
+    DEV_KEY,
+    KAIZEN_KEY,
+    SEED_000,
+    base_url,
+    domain_state,
+    post,
+    settled_domain_state,
+)
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -29,14 +37,6 @@ TASK_ID = "550e8400-e29b-41d4-a716-446655440000"
 
 # --- the seeds' request examples, as written --------------------------------------------------------
 
-SEED_000 = {
-    "domain": "dating",
-    "items": [
-        {"seeker_id": "u_alice", "candidate_id": "u_bob", "outcome": "accepted"},
-        {"seeker_id": "u_alice", "candidate_id": "u_carl", "outcome": "rejected"},
-        {"seeker_id": "u_alice", "candidate_id": "u_dan", "outcome": "converted", "weight": 2.0},
-    ],
-}
 SEED_001 = {
     "case_id": "string",
     "module": "intent_classifier",

@@ -14,17 +14,8 @@ from pipeline.procs import Service, free_port, worker_service
 from pipeline.settings import Settings
 from pipeline.topics import delete_prefixed_topics, ensure_topics
 from tests.conftest import LOG_DIR, TEST_TENANTS
-from tests.http_helpers import get, post
+from tests.http_helpers import SEED_000, get, post
 from tests.kafka_helpers import run
-
-SEED_000 = {
-    "domain": "dating",
-    "items": [
-        {"seeker_id": "u_alice", "candidate_id": "u_bob", "outcome": "accepted"},
-        {"seeker_id": "u_alice", "candidate_id": "u_carl", "outcome": "rejected"},
-        {"seeker_id": "u_alice", "candidate_id": "u_dan", "outcome": "converted", "weight": 2.0},
-    ],
-}
 
 
 @pytest.fixture

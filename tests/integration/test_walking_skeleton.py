@@ -9,17 +9,8 @@ import orjson
 
 from pipeline.procs import Service
 from pipeline.topics import TopicNames
-from tests.http_helpers import post
+from tests.http_helpers import SEED_000, post
 from tests.kafka_helpers import read_until
-
-SEED_000 = {
-    "domain": "dating",
-    "items": [
-        {"seeker_id": "u_alice", "candidate_id": "u_bob", "outcome": "accepted"},
-        {"seeker_id": "u_alice", "candidate_id": "u_carl", "outcome": "rejected"},
-        {"seeker_id": "u_alice", "candidate_id": "u_dan", "outcome": "converted", "weight": 2.0},
-    ],
-}
 
 
 async def test_post_reaches_raw_topic_with_headers(ingest: Service, names: TopicNames, broker) -> None:
