@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,14 +33,26 @@ class Settings(BaseSettings):
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8080
     ingest_instance: str = Field(
-        default_factory=lambda: f"ingest-{socket.gethostname()}",
-        description="Transactional id of this ingest: unique per running ingest, stable across restarts.",
+        default_factory=lambda: f"ingest-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+        description="Transactional id of this ingest. The default is unique per process; set it to a "
+        "stable name per instance so a restart fences its own unfinished transactions.",
     )
     tenants_file: Path = REPO_ROOT / "deploy" / "tenants.dev.yaml"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_items_per_request: int = Field(default=1000, ge=1)
     result_wait_s: float = Field(default=5.0, ge=0, description="How long seed 000 waits for true counts.")
     idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
+    idempotency_max_bytes_per_tenant: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Remembered answers per tenant, in bytes."
+    )
+    view_max_bytes_per_tenant: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Stream results kept per tenant by the ingest."
+    )
+    body_read_timeout_s: float = Field(default=10.0, gt=0, description="Bound on reading one body.")
+    keepalive_timeout_s: float = Field(default=15.0, gt=0, description="Idle keep-alive connections.")
+    max_connections_per_client: int = Field(default=256, ge=1, description="Open connections per address.")
+    auth_failures_per_s: int = Field(default=20, ge=1, description="401 answers per client address/s.")
+    drain_timeout_s: float = Field(default=10.0, gt=0, description="SIGTERM: finish in-flight requests.")
 
     # Stream worker (faust)
     worker_id: str = "feedstream"
@@ -46,7 +60,6 @@ class Settings(BaseSettings):
     worker_port: int = 6066
     worker_data_dir: Path = REPO_ROOT / ".local" / "worker"
     take_batch: int = Field(default=500, ge=1, description="Events taken per chunk by batching agents.")
-    take_within_s: float = Field(default=0.05, gt=0)
     seeker_max_items: int = Field(default=200, ge=1)
     seeker_max_age_s: float = Field(default=30 * 86_400.0, gt=0)
     shared_pool_domain: str = "__shared__"

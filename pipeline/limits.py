@@ -1,0 +1,86 @@
+"""The bounds every accepted body keeps, declared once and enforced at the edge (ingest and publisher).
+
+Why here: a record the stream cannot encode, decode or fit on a topic must be refused with a 4xx
+before it is accepted, never dead-lettered after a 2xx. Each bound sits below what every later
+stage accepts (orjson encodes 254 levels, pydantic's JSON decoder stops at 200, topics take the
+sizes declared in :mod:`pipeline.topics`), so the edge is the only place a shape can fail.
+Pure constants and checks; no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "DOMAIN_PATTERN",
+    "MAX_DEPTH",
+    "MAX_ID_CHARS",
+    "MAX_KEYS_PER_ITEM",
+    "MAX_KEYS_PER_REQUEST",
+    "MAX_LABEL_CHARS",
+    "MAX_TAGS",
+    "MAX_TEXT_CHARS",
+    "MAX_UUID_INPUT_CHARS",
+    "MAX_WEIGHT",
+    "DepthExceeded",
+    "deepest_path",
+    "is_domain_name",
+]
+
+#: Identifiers that become Kafka keys, state keys or triplet members: seeker, candidate, case,
+#: module and outcome labels. 256 characters fit every real id (UUIDs, ULIDs, e-mails, URNs).
+MAX_ID_CHARS = 256
+#: Outcome labels (seed 000) and other short names.
+MAX_LABEL_CHARS = 64
+#: Free text that becomes part of a key (seed 004 ``query`` anchors a search without an id).
+MAX_TEXT_CHARS = 2048
+#: A UUID in any spelling Python accepts (``urn:uuid:`` + 36 characters is the longest useful one).
+MAX_UUID_INPUT_CHARS = 45
+#: Nesting of a whole body, counted in containers from the top (``{"a": {"b": 1}}`` is 2).
+MAX_DEPTH = 32
+#: Seed 000 item weights are in [0, MAX_WEIGHT]: a triplet's weight (a product of two) stays finite.
+MAX_WEIGHT = 1000.0
+#: Flattened keys (signals) one seed 002 item may carry, and one request in total.
+MAX_KEYS_PER_ITEM = 256
+MAX_KEYS_PER_REQUEST = 10_000
+#: Seed 002 tags per item.
+MAX_TAGS = 32
+#: Domain names in the tenants file: no '/', so ``domain/anchor`` keys cannot collide.
+DOMAIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_DOMAIN = re.compile(DOMAIN_PATTERN)
+
+
+class DepthExceeded(ValueError):
+    """A body nests deeper than :data:`MAX_DEPTH`; ``path`` is where it first does."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        super().__init__(f"Body nests deeper than {limit} levels at '{path or '$'}'.")
+        self.path = path
+        self.limit = limit
+
+
+def deepest_path(value: Any, limit: int = MAX_DEPTH) -> None:
+    """Raise :class:`DepthExceeded` if ``value`` (parsed JSON) nests deeper than ``limit``.
+
+    Iterative, so it cannot itself hit the recursion limit; stops at the first too-deep container.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, Mapping):
+            children: Any = ((str(k), v) for k, v in node.items())
+        elif isinstance(node, list):
+            children = ((str(i), v) for i, v in enumerate(node))
+        else:
+            continue
+        if depth > limit:
+            raise DepthExceeded(path, limit)
+        for name, child in children:
+            if isinstance(child, Mapping | list):
+                stack.append((child, f"{path}.{name}" if path else name, depth + 1))
+
+
+def is_domain_name(name: str) -> bool:
+    return bool(_DOMAIN.fullmatch(name))
