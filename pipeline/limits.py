@@ -48,7 +48,7 @@ MAX_KEYS_PER_REQUEST = 10_000
 #: Seed 002 tags per item.
 MAX_TAGS = 32
 #: Domain names in the tenants file: no '/', so ``domain/anchor`` keys cannot collide.
-DOMAIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+DOMAIN_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"
 _DOMAIN = re.compile(DOMAIN_PATTERN)
 
 
