@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
 import uuid6
+
+from pipeline.limits import MAX_UUID_INPUT_CHARS
 
 
 def new_event_id() -> str:
@@ -24,3 +27,23 @@ def uuid5_str(namespace: uuid.UUID, name: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID_HEX = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUID_SPELLINGS = re.compile(
+    rf"(?:[uU][rR][nN]:[uU][uU][iI][dD]:)?(?:{_UUID_HEX}|\{{{_UUID_HEX}\}}|[0-9a-fA-F]{{32}})"
+)
+
+
+def canonical_uuid(value: object) -> str | None:
+    """The canonical lower-case hyphenated form of a UUID, or None if ``value`` is not one.
+
+    Strict, unlike ``uuid.UUID``, which accepts hyphens anywhere (a task id padded to 1 MB with
+    hyphens passed): accepted are the 8-4-4-4-12 form, the same in braces, 32 hex digits, each
+    optionally after ``urn:uuid:``, in any letter case, at most ``MAX_UUID_INPUT_CHARS`` long.
+    """
+    if not isinstance(value, str) or len(value) > MAX_UUID_INPUT_CHARS:
+        return None
+    if not _UUID_SPELLINGS.fullmatch(value):
+        return None
+    return str(uuid.UUID(value))

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "DOMAIN_PATTERN",
     "MAX_DEPTH",
+    "MAX_DOMAIN_CHARS",
     "MAX_ID_CHARS",
     "MAX_KEYS_PER_ITEM",
     "MAX_KEYS_PER_REQUEST",
@@ -47,6 +48,8 @@ MAX_KEYS_PER_ITEM = 256
 MAX_KEYS_PER_REQUEST = 10_000
 #: Seed 002 tags per item.
 MAX_TAGS = 32
+#: Domain names (the tenants file's pattern allows 128 characters).
+MAX_DOMAIN_CHARS = 128
 #: Domain names in the tenants file: no '/', so ``domain/anchor`` keys cannot collide.
 DOMAIN_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$"
 _DOMAIN = re.compile(DOMAIN_PATTERN)

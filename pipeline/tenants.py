@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 import sys
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,6 +30,8 @@ from pydantic import (
 )
 
 from pipeline.contracts import Contract
+from pipeline.ids import canonical_uuid
+from pipeline.limits import DOMAIN_PATTERN
 
 __all__ = [
     "BUILTIN_LABELS",
@@ -103,15 +104,24 @@ def _key_hash(value: str) -> str:
 
 
 def _canonical_uuid(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ValueError("task ids must be UUIDs such as '550e8400-e29b-41d4-a716-446655440000'") from None
+    canon = canonical_uuid(value)
+    if canon is None:
+        raise ValueError("task ids must be UUIDs such as '550e8400-e29b-41d4-a716-446655440000'")
+    return canon
 
 
 KeyHash = Annotated[str, AfterValidator(_key_hash)]
 TaskId = Annotated[str, AfterValidator(_canonical_uuid)]
 Name = Annotated[str, Field(min_length=1)]
+#: Domain names: no '/' (Kafka and state keys are ``domain/anchor``), at most 128 characters.
+DomainName = Annotated[str, Field(pattern=DOMAIN_PATTERN)]
+
+
+def _ownership_key(name: str) -> str:
+    """What two names must not share across (or within) tenants: the canonical UUID of a task id
+    (any spelling), else the domain name case-folded (``Dating`` and ``dating`` would be told
+    apart by the stream but not by a reader)."""
+    return canonical_uuid(name) or name.casefold()
 
 
 class _Config(BaseModel):
@@ -144,9 +154,9 @@ class LabelConfig(_Config):
 class DefaultDomains(_Config):
     """Domains for the contracts whose bodies carry none (seeds 001, 002, 004)."""
 
-    correction: Name | None = None
-    inference_feedback: Name | None = None
-    search_event: Name | None = None
+    correction: DomainName | None = None
+    inference_feedback: DomainName | None = None
+    search_event: DomainName | None = None
 
 
 class Tenant(_Config):
@@ -158,7 +168,7 @@ class Tenant(_Config):
     rate_limit_rps: int = Field(default=50, ge=1, strict=True, description="Per key; burst = rps.")
     feedback_mode: FeedbackMode = FeedbackMode.AUDIT_ONLY
     default_domains: DefaultDomains = DefaultDomains()
-    domains: dict[Name, DomainConfig] = Field(default_factory=dict)
+    domains: dict[DomainName, DomainConfig] = Field(default_factory=dict)
     tasks: dict[TaskId, TaskConfig] = Field(default_factory=dict)
     labels: dict[Name, LabelConfig] = Field(default_factory=dict)
 
@@ -175,9 +185,8 @@ class Tenant(_Config):
         if isinstance(value, Mapping):
             seen: set[str] = set()
             for key in value:
-                try:
-                    canon = str(uuid.UUID(key)) if isinstance(key, str) else key
-                except ValueError:
+                canon = canonical_uuid(key)
+                if canon is None:
                     continue
                 if canon in seen:
                     raise ValueError(f"task {canon} is listed twice")
@@ -197,9 +206,14 @@ class Tenant(_Config):
         for contract, domain in self.default_domains.model_dump().items():
             if domain is not None and domain not in self.domains:
                 raise ValueError(f"default_domains.{contract}: domain {domain!r} is not listed in domains")
-        overlap = sorted(set(self.domains) & set(self.tasks))
-        if overlap:
-            raise ValueError(f"{overlap[0]!r} is both a domain and a task")
+        seen: dict[str, str] = {}
+        for name in (*self.domains, *self.tasks):
+            key = _ownership_key(name)
+            if key in seen:
+                if canonical_uuid(name) is not None and canonical_uuid(seen[key]) is not None:
+                    raise ValueError(f"{name!r} is both a domain and a task")
+                raise ValueError(f"domains {seen[key]!r} and {name!r} differ only in letter case")
+            seen[key] = name
         return self
 
     def owns_domain(self, domain: str) -> bool:
@@ -258,10 +272,7 @@ class Tenant(_Config):
 
 
 def _canonical_or_none(value: str) -> str | None:
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, TypeError, AttributeError):
-        return None
+    return canonical_uuid(value)
 
 
 class TenantsFile(_Config):
@@ -301,17 +312,26 @@ class TenantRegistry:
         tenant = self._by_id.get(tenant_id)
         return None if tenant is None else tenant.feedback_mode
 
-    def owner_of(self, domain: str) -> Tenant | None:
-        """The one tenant owning a domain or task id (ownership is unique across tenants)."""
+    def tenant_of(self, domain: str) -> Tenant | None:
+        """The one tenant owning a domain (exact name) or task id (any UUID spelling), or None.
+
+        Ownership is unique across tenants, also case-insensitively and across UUID spellings
+        (a file breaking that is refused at load).
+        """
         owner = self._by_domain.get(domain)
         if owner is None:
             canon = _canonical_or_none(domain)
             owner = None if canon is None else self._by_domain.get(canon)
         return owner
 
+    def owner_of(self, domain: str) -> str | None:
+        """The id of the tenant owning a domain or task id, or None (e.g. StreamView's ``owner_of``)."""
+        owner = self.tenant_of(domain)
+        return None if owner is None else owner.id
+
     def threshold_for(self, domain: str) -> int | None:
         """Threshold of a domain or task whoever owns it (the stream knows no tenant); None if unowned."""
-        owner = self.owner_of(domain)
+        owner = self.tenant_of(domain)
         return None if owner is None else owner.threshold_for(domain)
 
 
@@ -320,7 +340,7 @@ def _cross_tenant_problems(tenants: Sequence[Tenant]) -> list[str]:
     problems: list[str] = []
     ids: dict[str, int] = {}
     keys: dict[str, str] = {}
-    owners: dict[str, str] = {}
+    owners: dict[str, tuple[str, str]] = {}  # ownership key -> (tenant id, name as written)
     for i, tenant in enumerate(tenants):
         if tenant.id in ids:
             problems.append(
@@ -335,9 +355,12 @@ def _cross_tenant_problems(tenants: Sequence[Tenant]) -> list[str]:
             keys.setdefault(key_hash, tenant.id)
         for kind, names in (("domains", tenant.domains), ("tasks", tenant.tasks)):
             for name in names:
-                if name in owners and owners[name] != tenant.id:
-                    problems.append(f"tenants.{i}.{kind}.{name}: already owned by tenant {owners[name]!r}")
-                owners.setdefault(name, tenant.id)
+                key = _ownership_key(name)
+                if key in owners and owners[key][0] != tenant.id:
+                    other, written = owners[key]
+                    same = "" if written == name else f" (as {written!r})"
+                    problems.append(f"tenants.{i}.{kind}.{name}: already owned by tenant {other!r}{same}")
+                owners.setdefault(key, (tenant.id, name))
     return problems
 
 

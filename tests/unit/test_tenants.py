@@ -156,9 +156,12 @@ def test_registry_thresholds_span_tenants(dev: TenantRegistry) -> None:
     assert dev.threshold_for(TASK) == 100
     assert dev.threshold_for("6ba7b810-9dad-11d1-80b4-00c04fd430c8") is None
     assert dev.threshold_for("unknown") is None
-    owner = dev.owner_of("jobs")
-    assert owner is not None
-    assert owner.id == "other"
+    assert dev.owner_of("jobs") == "other"
+    assert dev.owner_of(TASK.upper()) == "dev"
+    assert dev.owner_of("Jobs") is None  # domains are exact names
+    assert dev.owner_of("unknown") is None
+    tenant = dev.tenant_of("jobs")
+    assert tenant is not None and tenant.id == "other"
 
 
 # --- labels --------------------------------------------------------------------------------------
@@ -483,3 +486,79 @@ def test_cli_as_module() -> None:
         timeout=60,
     )
     assert done.stdout.strip() == _sha("fs_other_key_456")
+
+
+# --- names that could collide (issue 7, Medium 4) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a/b", "dating/x", "", "-lead", "sp ace", "x" * 129, "é"])
+def test_domain_names_follow_the_pattern(name: str) -> None:
+    message = _config_error({"tenants": [_tenant(domains={name: {"threshold": 1}})]})
+    assert "tenants.0.domains" in message and "should match pattern" in message
+
+
+def test_domain_names_that_fit_the_pattern() -> None:
+    names = ["dating", "__shared__", "a.b:c-d_e", "x" * 128]
+    registry = parse_tenants({"tenants": [_tenant(domains={n: {"threshold": 1} for n in names})]})
+    assert all(registry.owner_of(n) == "acme" for n in names)
+
+
+def test_default_domain_with_a_slash_is_refused() -> None:
+    message = _config_error({"tenants": [_tenant(default_domains={"correction": "a/b"})]})
+    assert "default_domains.correction" in message
+
+
+def test_domains_of_two_tenants_may_not_differ_only_in_case() -> None:
+    message = _config_error(
+        {
+            "tenants": [
+                _tenant("a", domains={"Dating": {"threshold": 1}}),
+                _tenant("b", domains={"dating": {"threshold": 1}}),
+            ]
+        }
+    )
+    assert "tenants.1.domains.dating: already owned by tenant 'a' (as 'Dating')" in message
+
+
+def test_one_tenant_may_not_list_a_domain_twice_in_two_cases() -> None:
+    message = _config_error(
+        {"tenants": [_tenant(domains={"Dating": {"threshold": 1}, "dating": {"threshold": 1}})]}
+    )
+    assert "differ only in letter case" in message
+
+
+@pytest.mark.parametrize(
+    "spelling", [TASK.upper(), "{" + TASK + "}", "urn:uuid:" + TASK, TASK.replace("-", "")]
+)
+def test_tasks_of_two_tenants_collide_in_any_spelling(spelling: str) -> None:
+    message = _config_error(
+        {
+            "tenants": [
+                _tenant("a", tasks={TASK: {"threshold": 1}}),
+                _tenant("b", tasks={spelling: {"threshold": 1}}),
+            ]
+        }
+    )
+    assert f"tenants.1.tasks.{TASK}: already owned by tenant 'a'" in message
+
+
+def test_a_domain_spelled_as_another_tenants_task_collides() -> None:
+    message = _config_error(
+        {
+            "tenants": [
+                _tenant("a", tasks={TASK: {"threshold": 1}}),
+                _tenant("b", domains={TASK.upper(): {"threshold": 1}}),
+            ]
+        }
+    )
+    assert "already owned by tenant 'a'" in message
+
+
+def test_task_ids_with_hyphens_anywhere_are_refused() -> None:
+    message = _config_error({"tenants": [_tenant(tasks={"550e-8400" + TASK[8:]: {"threshold": 1}})]})
+    assert "task ids must be UUIDs" in message
+
+
+def test_checked_in_tenants_files_stay_valid() -> None:
+    for path in (DEV_FILE, REPO / "tests" / "data" / "tenants.test.yaml"):
+        assert len(load_tenants(path)) >= 2
