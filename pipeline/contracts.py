@@ -8,7 +8,6 @@ its own path and needs no classification. Nothing here does I/O.
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +27,17 @@ from pydantic import (
 from pydantic.config import JsonDict, JsonValue
 
 from pipeline.flatten import FlatEntry, FlattenError, feedback_id, flatten_feedback
+from pipeline.ids import canonical_uuid
+from pipeline.limits import (
+    MAX_DOMAIN_CHARS,
+    MAX_ID_CHARS,
+    MAX_KEYS_PER_ITEM,
+    MAX_LABEL_CHARS,
+    MAX_TAGS,
+    MAX_TEXT_CHARS,
+    MAX_UUID_INPUT_CHARS,
+    MAX_WEIGHT,
+)
 
 __all__ = [
     "Access",
@@ -73,15 +83,30 @@ class Contract(StrEnum):
 
 
 def _canonical_uuid(value: str) -> str:
-    """Canonical lower-case hyphenated form, so ids compare equal however the caller spelled them."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ValueError("must be a UUID such as '550e8400-e29b-41d4-a716-446655440000'") from None
+    """Canonical lower-case hyphenated form, so ids compare equal however the caller spelled them.
+
+    Strict (:func:`pipeline.ids.canonical_uuid`): ``uuid.UUID`` accepts hyphens anywhere.
+    """
+    canon = canonical_uuid(value)
+    if canon is None:
+        if len(value) > MAX_UUID_INPUT_CHARS:
+            raise ValueError(f"must be a UUID (at most {MAX_UUID_INPUT_CHARS} characters)")
+        raise ValueError("must be a UUID such as '550e8400-e29b-41d4-a716-446655440000'")
+    return canon
 
 
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
-UuidStr = Annotated[str, AfterValidator(_canonical_uuid), Field(json_schema_extra={"format": "uuid"})]
+#: Identifiers that become Kafka keys, state keys or triplet members (pipeline.limits).
+IdStr = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+LabelStr = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHARS)]
+DomainStr = Annotated[str, StringConstraints(min_length=1, max_length=MAX_DOMAIN_CHARS)]
+TextStr = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+UuidStr = Annotated[
+    str,
+    StringConstraints(max_length=MAX_UUID_INPUT_CHARS),
+    AfterValidator(_canonical_uuid),
+    Field(json_schema_extra={"format": "uuid"}),
+]
 
 
 class _Request(BaseModel):
@@ -105,10 +130,10 @@ class RankingOutcomeItem(_Request):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_SEED_000_ITEMS[2]]})
 
-    seeker_id: NonEmptyStr
-    candidate_id: NonEmptyStr
-    outcome: NonEmptyStr
-    weight: float = Field(default=1.0, ge=0, strict=True, allow_inf_nan=False)
+    seeker_id: IdStr
+    candidate_id: IdStr
+    outcome: LabelStr
+    weight: float = Field(default=1.0, ge=0, le=MAX_WEIGHT, strict=True, allow_inf_nan=False)
 
 
 class RankingOutcomeRequest(_Request):
@@ -116,7 +141,7 @@ class RankingOutcomeRequest(_Request):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_SEED_000_REQUEST]})
 
-    domain: NonEmptyStr
+    domain: DomainStr
     items: list[RankingOutcomeItem] = Field(min_length=1)
 
 
@@ -155,8 +180,8 @@ class CorrectionRequest(_Request):
         },
     )
 
-    case_id: NonEmptyStr
-    module: NonEmptyStr
+    case_id: IdStr
+    module: IdStr
     original_output: Any
     corrected_output: Any
     actor: dict[str, Any]
@@ -261,15 +286,28 @@ class InferenceFeedbackEvent(_Request):
 
     id: UuidStr
     feedback: dict[str, Any]
-    tags: dict[str, str] | None = None
+    tags: (
+        Annotated[
+            dict[
+                Annotated[str, StringConstraints(max_length=MAX_LABEL_CHARS)],
+                Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)],
+            ],
+            Field(max_length=MAX_TAGS),
+        ]
+        | None
+    ) = None
     optimize: Literal["max", "min"] = "max"
 
     @field_validator("feedback")
     @classmethod
     def _feedback_flattens(cls, value: dict[str, Any]) -> dict[str, Any]:
-        """Reject unsupported values at validation time, so each item fails on its own."""
+        """Reject unsupported values at validation time, so each item fails on its own.
+
+        At most ``MAX_KEYS_PER_ITEM`` flattened keys of at most ``MAX_ID_CHARS`` characters each
+        (every key becomes a signal and a feedback id).
+        """
         try:
-            flatten_feedback(value)
+            flatten_feedback(value, max_keys=MAX_KEYS_PER_ITEM, max_key_chars=MAX_ID_CHARS)
         except FlattenError as err:
             raise ValueError(str(err)) from None
         return value
@@ -446,8 +484,8 @@ class SearchEventRequest(_Request):
     passage_id: UuidStr | None = None
     search_id: UuidStr | None = None
     session_id: UuidStr | None = None
-    notes: str | None = None
-    query: str | None = None
+    notes: TextStr | None = None
+    query: TextStr | None = None
     rank: int | None = Field(default=None, ge=1, strict=True)
 
 
@@ -554,8 +592,12 @@ def _phrase(error: Mapping[str, Any]) -> str:
         return f"must be {bounds[kind]} {_num(ctx.get(key))}"
     if kind == "string_too_short" and ctx.get("min_length") == 1:
         return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
     if kind == "too_short":
         return f"must have at least {ctx.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} item(s)"
     simple = {
         "string_type": "must be a string",
         "float_type": "must be a number",

@@ -100,11 +100,14 @@ def _check_key(key: Any, prefix: str) -> str:
     return key
 
 
-def flatten_feedback(feedback: Mapping[str, Any]) -> list[FlatEntry]:
+def flatten_feedback(
+    feedback: Mapping[str, Any], *, max_keys: int | None = None, max_key_chars: int | None = None
+) -> list[FlatEntry]:
     """Seed 002 flattening: dotted keys, typed values, order of first appearance, no overwrites.
 
     Iterative (an explicit stack of iterators) so deep input cannot raise RecursionError:
-    the only exception this raises is :class:`FlattenError`.
+    the only exception this raises is :class:`FlattenError`. ``max_keys`` and ``max_key_chars``
+    (the edge's bounds, :mod:`pipeline.limits`) stop at the first key past them.
     """
     if not isinstance(feedback, Mapping):
         raise FlattenError(f"feedback must be an object, not {_type_name(feedback)}")
@@ -113,6 +116,12 @@ def flatten_feedback(feedback: Mapping[str, Any]) -> list[FlatEntry]:
     def emit(entry: FlatEntry) -> None:
         if entry.key in out:
             raise FlattenError(f"duplicate feedback key {entry.key!r} after flattening nested objects")
+        if max_key_chars is not None and len(entry.key) > max_key_chars:
+            raise FlattenError(
+                f"flattened feedback key {entry.key[:40]!r}... is longer than {max_key_chars} characters"
+            )
+        if max_keys is not None and len(out) >= max_keys:
+            raise FlattenError(f"feedback has more than {max_keys} keys after flattening")
         out[entry.key] = entry
 
     stack: list[tuple[str, Iterator[tuple[Any, Any]]]] = [("", iter(feedback.items()))]

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pipeline import metrics
+
 
 @dataclass
 class Bucket:
@@ -74,51 +76,129 @@ class _Entry:
     body_hash: str
     created: float
     answer: asyncio.Future[StoredAnswer] = field(repr=False)
+    size: int = 0  # bytes counted against the tenant
 
 
 class IdempotencyConflict(Exception):
     """Same Idempotency-Key, different body."""
 
 
-class IdempotencyStore:
-    """Remembers the first answer per (tenant, route, key) for ``ttl_s``; concurrent twins wait for it."""
+Scope = tuple[str, str, str]  # (tenant, route, key)
+_ENTRY_OVERHEAD = 256  # dict slots, the entry, the future, the hash: a fair estimate per entry
 
-    def __init__(self, ttl_s: float, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic):
+
+def _answer_size(answer: StoredAnswer) -> int:
+    return len(answer.body) + sum(len(k) + len(v) for k, v in answer.headers.items())
+
+
+class IdempotencyStore:
+    """Remembers the first answer per (tenant, route, key) for ``ttl_s``; concurrent twins wait for it.
+
+    Bounded in bytes per tenant (answers, keys and an estimate of the overhead), least recently
+    claimed first out, so one tenant never evicts another's answers; ``max_entries`` bounds all
+    tenants together. An answer bigger than the tenant's budget is given to its waiters but not
+    kept. An entry evicted while its answer is pending still answers its waiters (the owner holds
+    it until ``finish``). The bytes kept per tenant are the gauge ``feedstream_idempotency_bytes``.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes_per_tenant: int = 16 * 1024 * 1024,
+    ):
         self._ttl = ttl_s
         self._max = max_entries
+        self._max_bytes = max_bytes_per_tenant
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
+        self._entries: OrderedDict[Scope, _Entry] = OrderedDict()  # all tenants, for max_entries
+        self._by_tenant: dict[str, OrderedDict[Scope, _Entry]] = {}
+        self._bytes: dict[str, int] = {}
+        self._owned: dict[Scope, _Entry] = {}  # claimed, not finished (evicted or not)
 
     @staticmethod
     def digest(body: bytes) -> str:
         return hashlib.sha256(body).hexdigest()
 
-    def claim(self, scope: tuple[str, str, str], body: bytes) -> asyncio.Future[StoredAnswer] | None:
+    def bytes_of(self, tenant: str) -> int:
+        return self._bytes.get(tenant, 0)
+
+    def claim(self, scope: Scope, body: bytes) -> asyncio.Future[StoredAnswer] | None:
         """None: the caller owns this key now and must ``finish`` it. A future: the first answer."""
         now = self._clock()
         digest = self.digest(body)
         entry = self._entries.get(scope)
         if entry is not None and now - entry.created > self._ttl:
-            del self._entries[scope]
+            self._drop(scope)
             entry = None
+        if entry is None:
+            entry = self._owned.get(scope)  # evicted while pending: its owner will still answer
         if entry is not None:
             if entry.body_hash != digest:
                 raise IdempotencyConflict
             return entry.answer
-        self._entries[scope] = _Entry(digest, now, asyncio.get_running_loop().create_future())
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        entry = _Entry(digest, now, asyncio.get_running_loop().create_future())
+        entry.size = _ENTRY_OVERHEAD + sum(len(part) for part in scope) + len(digest)
+        self._owned[scope] = entry
+        self._add(scope, entry)
         return None
 
-    def finish(self, scope: tuple[str, str, str], answer: StoredAnswer | None) -> None:
-        """Store the answer; ``None`` (a failure worth retrying, e.g. 503) forgets the key instead."""
-        entry = self._entries.get(scope)
+    def finish(self, scope: Scope, answer: StoredAnswer | None) -> None:
+        """Store the answer; ``None`` (a failure worth retrying, e.g. 503) forgets the key instead.
+
+        Waiters are always released, even if the entry was evicted meanwhile.
+        """
+        entry = self._owned.pop(scope, None) or self._entries.get(scope)
         if entry is None:
             return
+        kept = self._entries.get(scope) is entry
         if answer is None:
-            del self._entries[scope]
+            if kept:
+                self._drop(scope)
             if not entry.answer.done():
                 entry.answer.cancel()
             return
         if not entry.answer.done():
             entry.answer.set_result(answer)
+        if kept:
+            tenant = scope[0]
+            grow = _answer_size(answer)
+            entry.size += grow
+            self._bytes[tenant] = self._bytes.get(tenant, 0) + grow
+            self._shrink(tenant)
+            self._gauge(tenant)
+
+    def _add(self, scope: Scope, entry: _Entry) -> None:
+        tenant = scope[0]
+        self._entries[scope] = entry
+        self._by_tenant.setdefault(tenant, OrderedDict())[scope] = entry
+        self._bytes[tenant] = self._bytes.get(tenant, 0) + entry.size
+        while len(self._entries) > self._max:
+            self._drop(next(iter(self._entries)))
+        self._shrink(tenant)
+        self._gauge(tenant)
+
+    def _shrink(self, tenant: str) -> None:
+        mine = self._by_tenant.get(tenant)
+        while mine and self._bytes.get(tenant, 0) > self._max_bytes:
+            self._drop(next(iter(mine)))
+
+    def _drop(self, scope: Scope) -> None:
+        entry = self._entries.pop(scope, None)
+        if entry is None:
+            return
+        tenant = scope[0]
+        mine = self._by_tenant.get(tenant)
+        if mine is not None:
+            mine.pop(scope, None)
+            if not mine:
+                del self._by_tenant[tenant]
+        self._bytes[tenant] = self._bytes.get(tenant, 0) - entry.size
+        if self._bytes[tenant] <= 0:
+            del self._bytes[tenant]
+        self._gauge(tenant)
+
+    def _gauge(self, tenant: str) -> None:
+        metrics.IDEMPOTENCY_BYTES.labels(tenant).set(self._bytes.get(tenant, 0))

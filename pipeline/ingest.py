@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 
 from pipeline import envelope, intake, metrics
 from pipeline.contracts import (
+    SIGNATURE_KEYS,
     ClassifyOutcome,
     Contract,
     CorrectionRequest,
@@ -39,8 +39,9 @@ from pipeline.contracts import (
 from pipeline.counters import DomainCounter
 from pipeline.envelope import RankingOutcomePayload
 from pipeline.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
-from pipeline.ids import new_request_id
+from pipeline.ids import canonical_uuid, new_request_id
 from pipeline.kafka_io import OutRecord, PublishError, TransactionalWriter
+from pipeline.limits import MAX_DOMAIN_CHARS, MAX_ID_CHARS
 from pipeline.records import TrainRequest
 from pipeline.settings import Settings, get_settings
 from pipeline.stream_view import StreamView
@@ -50,6 +51,13 @@ from pipeline.topics import ensure_topics, topic_names
 log = logging.getLogger("pipeline.ingest")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: An unauthenticated (or rate-limited) request to POST /v1/feedback has its body read only if it
+#: declares at most this many bytes, and then only to pick the error shape (seed 001's for a
+#: correction); a bigger or chunked body is never read and gets the generic shape.
+SHAPE_SNIFF_BYTES = 16 * 1024
+#: Status counted for a request whose client went away before its answer (nginx's convention).
+CLIENT_GONE = 499
 
 
 class ApiError(Exception):
@@ -145,7 +153,10 @@ class Ingest:
         self.view = view
         self.topics = topic_names(settings)
         self.limiter = RateLimiter()
-        self.idempotency = IdempotencyStore(settings.idempotency_ttl_s)
+        self.auth_failures = RateLimiter()  # per client address
+        self.idempotency = IdempotencyStore(
+            settings.idempotency_ttl_s, max_bytes_per_tenant=settings.idempotency_max_bytes_per_tenant
+        )
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -154,7 +165,7 @@ class Ingest:
         app.router.add_post("/v1/feedback", self.post_feedback)
         app.router.add_post("/api/v1/feedback", self.post_scored)
         app.router.add_post("/v1/train", self.post_train)
-        app.router.add_get("/v1/domains/{domain}", self.get_domain)
+        app.router.add_get("/v1/domains/{domain:[^/]+}", self.get_domain)  # braces too ({uuid})
         app.router.add_get("/v1/requests/{request_id}", self.get_request)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
@@ -176,10 +187,19 @@ class Ingest:
         try:
             response = await handler(request)
         except ApiError as err:
+            close = err.headers.pop("Connection", None) == "close"
             response = json_response(err.status, error_body(call, err), err.headers)
+            if close:  # the body was left unread: do not keep the connection (nor drain it)
+                response.force_close()
         except web.HTTPException as exc:
             code = "NOT_FOUND" if exc.status == 404 else "HTTP_ERROR"
             response = json_response(exc.status, error_body(call, ApiError(exc.status, code, exc.reason)))
+        except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError too)
+            log.debug("client went away (request %s)", call.request_id)
+            metrics.HTTP_REQUESTS.labels(route, request.method, str(CLIENT_GONE)).inc()
+            response = web.Response(status=CLIENT_GONE)  # nobody reads it; aiohttp drops it quietly
+            response.force_close()
+            return response
         except Exception:
             log.exception("unexpected error (request %s)", call.request_id)
             internal = ApiError(500, "INTERNAL_ERROR", "An unexpected error occurred.")
@@ -194,34 +214,84 @@ class Ingest:
         metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
         return response
 
-    async def read_json(self, request: web.Request) -> tuple[bytes, Any]:
-        limit = self.settings.max_body_bytes
+    async def read_body(self, request: web.Request, limit: int) -> bytes:
+        """The whole body, at most ``limit`` bytes (413 past it), within ``body_read_timeout_s`` (408)."""
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body exceeds {limit} bytes.")
         # StreamReader.read(n) returns what has arrived (up to n bytes), not n bytes: read to EOF
         buf = bytearray()
-        while len(buf) <= limit:
-            chunk = await request.content.read(limit + 1 - len(buf))
-            if not chunk:
-                break
-            buf += chunk
-        body = bytes(buf)
-        if len(body) > limit:
+        try:
+            async with asyncio.timeout(self.settings.body_read_timeout_s):
+                while len(buf) <= limit:
+                    chunk = await request.content.read(limit + 1 - len(buf))
+                    if not chunk:
+                        break
+                    buf += chunk
+        except TimeoutError:
+            raise ApiError(
+                408,
+                "REQUEST_TIMEOUT",
+                f"The body was not received within {self.settings.body_read_timeout_s:g} s.",
+                headers={"Connection": "close"},
+            ) from None
+        if len(buf) > limit:
             raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body exceeds {limit} bytes.")
+        return bytes(buf)
+
+    async def read_json(self, request: web.Request) -> tuple[bytes, Any]:
+        body = await self.read_body(request, self.settings.max_body_bytes)
         try:
             return body, orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, "INVALID_JSON", f"Body is not valid JSON: {exc}") from None
 
+    @staticmethod
+    def check_edge(call: Call, body: Any) -> None:
+        """:func:`pipeline.intake.check_edge` (depth), answered in the contract's shape."""
+        try:
+            intake.check_edge(body)
+        except intake.Refused as r:
+            code = "INVALID_FIELD" if call.contract is Contract.CORRECTION else r.code
+            raise ApiError(r.status, code, r.message, details=r.details) from None
+
+    async def sniff_contract(self, request: web.Request) -> Contract | None:
+        """Which contract an unauthenticated POST /v1/feedback body is, only to answer in its error
+        shape: read only if it declares at most SHAPE_SNIFF_BYTES, never validated, never written."""
+        length = request.content_length
+        if length is None or length > SHAPE_SNIFF_BYTES:
+            return None
+        try:
+            body = orjson.loads(await self.read_body(request, SHAPE_SNIFF_BYTES))
+        except (ApiError, orjson.JSONDecodeError):
+            return None
+        if isinstance(body, list):
+            return Contract.INFERENCE_FEEDBACK
+        if not isinstance(body, dict):
+            return None
+        signalled = [c for c, keys in SIGNATURE_KEYS.items() if keys & body.keys()]
+        return signalled[0] if len(signalled) == 1 else None
+
     def authenticate(self, request: web.Request, call: Call) -> Tenant:
+        """From the headers only (no body is read before this). 401s are throttled per client
+        address: past ``auth_failures_per_s`` the answer is 429 without even hashing the key."""
         auth = header_text(request, "Authorization")
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else header_text(request, "X-API-Key").strip()
-        if not key:
-            raise ApiError(
-                401, "UNAUTHENTICATED", "Missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'."
-            )
-        tenant = self.tenants.authenticate(key)
+        tenant = self.tenants.authenticate(key) if key else None
         if tenant is None:
+            failures = self.auth_failures.take(request.remote or "?", self.settings.auth_failures_per_s)
+            if not failures.allowed:
+                raise ApiError(
+                    429,
+                    "TOO_MANY_AUTH_FAILURES",
+                    "Too many requests with a missing or invalid API key from this address.",
+                    headers={"Retry-After": str(failures.retry_after_s), "Connection": "close"},
+                )
+            if not key:
+                raise ApiError(
+                    401,
+                    "UNAUTHENTICATED",
+                    "Missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'.",
+                )
             raise ApiError(401, "UNAUTHENTICATED", "Invalid API key.")
         call.tenant = tenant
         call.rate = self.limiter.take(key, tenant.rate_limit_rps)
@@ -269,9 +339,13 @@ class Ingest:
         self, request: web.Request, call: Call, body: bytes, produce: Callable[[], Awaitable[web.Response]]
     ) -> web.Response:
         """Answer a retry with the first answer; only successful answers are remembered."""
-        key = request.headers.get("Idempotency-Key")
+        key = header_text(request, "Idempotency-Key")
         if not key or call.tenant is None:
             return await produce()
+        if len(key) > MAX_ID_CHARS:
+            raise ApiError(
+                400, "INVALID_REQUEST", f"Idempotency-Key is longer than {MAX_ID_CHARS} characters."
+            )
         scope = (call.tenant.id, request.path, key)
         try:
             earlier = self.idempotency.claim(scope, body)
@@ -313,10 +387,17 @@ class Ingest:
 
     async def post_feedback(self, request: web.Request) -> web.Response:
         call: Call = request["call"]
+        try:
+            self.authenticate(request, call)
+        except ApiError as err:
+            if err.code != "TOO_MANY_AUTH_FAILURES":
+                call.contract = await self.sniff_contract(request)
+            raise self.in_contract_shape(call, err) from None
         raw, body = await self.read_json(request)
         found = classify(body)
+        call.contract = found.contract
+        self.check_edge(call, body)
         if found.outcome is not ClassifyOutcome.MATCHED:
-            self.authenticate(request, call)
             metrics.ITEMS_REJECTED.labels("unknown", found.outcome.value).inc()
             raise ApiError(
                 400,
@@ -326,11 +407,6 @@ class Ingest:
                 found.message,
                 details={"tried": {str(c): why for c, why in found.reasons.items()}},
             )
-        call.contract = found.contract
-        try:
-            self.authenticate(request, call)
-        except ApiError as err:
-            raise self.in_contract_shape(call, err) from None
         if found.contract is Contract.INFERENCE_FEEDBACK:
             return await self.idempotent(request, call, raw, lambda: self.inference_feedback(call, body))
         if found.error is not None:
@@ -411,15 +487,30 @@ class Ingest:
     async def post_train(self, request: web.Request) -> web.Response:
         """Force a trigger (seed 000's ``POST /train``), ordered with the domain's counts."""
         call: Call = request["call"]
-        _, body = await self.read_json(request)
         tenant = self.authenticate(request, call)
+        raw, body = await self.read_json(request)
+        self.check_edge(call, body)
         domain = body.get("domain") if isinstance(body, dict) else None
         if not isinstance(domain, str) or not domain or set(body) - {"domain"}:
             raise ApiError(400, "INVALID_REQUEST", 'Body must be {"domain": "<domain>"}.')
-        if not tenant.owns_domain(domain):
+        domain = self.owned_domain(tenant, domain, "train")
+        return await self.idempotent(request, call, raw, lambda: self.train(call, tenant, domain))
+
+    @staticmethod
+    def owned_domain(tenant: Tenant, domain: str, verb: str) -> str:
+        """The domain as the stream keys it (a task id canonical, pipeline.ids), if the tenant owns it."""
+        if len(domain) > MAX_DOMAIN_CHARS:
+            raise ApiError(400, "INVALID_REQUEST", f"Domain is longer than {MAX_DOMAIN_CHARS} characters.")
+        canon = canonical_uuid(domain)
+        if canon is not None and tenant.task(canon) is not None:
+            return canon
+        if domain not in tenant.domains:
             raise ApiError(
-                403, "SCOPE_INSUFFICIENT", f"Tenant '{tenant.id}' may not train domain '{domain}'."
+                403, "SCOPE_INSUFFICIENT", f"Tenant '{tenant.id}' may not {verb} domain '{domain}'."
             )
+        return domain
+
+    async def train(self, call: Call, tenant: Tenant, domain: str) -> web.Response:
         msg = TrainRequest(
             request_id=call.request_id, tenant=tenant.id, domain=domain, requested_at=call.received_at
         )
@@ -464,13 +555,15 @@ class Ingest:
         """Pending, threshold, total and last trigger of a domain, from the counting stage's changelog."""
         call: Call = request["call"]
         tenant = self.authenticate(request, call)
-        domain = request.match_info["domain"]
-        if not tenant.owns_domain(domain):
-            raise ApiError(403, "SCOPE_INSUFFICIENT", f"Tenant '{tenant.id}' may not read domain '{domain}'.")
-        key = (
-            str(uuid.UUID(domain)) if tenant.task(domain) is not None else domain
-        )  # stream keys are canonical
-        counter = self.view.domains.get(key) or DomainCounter()
+        domain = self.owned_domain(tenant, request.match_info["domain"], "read")
+        if not self.view.caught_up.is_set():  # before the changelog is read, counts would be wrong
+            raise ApiError(
+                503,
+                "NOT_READY",
+                "The ingest is still reading the domain counters; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        counter = self.view.domains.get(domain) or DomainCounter()
         last = counter.last_trigger.model_dump(mode="json") if counter.last_trigger else None
         return json_response(
             200,
@@ -559,8 +652,9 @@ class Ingest:
     async def post_scored(self, request: web.Request) -> web.Response:
         call: Call = request["call"]
         call.contract = Contract.SCORED_OUTPUT
-        raw, body = await self.read_json(request)
         self.authenticate(request, call)
+        raw, body = await self.read_json(request)
+        self.check_edge(call, body)
         try:
             model = ScoredOutputRequest.model_validate(body)
         except ValidationError as err:

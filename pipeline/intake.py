@@ -36,7 +36,8 @@ from pipeline.envelope import (
     SearchEventPayload,
 )
 from pipeline.flatten import feedback_id
-from pipeline.ids import new_event_id
+from pipeline.ids import canonical_uuid, new_event_id
+from pipeline.limits import MAX_DEPTH, MAX_KEYS_PER_REQUEST, DepthExceeded, deepest_path
 from pipeline.tenants import BUILTIN_LABELS, Tenant
 
 Origin = Literal["http", "publisher"]
@@ -55,13 +56,37 @@ class Context:
 
 
 class Refused(Exception):
-    """The request as a whole is refused: ``status`` 403/404/422 with a human ``message``."""
+    """The request as a whole is refused: ``status`` 400/403/404/413/422 with a human ``message``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, details: object = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.details = details
+
+
+def check_edge(body: object) -> None:
+    """The shape checks every parsed body passes before anything else looks at it, on both paths
+    (the HTTP ingest and the publisher library): at most ``MAX_DEPTH`` nested containers, below
+    what every later codec takes (orjson encodes 254 levels, pydantic's JSON decoder 200).
+
+    Raises :class:`Refused` (400 ``TOO_DEEP``, message and details name the path and the limit).
+    """
+    try:
+        deepest_path(body, MAX_DEPTH)
+    except DepthExceeded as err:
+        raise Refused(400, "TOO_DEEP", str(err), {"path": err.path, "limit": err.limit}) from None
+
+
+def canonical_domain(ctx: Context, domain: str) -> str:
+    """A domain as the stream keys it: a task id of the tenant (any UUID spelling) becomes its
+    canonical form; domain names stay as written (they are exact). 403 if not owned."""
+    canon = canonical_uuid(domain)
+    if canon is not None and ctx.tenant.task(canon) is not None:
+        return canon
+    require_domain(ctx, domain)
+    return domain
 
 
 @dataclass(frozen=True)
@@ -111,7 +136,7 @@ def default_domain(ctx: Context, contract: Contract) -> str:
 
 def ranking_outcomes(ctx: Context, req: RankingOutcomeRequest) -> Intake:
     """Seed 000: one envelope per seeker; an unregistered label rejects that item only."""
-    require_domain(ctx, req.domain)
+    domain = canonical_domain(ctx, req.domain)
     out = Intake()
     by_seeker: dict[str, list[ResolvedOutcome]] = {}
     for index, item in enumerate(req.items):
@@ -140,7 +165,7 @@ def ranking_outcomes(ctx: Context, req: RankingOutcomeRequest) -> Intake:
     for seeker_id, items in by_seeker.items():
         out.events.append(
             RankingOutcomeEnvelope.model_validate(
-                {**_base(ctx, req.domain), "payload": RankingOutcomePayload(seeker_id=seeker_id, items=items)}
+                {**_base(ctx, domain), "payload": RankingOutcomePayload(seeker_id=seeker_id, items=items)}
             )
         )
     return out
@@ -160,9 +185,18 @@ def inference_feedback(
     domain = default_domain(ctx, Contract.INFERENCE_FEEDBACK)
     out = Intake()
     results: list[InferenceFeedbackResult | None] = []
+    keys = 0
     for index, raw in enumerate(items):
         checked = validate_inference_item(raw)
         if isinstance(checked, InferenceFeedbackEvent):
+            keys += len(checked.entries())
+            if keys > MAX_KEYS_PER_REQUEST:  # stop here: the rest is not worth validating
+                raise Refused(
+                    413,
+                    "TOO_MANY_KEYS",
+                    f"The request's feedback flattens to more than {MAX_KEYS_PER_REQUEST} keys "
+                    f"(item {index} crosses the limit).",
+                )
             out.events.append(
                 InferenceFeedbackEnvelope.model_validate({**_base(ctx, domain), "payload": checked})
             )

@@ -25,6 +25,11 @@ ITEMS_REJECTED = Counter(
 RAW_PUBLISHED = Counter(
     "feedstream_raw_events_published_total", "Envelopes written to feedback.raw.", ["origin"]
 )
+IDEMPOTENCY_BYTES = Gauge(
+    "feedstream_idempotency_bytes",
+    "Idempotency answers the ingest keeps, in bytes per tenant (IDEMPOTENCY_MAX_BYTES_PER_TENANT).",
+    ["tenant"],
+)
 
 # Stream
 EVENTS = Counter("feedstream_events_total", "Raw events processed by the stream.", ["contract", "domain"])

@@ -111,6 +111,7 @@ class FeedbackPublisher:
             origin="publisher",
         )
         try:
+            intake.check_edge(body)  # the same shape checks as the HTTP ingest
             if contract is Contract.SCORED_OUTPUT:
                 result = intake.scored_output(ctx, ScoredOutputRequest.model_validate(body))
                 return result, self._result(ctx, Contract.SCORED_OUTPUT, result)

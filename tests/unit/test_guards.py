@@ -1,0 +1,78 @@
+"""The ingest's idempotency store: bounded in bytes per tenant, waiters never left waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipeline.guards import IdempotencyConflict, IdempotencyStore, StoredAnswer
+
+
+def answer(size: int) -> StoredAnswer:
+    return StoredAnswer(200, b"x" * size, {"Content-Type": "application/json"})
+
+
+async def test_an_evicted_pending_entry_still_answers_its_waiters() -> None:
+    store = IdempotencyStore(60, max_entries=1)
+    assert store.claim(("t", "/p", "a"), b"body") is None  # we own 'a'
+    waiter = store.claim(("t", "/p", "a"), b"body")
+    assert waiter is not None
+    assert store.claim(("t", "/p", "b"), b"body") is None  # evicts 'a' while it is pending
+    store.finish(("t", "/p", "a"), answer(10))
+    stored = await asyncio.wait_for(waiter, 1)
+    assert stored.body == b"x" * 10
+
+
+async def test_an_evicted_pending_entry_that_fails_releases_its_waiters() -> None:
+    store = IdempotencyStore(60, max_entries=1)
+    assert store.claim(("t", "/p", "a"), b"body") is None
+    waiter = store.claim(("t", "/p", "a"), b"body")
+    assert waiter is not None
+    assert store.claim(("t", "/p", "b"), b"body") is None
+    store.finish(("t", "/p", "a"), None)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiter, 1)
+
+
+async def test_bytes_are_bounded_per_tenant_and_one_tenant_never_evicts_another() -> None:
+    store = IdempotencyStore(60, max_bytes_per_tenant=100_000)
+    assert store.claim(("b", "/p", "keep"), b"b") is None
+    store.finish(("b", "/p", "keep"), answer(50_000))
+    for i in range(50):  # tenant a writes far more than its budget
+        assert store.claim(("a", "/p", f"k{i}"), b"a") is None
+        store.finish(("a", "/p", f"k{i}"), answer(30_000))
+        assert store.bytes_of("a") <= 100_000
+    kept = store.claim(("b", "/p", "keep"), b"b")
+    assert kept is not None and (await kept).body == b"x" * 50_000
+    assert store.claim(("a", "/p", "k0"), b"a") is None  # a's oldest went first
+    recent = store.claim(("a", "/p", "k49"), b"a")
+    assert recent is not None and len((await recent).body) == 30_000
+
+
+async def test_an_answer_bigger_than_the_budget_is_answered_but_not_kept() -> None:
+    store = IdempotencyStore(60, max_bytes_per_tenant=10_000)
+    assert store.claim(("a", "/p", "big"), b"a") is None
+    waiter = store.claim(("a", "/p", "big"), b"a")
+    assert waiter is not None
+    store.finish(("a", "/p", "big"), answer(20_000))
+    assert len((await waiter).body) == 20_000
+    assert store.bytes_of("a") <= 10_000
+    assert store.claim(("a", "/p", "big"), b"a") is None  # forgotten: a retry is new
+
+
+async def test_bytes_gauge_follows_the_store() -> None:
+    from pipeline import metrics
+
+    store = IdempotencyStore(60, max_bytes_per_tenant=1_000_000)
+    assert store.claim(("gauge-t", "/p", "k"), b"a") is None
+    store.finish(("gauge-t", "/p", "k"), answer(1234))
+    value = metrics.IDEMPOTENCY_BYTES.labels("gauge-t")._value.get()  # type: ignore[attr-defined]
+    assert value == store.bytes_of("gauge-t") >= 1234
+
+
+async def test_conflicting_body_still_conflicts() -> None:
+    store = IdempotencyStore(60)
+    assert store.claim(("a", "/p", "k"), b"one") is None
+    with pytest.raises(IdempotencyConflict):
+        store.claim(("a", "/p", "k"), b"two")
