@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: declares at most this many bytes, and then only to pick the error shape (seed 001's for a
 #: correction); a bigger or chunked body is never read and gets the generic shape.
 SHAPE_SNIFF_BYTES = 16 * 1024
+#: On SIGTERM the listener stays open at least this long (bounded by DRAIN_TIMEOUT_S), answering
+#: 503 DRAINING, before it closes.
+DRAIN_GRACE_S = 1.0
 #: Status counted for a request whose client went away before its answer (nginx's convention).
 CLIENT_GONE = 499
 
@@ -141,6 +145,44 @@ CORRECTION_CODES = {
 }
 
 
+class ConnectionCap:
+    """At most ``limit`` open connections per client address.
+
+    aiohttp has no such option, so this hooks the connection callbacks its ``web.Server`` gets
+    from each connection's ``RequestHandler`` (``connection_made``/``connection_lost``): a
+    connection over the cap is closed at once, before a byte of it is read.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+        self._addr: dict[object, str] = {}
+
+    def install(self, server: web.Server) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            peer = transport.get_extra_info("peername")
+            addr = str(peer[0]) if peer else "?"
+            self._addr[handler] = addr
+            self.open[addr] = self.open.get(addr, 0) + 1
+            made(handler, transport)
+            if self.open[addr] > self.limit:
+                log.debug("connection from %s over the cap of %d: closed", addr, self.limit)
+                transport.close()
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            addr = self._addr.pop(handler, None)
+            if addr is not None:
+                self.open[addr] -= 1
+                if self.open[addr] <= 0:
+                    del self.open[addr]
+            lost(handler, exc)
+
+        setattr(server, "connection_made", connection_made)  # noqa: B010 - instance hook, see docstring
+        setattr(server, "connection_lost", connection_lost)  # noqa: B010
+
+
 class Ingest:
     """The aiohttp application and what it holds."""
 
@@ -154,9 +196,37 @@ class Ingest:
         self.topics = topic_names(settings)
         self.limiter = RateLimiter()
         self.auth_failures = RateLimiter()  # per client address
+        self.connections = ConnectionCap(settings.max_connections_per_client)
+        self.draining = False  # set on SIGTERM: new requests get 503 DRAINING (see serve)
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
         self.idempotency = IdempotencyStore(
             settings.idempotency_ttl_s, max_bytes_per_tenant=settings.idempotency_max_bytes_per_tenant
         )
+
+    async def start_http(self, host: str, port: int) -> tuple[web.AppRunner, int]:
+        """Serve on ``host:port`` (0: any free port); returns the runner and the bound port.
+
+        Idle keep-alive connections close after ``keepalive_timeout_s``; ``runner.cleanup()``
+        drains: it stops listening, closes idle connections and waits up to ``drain_timeout_s`` for
+        requests in flight to be answered.
+        """
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            keepalive_timeout=self.settings.keepalive_timeout_s,
+            shutdown_timeout=self.settings.drain_timeout_s,
+        )
+        await runner.setup()
+        assert runner.server is not None
+        self.connections.install(runner.server)
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        server = site._server  # the bound port, when asked for any
+        sockets = getattr(server, "sockets", None) or []
+        bound = int(sockets[0].getsockname()[1]) if sockets else port
+        return runner, bound
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -184,8 +254,23 @@ class Ingest:
         route = (
             request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         )
+        drain_exempt = request.path in ("/healthz", "/metrics")
         try:
-            response = await handler(request)
+            if self.draining and not drain_exempt:
+                raise ApiError(
+                    503,
+                    "DRAINING",
+                    "This ingest is shutting down; retry (another instance will answer).",
+                    headers={"Retry-After": "1", "Connection": "close"},
+                )
+            self.in_flight += 1
+            self.idle.clear()
+            try:
+                response = await handler(request)
+            finally:
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self.idle.set()
         except ApiError as err:
             close = err.headers.pop("Connection", None) == "close"
             response = json_response(err.status, error_body(call, err), err.headers)
@@ -375,6 +460,11 @@ class Ingest:
     # -- routes -----------------------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
+        fenced: str | None = getattr(self.writer, "fenced", None)
+        if fenced:
+            return json_response(503, {"status": "unhealthy", "reason": fenced})
+        if self.draining:
+            return json_response(503, {"status": "draining"})
         return json_response(200, {"status": "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -430,6 +520,10 @@ class Ingest:
                 return await self.idempotent(request, call, raw, lambda: self.correction(call, model))
             if isinstance(model, SearchEventRequest):
                 session = header_text(request, "X-Session-ID").strip() or None
+                if session is not None and len(session) > MAX_ID_CHARS:  # it may become the Kafka key
+                    raise ApiError(
+                        400, "INVALID_REQUEST", f"X-Session-ID is longer than {MAX_ID_CHARS} characters."
+                    )
                 return await self.idempotent(request, call, raw, lambda: self.search(call, model, session))
         except ApiError as err:
             raise self.in_contract_shape(call, err) from None
@@ -696,24 +790,48 @@ async def serve(settings: Settings) -> None:
     await writer.start()
     view = StreamView(bootstrap, topic_names(settings))
     await view.start()
-    runner = web.AppRunner(Ingest(settings, tenants, writer, view).app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.ingest_host, settings.ingest_port, backlog=1024)
-    await site.start()
-    log.info("ingest listening on http://%s:%d", settings.ingest_host, settings.ingest_port)
+    ingest = Ingest(settings, tenants, writer, view)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner, _ = await ingest.start_http(settings.ingest_host, settings.ingest_port)
+    log.info(
+        "ingest %s listening on http://%s:%d",
+        settings.ingest_instance,
+        settings.ingest_host,
+        settings.ingest_port,
+    )
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        ingest.draining = True
+        log.info(
+            "draining: new requests get 503; finishing those in flight (up to %gs)", settings.drain_timeout_s
+        )
     finally:
+        # order matters: answer (and so commit) every request in flight, then close what they used.
+        # The listener stays open meanwhile: new requests get a quick 503 DRAINING with
+        # Connection: close rather than a reset from a closed listener's accept queue.
+        ingest.draining = True
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ingest.idle.wait(), settings.drain_timeout_s)
+        # keep answering 503 a moment, so clients and load balancers learn before the listener
+        # closes (a connection still in a closed listener's accept queue is reset by the kernel)
+        grace = min(DRAIN_GRACE_S, settings.drain_timeout_s) - (time.monotonic() - started)
+        if grace > 0:
+            await asyncio.sleep(grace)
         await runner.cleanup()
+        await writer.stop(drain_s=max(0.0, settings.drain_timeout_s - (time.monotonic() - started)))
         await view.stop()
-        await writer.stop()
+        log.info("ingest stopped after draining for %.2fs", time.monotonic() - started)
 
 
 def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
     )
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt):  # SIGINT/SIGTERM drain inside serve()
         asyncio.run(serve(get_settings()))
 
 

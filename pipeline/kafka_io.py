@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,20 @@ class Written:
 
 class PublishError(RuntimeError):
     """The broker did not acknowledge in time; nothing of the request was committed."""
+
+
+#: What Kafka answers a producer whose transactional id was taken over by a newer one.
+FENCING_ERRORS: tuple[type[BaseException], ...] = (ProducerFenced, InvalidProducerEpoch)
+
+
+def is_fencing(exc: BaseException | None) -> bool:
+    """True if ``exc`` (or what caused it) says another producer took over our transactional id."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, FENCING_ERRORS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def bootstrap_list(bootstrap: str) -> list[str]:
@@ -73,6 +88,10 @@ class TransactionalWriter:
         self._producers: list[AIOKafkaProducer | None] = [None] * lanes
         self._inflight: set[asyncio.Future[list[Written]]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        #: Set (a message) once Kafka fenced us: another producer uses our transactional id. The
+        #: writer then refuses every write instead of fencing it back (two ingests would take
+        #: turns failing); the ingest reports itself unhealthy.
+        self.fenced: str | None = None
 
     def _new_producer(self, lane: int) -> AIOKafkaProducer:
         tid = f"{self._transactional_id}-{lane}"
@@ -85,8 +104,15 @@ class TransactionalWriter:
             linger_ms=1,
             max_request_size=MAX_REQUEST_BYTES,
             request_timeout_ms=int(self._timeout_s * 1000),
-            transaction_timeout_ms=max(int(self._timeout_s * 4000), 10_000),
+            transaction_timeout_ms=self.transaction_timeout_ms,
         )
+
+    @property
+    def transaction_timeout_ms(self) -> int:
+        """A group commit is abandoned after ``timeout_s`` (``_run``), so a transaction never needs
+        more than that plus a margin; a dead writer's open transaction then holds back
+        read_committed readers only this long (plus the broker's abort check interval)."""
+        return int((self._timeout_s + 1.0) * 1000)
 
     async def start(self) -> None:
         for lane in range(self._lanes):
@@ -98,7 +124,12 @@ class TransactionalWriter:
             for lane in range(self._lanes)
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Stop; with ``drain_s``, first let queued and in-flight groups commit (bounded)."""
+        for _ in range(int(drain_s * 100)):  # polled: only at shutdown
+            if self._queue.empty() and not self._inflight:
+                break
+            await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,6 +146,8 @@ class TransactionalWriter:
         """Commit ``records`` in one transaction; raise PublishError if not done within the timeout."""
         if not records:
             return []
+        if self.fenced:
+            raise PublishError(self.fenced)
         fut: asyncio.Future[list[Written]] = asyncio.get_running_loop().create_future()
         await self._queue.put((records, fut))
         try:
@@ -144,6 +177,9 @@ class TransactionalWriter:
                         fut.set_exception(PublishError("writer stopped"))
                 raise
             except Exception as exc:  # anything: the whole group failed and was aborted
+                if is_fencing(exc):
+                    self._fenced(lane, group, exc)
+                    continue
                 log.warning("transaction of %d requests failed: %r", len(group), exc)
                 for _, fut in group:  # answer now: recovery may last as long as the broker is away
                     if not fut.done():
@@ -174,6 +210,33 @@ class TransactionalWriter:
                 await asyncio.wait_for(producer.abort_transaction(), timeout=self._timeout_s)
             raise
         return [[Written(m.topic, m.partition, m.offset) for m in ms] for ms in metas]
+
+    def _fenced(
+        self,
+        lane: int,
+        group: list[tuple[Sequence[OutRecord], asyncio.Future[list[Written]]]],
+        exc: BaseException,
+    ) -> None:
+        tid = f"{self._transactional_id}-{lane}"
+        self.fenced = (
+            f"Kafka fenced this writer: transactional id {tid!r} is used by another producer "
+            "(another process with the same INGEST_INSTANCE?)"
+        )
+        log.error(
+            "FENCED: Kafka refused transactional id %r (%r): another producer started with the same id, "
+            "most likely another ingest with the same INGEST_INSTANCE. This process stops writing "
+            "and answers 503 (/healthz too). Give every running ingest its own INGEST_INSTANCE "
+            "(or leave it unset: the default is unique per process), then restart this one.",
+            tid,
+            exc,
+        )
+        for _, fut in group:
+            if not fut.done():
+                fut.set_exception(PublishError(self.fenced))
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(PublishError(self.fenced))
 
     async def _recover(self, lane: int) -> None:
         """After a failed or timed-out transaction start over with a fresh producer (fences the old one)."""

@@ -6,6 +6,7 @@ caps, authentication before the body, read timeouts, the idempotency store. No b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -34,16 +35,13 @@ CORRECTION = {"case_id": "c-1", "module": "m", "original_output": {}, "corrected
 
 
 class FakeWriter:
-    """Commits instantly in memory; ``fail`` makes the next writes raise like the real writer."""
+    """Commits instantly in memory."""
 
     def __init__(self) -> None:
         self.records: list[OutRecord] = []
-        self.delay_s = 0.0
-        self.healthy = True
+        self.fenced: str | None = None
 
     async def write(self, records: Sequence[OutRecord]) -> list[Written]:
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
         self.records.extend(records)
         return [Written(r.topic, 0, i) for i, r in enumerate(records)]
 
@@ -511,12 +509,61 @@ async def test_idempotency_key_is_bounded(edge: Edge) -> None:
 
 async def serve(ingest: Ingest) -> tuple[web.AppRunner, int]:
     """The app on a real port, with the runner the ingest process uses."""
-    runner = web.AppRunner(ingest.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, port
+    return await ingest.start_http("127.0.0.1", 0)
+
+
+def in_process(**overrides: Any) -> Ingest:
+    return Ingest(make_settings(**overrides), load_tenants(TENANTS), FakeWriter(), FakeView())  # type: ignore[arg-type]
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_idle_keep_alive_connections_close_after_the_timeout() -> None:
+    runner, port = await serve(in_process(keepalive_timeout_s=0.3))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(HEALTHZ)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(b"HTTP/1.1 200")
+        await asyncio.wait_for(
+            reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])), 2
+        )
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed by the server, idle
+        writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_connections_per_client_address_are_capped() -> None:
+    runner, port = await serve(in_process(max_connections_per_client=2))
+    try:
+        first = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(HEALTHZ)
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 2) == b""  # over the cap: closed unanswered
+        writer.close()
+        r0, w0 = first[0]
+        w0.write(HEALTHZ)  # the connections within the cap work
+        assert (await asyncio.wait_for(r0.readuntil(b"\r\n"), 2)).startswith(b"HTTP/1.1 200")
+        first[1][1].close()
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # room again
+        writer.write(HEALTHZ)
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 2)).startswith(b"HTTP/1.1 200")
+        for _, w in (first[0], (reader, writer)):
+            w.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_healthz_is_503_when_the_writer_was_fenced(edge: Edge) -> None:
+    status, answer, _ = await edge.call("GET", "/healthz")
+    assert (status, answer) == (200, {"status": "ok"})
+    edge.writer.fenced = "Kafka fenced this writer"
+    status, answer, _ = await edge.call("GET", "/healthz")
+    assert status == 503 and answer["reason"] == "Kafka fenced this writer"
 
 
 async def test_a_client_that_goes_away_is_not_an_unexpected_error(caplog: pytest.LogCaptureFixture) -> None:
@@ -526,8 +573,7 @@ async def test_a_client_that_goes_away_is_not_an_unexpected_error(caplog: pytest
         value: float = metrics.HTTP_REQUESTS.labels("/v1/feedback", "POST", status)._value.get()  # type: ignore[attr-defined]
         return value
 
-    ingest = Ingest(make_settings(), load_tenants(TENANTS), FakeWriter(), FakeView())  # type: ignore[arg-type]
-    runner, port = await serve(ingest)
+    runner, port = await serve(in_process())
     try:
         before_500, before_499 = count("500"), count("499")
         _reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -547,3 +593,15 @@ async def test_a_client_that_goes_away_is_not_an_unexpected_error(caplog: pytest
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
     finally:
         await runner.cleanup()
+
+
+async def test_seed_004_session_header_is_bounded(edge: Edge) -> None:
+    body = {"event_type": "result_helpful"}
+    status, answer, _ = await edge.post("/v1/feedback", body, headers={"X-Session-ID": "s" * ID})
+    assert status == 200 and answer["session_id"] == "s" * ID
+    status, answer, _ = await edge.post("/v1/feedback", body, headers={"X-Session-ID": "s" * (ID + 1)})
+    assert (
+        status == 400
+        and "X-Session-ID" in answer["error"]["message"]
+        and str(ID) in answer["error"]["message"]
+    )
