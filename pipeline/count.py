@@ -22,9 +22,8 @@ from aiokafka.structs import RecordMetadata
 
 from pipeline import metrics
 from pipeline.counters import DomainCounter, count_units, force_trigger
-from pipeline.eos import Record, Tx
-from pipeline.expand import send_dead_letter
-from pipeline.records import StageResult, TrainRequest, TrainTrigger, to_json
+from pipeline.eos import PROCESSING_FAILURE, SCHEMA_VIOLATION, Record, Tx
+from pipeline.records import MAX_RESULT_TRIGGERS, StageResult, TrainRequest, TrainTrigger, to_json
 from pipeline.topics import TopicNames
 
 
@@ -64,9 +63,13 @@ class CountStage:
         for rec in records:
             try:
                 msg = Incoming.parse(rec.value or b"")
+            except Exception as exc:
+                await tx.dead_letter(rec, exc, SCHEMA_VIOLATION)
+                continue
+            try:
                 threshold = self.threshold(msg.domain)
             except Exception as exc:
-                await send_dead_letter(tx, self.names.dlq, self.name, exc, rec)
+                await tx.dead_letter(rec, exc, PROCESSING_FAILURE)
                 continue
             key = msg.domain.encode()
             futures = [await tx.send(self.names.triplets, orjson.dumps(u), key=key) for u in msg.units]
@@ -121,7 +124,11 @@ class CountStage:
                     units_counted=sum(msg.counts),
                     pending=counter.pending,
                     threshold=threshold,
-                    triggers=triggers,
+                    triggers=triggers[-MAX_RESULT_TRIGGERS:],  # results stay small; all are on the topic
+                    triggers_total=len(triggers),
+                    chunk=msg.chunk,
+                    chunks=msg.chunks,
+                    request_events=msg.request_events,
                 )
                 await tx.send(self.names.results, to_json(result), key=msg.request_id.encode())
             changes[key] = counter
@@ -149,6 +156,9 @@ class Incoming:
     counts: list[bool]
     reply: bool
     train: TrainRequest | None
+    chunk: int = 0
+    chunks: int = 1
+    request_events: int | None = None
 
     @classmethod
     def parse(cls, value: bytes) -> Incoming:
@@ -161,6 +171,12 @@ class Incoming:
         units = raw["units"]
         if not isinstance(units, list) or not all(isinstance(u, dict) and "kind" in u for u in units):
             raise ValueError("units must be a list of training units")
+        chunk, chunks = raw.get("chunk", 0), raw.get("chunks", 1)
+        if not (isinstance(chunk, int) and isinstance(chunks, int) and 0 <= chunk < chunks):
+            raise ValueError(f"bad chunk {chunk!r} of {chunks!r}")
+        request_events = raw.get("request_events")
+        if request_events is not None and not (isinstance(request_events, int) and request_events >= 1):
+            raise ValueError(f"bad request_events {request_events!r}")
         received_at = datetime.fromisoformat(raw["received_at"])
         if received_at.tzinfo is None:
             raise ValueError("received_at needs a time zone")
@@ -173,4 +189,7 @@ class Incoming:
             counts=[bool(u["counts"]) for u in units],
             reply=bool(raw.get("reply", True)),
             train=None,
+            chunk=chunk,
+            chunks=chunks,
+            request_events=request_events,
         )

@@ -43,7 +43,7 @@ def _emit(
     state: DomainCounter,
     *,
     domain: str,
-    reason: Literal["threshold", "manual"],
+    reason: Literal["threshold", "manual", "repartition"],
     threshold: int,
     end_offset: int,
     at: AwareDatetime,
@@ -98,8 +98,10 @@ def count_units(
     when pending reaches the threshold a ``threshold`` trigger covers range start..this offset
     and the counter starts afresh. Several crossings give several triggers with consecutive
     sequences. A unit at or before the last offset seen on the same partition is a re-delivery
-    and is skipped. A domain's units must stay on one partition while a range is open (key the
-    triplets topic by domain); otherwise ValueError, since one range cannot span partitions.
+    and is skipped. A domain's units stay on one partition (the triplets topic is keyed by
+    domain) until its partition count changes: a unit on another partition than the open range's
+    closes that range with a ``repartition`` trigger (its pending units, possibly fewer than the
+    threshold, or none if only uncounted units are in it) and opens a new range there.
     """
     if threshold < 1:
         raise ValueError(f"threshold must be at least 1, got {threshold}")
@@ -112,10 +114,20 @@ def count_units(
         ):
             continue
         if state.range_partition is not None and state.range_partition != partition:
-            raise ValueError(
-                f"domain {domain!r}: unit on partition {partition} while a range is open on "
-                f"partition {state.range_partition}"
+            # feedback.triplets got more partitions and the domain's key hashes elsewhere now: one
+            # range cannot span partitions, so close the open one where it is (a ``repartition``
+            # trigger with what it holds, counted or not) and open a new one here.
+            end = state.last_offset if state.last_partition == state.range_partition else None
+            state, trigger = _emit(
+                state,
+                domain=domain,
+                reason="repartition",
+                threshold=threshold,
+                end_offset=end if end is not None else state.range_start or 0,
+                at=at,
+                topic=topic,
             )
+            triggers.append(trigger)
         update: dict[str, object] = {"last_partition": partition, "last_offset": offset}
         if state.range_start is None:
             update |= {"range_start": offset, "range_partition": partition}

@@ -34,6 +34,12 @@ class _Envelope(BaseModel):
     correlation_id: str
     request_id: str
     origin: Literal["http", "publisher"]
+    request_events: int | None = Field(
+        default=None,
+        ge=1,
+        description="Raw events the request became (set by the intake), so any reader of the results "
+        "can tell when a request is complete.",
+    )
 
 
 class ResolvedOutcome(BaseModel):

@@ -2,8 +2,14 @@
 
 Pure rules (``expand_event``) plus a thin stage for :mod:`pipeline.eos`. State: the recent
 outcomes of each (domain, seeker) / search anchor, so outcomes arriving one at a time pair with
-earlier ones. Every raw event yields one ``UnitsBatch`` (possibly empty) keyed by domain, which the
-counting stage turns into triplet records, counts and triggers, and a result for the ingest.
+earlier ones, and the partition's stream time (key ``\x00clock``). Every raw event yields one
+``UnitsBatch`` (possibly empty) keyed by domain, sent as one or more ``feedback.units`` messages
+(chunks under :data:`pipeline.topics.UNITS_CHUNK_BYTES`), which the counting stage turns into
+triplet records, counts and triggers, and a result per chunk for the ingest.
+
+Histories expire by stream time: every ``sweep_every`` of stream time, the histories whose newest
+outcome is older than ``SEEKER_MAX_AGE_S`` are deleted (tombstones on the changelog) in the batch's
+own transaction. The rules cut histories at the same age, so a sweep never changes an output.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import collections
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
 
 import orjson
+from pydantic import TypeAdapter, ValidationError
 
 from pipeline import envelope, metrics
 from pipeline.contracts import InferenceFeedbackEvent
@@ -27,20 +34,29 @@ from pipeline.envelope import (
     SearchEventPayload,
     search_anchor,
 )
-from pipeline.eos import Record, Tx
-from pipeline.records import TrainingUnit, UnitsBatch, dead_letter, to_json
+from pipeline.eos import PROCESSING_FAILURE, SCHEMA_VIOLATION, Record, Tx
+from pipeline.records import TrainingUnit, UnitsBatch, to_json
 from pipeline.signals import signal_records
 from pipeline.tenants import FeedbackMode
-from pipeline.topics import TopicNames
+from pipeline.topics import UNITS_CHUNK_BYTES, TopicNames
 from pipeline.triplets import (
     Limits,
     Observation,
     SeekerHistory,
+    StreamClock,
     correction_unit,
     expand_outcomes,
+    expired,
+    pooled_copy,
     scored_unit,
     search_observation,
 )
+
+#: The expand table: a history per ``domain/anchor`` key, and the partition's clock.
+ExpandState: TypeAlias = SeekerHistory | StreamClock
+_STATE: TypeAdapter[ExpandState] = TypeAdapter(ExpandState)
+#: The clock's key: table keys of histories always contain '/', so it cannot collide.
+CLOCK_KEY = b"\x00clock"
 
 
 @dataclass
@@ -64,15 +80,25 @@ def _batch(event: RawEvent, units: Sequence[TrainingUnit], **over: Any) -> Units
             "contract": str(event.contract),
             "received_at": event.received_at,
             "units": list(units),
+            "request_events": event.request_events,
             **over,
         }
     )
 
 
 def expand_event(
-    event: RawEvent, history_of: Mapping[bytes, SeekerHistory], *, limits: Limits, shared_pool: str
+    event: RawEvent,
+    history_of: Mapping[bytes, ExpandState],
+    *,
+    limits: Limits,
+    shared_pool: str,
+    stream_time: datetime | None = None,
 ) -> Expansion:
-    """Pure: the signals, unit batches and new anchor history of one event."""
+    """Pure: the signals, unit batches and new anchor history of one event.
+
+    Histories are cut at ``max(received_at, stream_time) - max_age`` (the stage passes its stream time;
+    a history cut to nothing is deleted: ``history`` None with a ``state_key``).
+    """
     out = Expansion(signals=[orjson.dumps(record) for record in signal_records(event)])
     p = event.payload
     units: list[TrainingUnit] = []
@@ -115,8 +141,17 @@ def expand_event(
             )
             units.append(unit)
             if p.feedback_mode is FeedbackMode.SHARED_IMPROVEMENT:
-                pooled = unit.model_copy(update={"domain": shared_pool, "tenant": None})
-                out.batches.append(_batch(event, [pooled], domain=shared_pool, tenant=None, reply=False))
+                pooled = pooled_copy(unit, module=p.module, pool=shared_pool)
+                out.batches.append(
+                    _batch(
+                        event,
+                        [pooled],
+                        domain=shared_pool,
+                        tenant=None,
+                        reply=False,
+                        event_id=pooled.event_id,
+                    )
+                )
     elif isinstance(p, ScoredOutputPayload):
         units.append(
             scored_unit(
@@ -136,22 +171,46 @@ def expand_event(
         assert isinstance(p, InferenceFeedbackEvent)  # signals only
     if anchor:
         key = f"{event.domain}/{anchor}".encode()
-        history = history_of.get(key, SeekerHistory())
+        stored = history_of.get(key)
+        history = stored if isinstance(stored, SeekerHistory) else SeekerHistory()
         if observations:
+            now = event.received_at if stream_time is None else max(event.received_at, stream_time)
             history, triplets = expand_outcomes(
                 history,
                 observations,
                 domain=event.domain,
                 anchor=anchor,
                 tenant=event.tenant,
-                now=event.received_at,
+                now=now,
                 limits=limits,
                 origin=origin,  # type: ignore[arg-type]
             )
             units.extend(triplets)
-            out.state_key, out.history = key, history
+            out.state_key, out.history = key, history if history.observations else None
     out.batches.insert(0, _batch(event, units))
     return out
+
+
+def chunk_batch(batch: UnitsBatch, budget: int = UNITS_CHUNK_BYTES) -> list[bytes]:
+    """The ``feedback.units`` messages of one batch: itself if its units fit ``budget`` bytes, else
+    chunks of consecutive units each under ``budget`` (a unit bigger than that is a chunk alone),
+    numbered ``chunk`` 0..``chunks``-1 in order."""
+    whole = to_json(batch)
+    if len(whole) <= budget or len(batch.units) <= 1:
+        return [whole]
+    groups: list[list[TrainingUnit]] = [[]]
+    size = 0
+    for unit in batch.units:
+        n = len(to_json(unit)) + 1  # and a comma
+        if groups[-1] and size + n > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(unit)
+        size += n
+    return [
+        to_json(batch.model_copy(update={"units": group, "chunk": i, "chunks": len(groups)}))
+        for i, group in enumerate(groups)
+    ]
 
 
 class ExpandStage:
@@ -159,22 +218,38 @@ class ExpandStage:
 
     name = "expand"
 
-    def __init__(self, names: TopicNames, limits: Limits, shared_pool: str) -> None:
+    def __init__(
+        self,
+        names: TopicNames,
+        limits: Limits,
+        shared_pool: str,
+        *,
+        chunk_bytes: int = UNITS_CHUNK_BYTES,
+        sweep_every: timedelta | None = None,
+    ) -> None:
         self.names = names
         self.limits = limits
         self.shared_pool = shared_pool
+        self.chunk_bytes = chunk_bytes
+        # often enough that an expired history lingers a small part of its age, at most hourly
+        self.sweep_every = sweep_every or min(
+            timedelta(hours=1), timedelta(seconds=limits.max_age_seconds / 10)
+        )
 
-    def decode_state(self, value: bytes) -> SeekerHistory:
-        return SeekerHistory.model_validate_json(value)
+    def decode_state(self, value: bytes) -> ExpandState:
+        return _STATE.validate_json(value)
 
-    def encode_state(self, state: SeekerHistory) -> bytes:
+    def encode_state(self, state: ExpandState) -> bytes:
         return state.model_dump_json().encode()
 
     async def process(
-        self, partition: int, records: Sequence[Record], state: Mapping[bytes, SeekerHistory], tx: Tx
-    ) -> dict[bytes, SeekerHistory | None]:
-        changes: dict[bytes, SeekerHistory | None] = {}
+        self, partition: int, records: Sequence[Record], state: Mapping[bytes, ExpandState], tx: Tx
+    ) -> dict[bytes, ExpandState | None]:
+        changes: dict[bytes, ExpandState | None] = {}
         view = _Overlay(state, changes)
+        clock = state.get(CLOCK_KEY)
+        clock = clock if isinstance(clock, StreamClock) else None
+        stream_time = clock.stream_time if clock else None
         now = time.time()
         events: collections.Counter[tuple[str, str]] = collections.Counter()
         signals: collections.Counter[str] = collections.Counter()
@@ -182,37 +257,61 @@ class ExpandStage:
         for rec in records:
             try:
                 event = envelope.decode(rec.value or b"")
-                result = expand_event(event, view, limits=self.limits, shared_pool=self.shared_pool)
-            except Exception as exc:  # undecodable or rule-breaking: park it, keep going
-                await send_dead_letter(tx, self.names.dlq, self.name, exc, rec)
+            except (ValidationError, ValueError) as exc:  # undecodable or off the contract: park it
+                await tx.dead_letter(rec, exc, SCHEMA_VIOLATION)
+                continue
+            try:
+                result = expand_event(
+                    event, view, limits=self.limits, shared_pool=self.shared_pool, stream_time=stream_time
+                )
+            except Exception as exc:  # a rule refused it: park it, keep going
+                await tx.dead_letter(rec, exc, PROCESSING_FAILURE)
                 continue
             for signal in result.signals:
                 await tx.send(self.names.signals, signal, key=rec.key)
             for batch in result.batches:
-                await tx.send(self.names.units, to_json(batch), key=batch.domain.encode())
+                for message in chunk_batch(batch, self.chunk_bytes):
+                    await tx.send(self.names.units, message, key=batch.domain.encode())
             if result.state_key is not None:
                 changes[result.state_key] = result.history
+            if stream_time is None or event.received_at > stream_time:
+                stream_time = event.received_at
             events[str(event.contract), event.domain] += 1
             signals[event.domain] += len(result.signals)
             if result.discarded:
                 metrics.DISCARDED.labels(event.tenant, "off").inc()
             latency.observe(max(0.0, now - event.received_at.timestamp()))
+        if stream_time is not None and (clock is None or stream_time > clock.stream_time):
+            swept_at = clock.swept_at if clock else None
+            if swept_at is None or stream_time - swept_at >= self.sweep_every:
+                self.sweep(view, changes, stream_time)
+                swept_at = stream_time
+            changes[CLOCK_KEY] = StreamClock(stream_time=stream_time, swept_at=swept_at)
         for (contract, domain), n in events.items():  # once per label set and batch, not per event
             metrics.EVENTS.labels(contract, domain).inc(n)
         for domain, n in signals.items():
             metrics.SIGNALS.labels(domain).inc(n)
         return changes
 
+    def sweep(
+        self, view: Mapping[bytes, ExpandState], changes: dict[bytes, ExpandState | None], at: datetime
+    ) -> int:
+        """Delete (tombstone) every history expired at stream time ``at``; returns how many."""
+        doomed = [k for k in view if isinstance(h := view[k], SeekerHistory) and expired(h, at, self.limits)]
+        for key in doomed:
+            changes[key] = None
+        if doomed:
+            metrics.EXPIRED.labels(self.name).inc(len(doomed))
+        return len(doomed)
 
-class _Overlay(Mapping[bytes, SeekerHistory]):
+
+class _Overlay(Mapping[bytes, ExpandState]):
     """The committed table seen through this batch's uncommitted changes."""
 
-    def __init__(
-        self, base: Mapping[bytes, SeekerHistory], changes: dict[bytes, SeekerHistory | None]
-    ) -> None:
+    def __init__(self, base: Mapping[bytes, ExpandState], changes: dict[bytes, ExpandState | None]) -> None:
         self.base, self.changes = base, changes
 
-    def __getitem__(self, key: bytes) -> SeekerHistory:
+    def __getitem__(self, key: bytes) -> ExpandState:
         if key in self.changes:
             value = self.changes[key]
             if value is None:
@@ -221,22 +320,12 @@ class _Overlay(Mapping[bytes, SeekerHistory]):
         return self.base[key]
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter({*self.base, *self.changes})
+        return iter([k for k in {*self.base, *self.changes} if k in self])
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.changes:
+            return self.changes[key] is not None
+        return key in self.base
 
     def __len__(self) -> int:
-        return len({*self.base, *self.changes})
-
-
-async def send_dead_letter(tx: Tx, topic: str, stage: str, exc: BaseException, rec: Record) -> None:
-    letter = dead_letter(
-        stage=stage,
-        error=exc,
-        original=rec.value or b"",
-        topic=rec.topic,
-        partition=rec.partition,
-        offset=rec.offset,
-        key=rec.key,
-        failed_at=datetime.now(UTC),
-    )
-    await tx.send(topic, orjson.dumps(letter.model_dump(mode="json")), key=rec.key)
-    metrics.DLQ.labels(stage, letter.error_type).inc()
+        return sum(1 for _ in self)

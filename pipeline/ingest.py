@@ -676,13 +676,17 @@ class Ingest:
         call: Call = request["call"]
         tenant = self.authenticate(request, call)
         request_id = request.match_info["request_id"]
-        results = [r for r in self.view.recent.get(request_id, []) if tenant.owns_domain(r.domain)]
-        if not results:
+        status = self.view.request_status(request_id)
+        results = [r for r in status.results if tenant.owns_domain(r.domain)] if status else []
+        if status is None or not results:
             raise ApiError(404, "NOT_FOUND", f"No stream result for request '{request_id}' (yet).")
         return json_response(
             200,
             {
                 "request_id": request_id,
+                # every raw event of the request (all its chunks) has its result; false while this
+                # instance does not know how many events the request had
+                "complete": status.complete and len(results) == len(status.results),
                 "triplets_generated": sum(r.units_generated for r in results),
                 "triplets_pending_train": results[-1].pending,
                 "results": [r.model_dump(mode="json") for r in results],

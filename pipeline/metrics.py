@@ -46,6 +46,18 @@ STAGE_BATCH_SIZE = Histogram(
     ["stage"],
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
 )
+STATE_KEYS = Gauge(
+    "feedstream_state_keys", "Keys in a stage's table (partitions this worker owns).", ["stage"]
+)
+STATE_BYTES = Gauge(
+    "feedstream_state_bytes",
+    "Changelog bytes (key + value) of a stage's table on this worker; see docs/design.md for memory.",
+    ["stage"],
+)
+EXPIRED = Counter("feedstream_state_expired_total", "Table keys deleted for their age.", ["stage"])
+VIEW_BYTES = Gauge(
+    "feedstream_view_bytes", "Stream results the ingest keeps for GET /v1/requests, per tenant.", ["tenant"]
+)
 PROCESSING_LATENCY = Histogram(
     "feedstream_processing_latency_seconds",
     "From ingest receipt to the stream's output, per stage.",

@@ -15,9 +15,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 from pipeline.ids import uuid5_str
 
 __all__ = [
+    "MAX_RESULT_TRIGGERS",
     "RECORD_NAMESPACE",
     "TRAINING_UNIT",
     "DeadLetter",
+    "DeadLetterReason",
     "PreferenceUnit",
     "ScoredUnit",
     "Signal",
@@ -149,7 +151,10 @@ class TrainTrigger(_Record):
 
     trigger_id: str = Field(description="uuid5 of (domain, sequence).")
     domain: str
-    reason: Literal["threshold", "manual"]
+    reason: Literal["threshold", "manual", "repartition"] = Field(
+        description="threshold: pending reached it; manual: POST /v1/train; repartition: the domain's "
+        "units moved to another partition of feedback.triplets, so the open range was closed."
+    )
     count: int = Field(ge=0, description="Counted units in the range.")
     threshold: int = Field(ge=1)
     sequence: int = Field(ge=1, description="1, 2, 3... per domain.")
@@ -160,26 +165,44 @@ class TrainTrigger(_Record):
 # --- feedback.dlq --------------------------------------------------------------------------------
 
 
+DeadLetterReason = Literal["schema_violation", "processing_failure", "size_violation"]
+#: What a dead letter's ``error`` text is cut to (an exception's message may quote its input).
+MAX_DEAD_LETTER_ERROR_CHARS = 4096
+
+
 class DeadLetter(_Record):
-    """A message a stage could not process, kept verbatim so it can be inspected and replayed."""
+    """A message a stage could not process, kept verbatim (or its head, if it could not fit) for replay."""
 
     stage: str
-    reason: str
+    reason: DeadLetterReason = Field(
+        description="schema_violation: undecodable or invalid input; processing_failure: a rule "
+        "raised; size_violation: an output the input produced is over its topic's size limit."
+    )
     error_type: str
-    original: str = Field(description="Base64 of the original message bytes.")
+    error: str = Field(description="The error's message (at most 4096 characters).")
+    original: str = Field(description="Base64 of the original message bytes (see original_truncated).")
+    original_size: int = Field(ge=0, description="Length of the original message in bytes.")
+    original_truncated: bool = Field(
+        default=False, description="True when only the head of the original fits the dead-letter topic."
+    )
     topic: str
     partition: int
     offset: int
-    key: str | None = None
+    key: str | None = Field(default=None, description="The original key as text (its head if over 16 KiB).")
     failed_at: AwareDatetime
 
     def original_bytes(self) -> bytes:
         return base64.b64decode(self.original)
 
 
+#: Longest key text a dead letter keeps (the record's own key is cut the same way).
+MAX_DEAD_LETTER_KEY_BYTES = 16 * 1024
+
+
 def dead_letter(
     *,
     stage: str,
+    reason: DeadLetterReason,
     error: BaseException,
     original: bytes,
     topic: str,
@@ -187,17 +210,28 @@ def dead_letter(
     offset: int,
     key: bytes | None,
     failed_at: AwareDatetime,
+    max_original_bytes: int | None = None,
 ) -> DeadLetter:
-    """Build a DeadLetter from what a consumer has in hand (raw bytes and the exception)."""
+    """Build a DeadLetter from what a consumer has in hand (raw bytes and the exception).
+
+    ``max_original_bytes`` keeps only the head of a bigger original (``original_truncated``).
+    """
+    kept = original if max_original_bytes is None else original[: max(0, max_original_bytes)]
+    message = str(error) or type(error).__name__
     return DeadLetter(
         stage=stage,
-        reason=str(error) or type(error).__name__,
+        reason=reason,
         error_type=type(error).__name__,
-        original=base64.b64encode(original).decode("ascii"),
+        error=message[:MAX_DEAD_LETTER_ERROR_CHARS],
+        original=base64.b64encode(kept).decode("ascii"),
+        original_size=len(original),
+        original_truncated=len(kept) < len(original),
         topic=topic,
         partition=partition,
         offset=offset,
-        key=None if key is None else key.decode("utf-8", errors="backslashreplace"),
+        key=None
+        if key is None
+        else key[:MAX_DEAD_LETTER_KEY_BYTES].decode("utf-8", errors="backslashreplace"),
         failed_at=failed_at,
     )
 
@@ -217,6 +251,13 @@ class UnitsBatch(_Record):
     received_at: AwareDatetime
     units: list[TrainingUnit] = Field(default_factory=list)
     reply: bool = Field(default=True, description="False for copies (the shared pool): no result.")
+    chunk: int = Field(default=0, ge=0, description="Index of this message among the event's chunks.")
+    chunks: int = Field(
+        default=1, ge=1, description="Messages the event's units were split into (each under a byte budget)."
+    )
+    request_events: int | None = Field(
+        default=None, ge=1, description="Raw events of the request, when the envelope says (completeness)."
+    )
 
 
 class TrainRequest(_Record):
@@ -233,8 +274,16 @@ UnitsMessage = Annotated[UnitsBatch | TrainRequest, Field(discriminator="kind")]
 UNITS_MESSAGE: TypeAdapter[UnitsMessage] = TypeAdapter(UnitsMessage)
 
 
+#: Triggers a result carries at most (the last ones); ``triggers_total`` says how many there were.
+MAX_RESULT_TRIGGERS = 16
+
+
 class StageResult(_Record):
-    """What the counting stage did with one raw event or train request (keyed by request id)."""
+    """What the counting stage did with one chunk of a raw event's units, or a train request.
+
+    An event whose units were split into ``chunks`` messages has one result per chunk (its
+    ``units_generated`` counts that chunk's units); the event is done once every chunk's result is in.
+    """
 
     request_id: str
     event_id: str | None = None
@@ -244,7 +293,13 @@ class StageResult(_Record):
     units_counted: int = Field(ge=0)
     pending: int = Field(ge=0)
     threshold: int = Field(ge=1)
-    triggers: list[TrainTrigger] = Field(default_factory=list)
+    triggers: list[TrainTrigger] = Field(
+        default_factory=list, description="The last (at most 16) triggers this chunk caused, in order."
+    )
+    triggers_total: int = Field(default=0, ge=0, description="All triggers this chunk caused.")
+    chunk: int = Field(default=0, ge=0)
+    chunks: int = Field(default=1, ge=1)
+    request_events: int | None = Field(default=None, ge=1, description="Raw events of the request, if known.")
 
 
 def record_json_schemas() -> dict[str, dict[str, Any]]:

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from pipeline import records, topics
 from pipeline.counters import DomainCounter
 from pipeline.envelope import RAW_EVENT
 from pipeline.settings import REPO_ROOT
-from pipeline.triplets import SeekerHistory
+from pipeline.triplets import SeekerHistory, StreamClock
 
 __all__ = [
     "DIALECT",
@@ -150,11 +150,14 @@ TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
     ),
     TopicSchema(
         topics.EXPAND_STATE,
-        SeekerHistory.model_json_schema,
+        lambda: TypeAdapter(SeekerHistory | StreamClock).json_schema(),
         _doc(SeekerHistory)
-        + " Each change goes to the partition with the number of the feedback.raw partition it reflects; "
-        "a null value (tombstone) deletes the key",
-        "`<domain>/<anchor>`, anchor as in feedback.raw (seeker_id or search anchor)",
+        + " Key `\\u0000clock` holds the partition's stream time instead (newest received_at seen,"
+        " and when histories were last swept for their age). Each change goes to the partition with"
+        " the number of the feedback.raw partition it reflects; a null value (tombstone) deletes the"
+        " key: histories whose newest outcome is older than SEEKER_MAX_AGE_S in stream time are"
+        " deleted so",
+        "`<domain>/<anchor>`, anchor as in feedback.raw (seeker_id or search anchor); `\\u0000clock`",
         "worker (expand stage)",
         "worker (expand stage, restored on partition assignment)",
     ),

@@ -3,6 +3,11 @@
 One consumer (no group: every ingest instance sees everything) reads ``feedback.results`` from
 its end and the counting stage's compacted changelog from its beginning, ``read_committed``.
 Waiters register *before* their request is written, so no result can slip past them.
+
+A raw event whose units were split into chunks has one result per chunk: it is done once every
+chunk's result is in, and a request once all its raw events are done. Results are kept (as their
+JSON bytes) for ``GET /v1/requests/{id}``, bounded in bytes per tenant (the owner of the result's
+domain): a tenant over its budget loses its own oldest requests, never another tenant's.
 """
 
 from __future__ import annotations
@@ -11,16 +16,52 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline import metrics
 from pipeline.counters import DomainCounter
 from pipeline.kafka_io import bootstrap_list, partitions_of
 from pipeline.records import StageResult
+from pipeline.settings import get_settings
 from pipeline.topics import TopicNames
 
 log = logging.getLogger(__name__)
+
+#: Memory a kept request and a kept result take beyond the result's JSON bytes (dict and list slots,
+#: the bytes object and id strings), as measured with tracemalloc (docs/design.md).
+REQUEST_OVERHEAD_BYTES = 400
+RESULT_OVERHEAD_BYTES = 80
+#: Requests whose event count is known only from a wait that timed out on this instance (the 202
+#: path), remembered for ``GET /v1/requests/{id}``.
+MAX_REMEMBERED_EXPECTATIONS = 10_000
+#: Results of domains no tenant owns (only injected records can have them) share one budget.
+NO_TENANT = ""
+
+
+def events_done(results: Iterable[StageResult]) -> int:
+    """Raw events (or train requests) all of whose chunks have a result."""
+    chunks: dict[str | None, tuple[int, set[int]]] = {}
+    for r in results:
+        key = r.event_id if r.kind == "units" else f"train:{r.request_id}"
+        _total, seen = chunks.setdefault(key, (r.chunks, set()))
+        seen.add(r.chunk)
+    return sum(1 for total, seen in chunks.values() if len(seen) >= total)
+
+
+@dataclass(frozen=True)
+class RequestStatus:
+    """What the stream has answered so far for one request."""
+
+    results: list[StageResult]
+    events_expected: int | None  # None: not known here (nor carried by the results)
+    events_done: int
+
+    @property
+    def complete(self) -> bool:
+        return self.events_expected is not None and self.events_done >= self.events_expected
 
 
 @dataclass
@@ -30,13 +71,41 @@ class _Waiter:
     results: list[StageResult] = field(default_factory=list)
 
 
+@dataclass
+class _Kept:
+    tenant: str
+    values: list[bytes] = field(default_factory=list)
+    size: int = REQUEST_OVERHEAD_BYTES
+    expected: int | None = None  # raw events of the request, when a waiter here knew it
+
+
 class StreamView:
-    def __init__(self, bootstrap: str, names: TopicNames, keep_results: int = 50_000) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        names: TopicNames,
+        keep_results: int | None = None,
+        *,
+        owner_of: Callable[[str], str | None] | None = None,
+        max_bytes_per_tenant: int | None = None,
+    ) -> None:
+        """``owner_of`` maps a domain to its tenant id (None: no tenant); ``max_bytes_per_tenant``
+        bounds what is kept per tenant (default: the ``VIEW_MAX_BYTES_PER_TENANT`` setting);
+        ``keep_results`` optionally bounds the number of requests kept in all."""
         self.bootstrap = bootstrap
         self.names = names
         self.domains: dict[str, DomainCounter] = {}
-        self.recent: OrderedDict[str, list[StageResult]] = OrderedDict()
+        self.owner_of = owner_of or (lambda domain: None)
+        self.max_bytes_per_tenant = (
+            max_bytes_per_tenant
+            if max_bytes_per_tenant is not None
+            else get_settings().view_max_bytes_per_tenant
+        )
         self._keep = keep_results
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()  # oldest first, all tenants
+        self._by_tenant: dict[str, OrderedDict[str, None]] = {}
+        self._tenant_bytes: dict[str, int] = {}
+        self._expected: OrderedDict[str, int] = OrderedDict()
         self._waiters: dict[str, _Waiter] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -70,12 +139,13 @@ class StreamView:
         if self._consumer:
             await self._consumer.stop()
 
+    # -- waiting for a request's results -----------------------------------------------------------
+
     def expect(self, request_id: str, count: int) -> asyncio.Future[list[StageResult]]:
-        """Register before writing: resolves with ``count`` results of ``request_id``."""
+        """Register before writing: resolves with every result (chunk) of ``request_id`` once its
+        ``count`` raw events are all done."""
         fut: asyncio.Future[list[StageResult]] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(count, fut)
-        for result in self.recent.get(request_id, []):
-            waiter.results.append(result)
+        waiter = _Waiter(count, fut, self.results_of(request_id))
         self._waiters[request_id] = waiter
         self._maybe_done(request_id, waiter)
         return fut
@@ -86,6 +156,13 @@ class StreamView:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
         except TimeoutError:
+            waiter = self._waiters.get(request_id)
+            if waiter is not None:  # answered 202: remember how many events GET should wait for
+                kept = self._kept.get(request_id)
+                if kept is not None:
+                    kept.expected = waiter.expected
+                else:
+                    self._remember(request_id, waiter.expected)
             return None
         finally:
             self._waiters.pop(request_id, None)
@@ -94,8 +171,41 @@ class StreamView:
         self._waiters.pop(request_id, None)
 
     def _maybe_done(self, request_id: str, waiter: _Waiter) -> None:
-        if len(waiter.results) >= waiter.expected and not waiter.future.done():
+        if not waiter.future.done() and events_done(waiter.results) >= waiter.expected:
             waiter.future.set_result(list(waiter.results))
+            kept = self._kept.get(request_id)
+            if kept is not None:
+                kept.expected = waiter.expected
+
+    def _remember(self, request_id: str, events: int) -> None:
+        self._expected[request_id] = events
+        self._expected.move_to_end(request_id)
+        while len(self._expected) > MAX_REMEMBERED_EXPECTATIONS:
+            self._expected.popitem(last=False)
+
+    # -- reading what is kept ----------------------------------------------------------------------
+
+    def results_of(self, request_id: str) -> list[StageResult]:
+        kept = self._kept.get(request_id)
+        return [] if kept is None else [StageResult.model_validate_json(v) for v in kept.values]
+
+    def request_status(self, request_id: str) -> RequestStatus | None:
+        """The kept results of a request and whether it is complete; None if nothing is kept."""
+        results = self.results_of(request_id)
+        if not results:
+            return None
+        expected = next((r.request_events for r in results if r.request_events is not None), None)
+        if expected is None:
+            kept = self._kept.get(request_id)
+            expected = kept.expected if kept is not None else None
+        if expected is None and all(r.kind == "train" for r in results):
+            expected = 1
+        return RequestStatus(results, expected, events_done(results))
+
+    def kept_bytes(self, tenant: str) -> int:
+        return self._tenant_bytes.get(tenant, 0)
+
+    # -- the consumer ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         consumer = self._consumer
@@ -132,11 +242,36 @@ class StreamView:
         if value is None:
             return
         result = StageResult.model_validate_json(value)
-        self.recent.setdefault(result.request_id, []).append(result)
-        self.recent.move_to_end(result.request_id)
-        while len(self.recent) > self._keep:
-            self.recent.popitem(last=False)
+        self._keep_result(result, value)
         waiter = self._waiters.get(result.request_id)
         if waiter is not None:
             waiter.results.append(result)
             self._maybe_done(result.request_id, waiter)
+
+    def _keep_result(self, result: StageResult, value: bytes) -> None:
+        request_id = result.request_id
+        kept = self._kept.get(request_id)
+        if kept is None:
+            tenant = self.owner_of(result.domain) or NO_TENANT
+            kept = self._kept[request_id] = _Kept(tenant, expected=self._expected.pop(request_id, None))
+            self._tenant_bytes[kept.tenant] = self._tenant_bytes.get(kept.tenant, 0) + kept.size
+        tenant = kept.tenant
+        order = self._by_tenant.setdefault(tenant, OrderedDict())
+        order[request_id] = None
+        order.move_to_end(request_id)
+        self._kept.move_to_end(request_id)
+        kept.values.append(value)
+        added = len(value) + RESULT_OVERHEAD_BYTES
+        kept.size += added
+        self._tenant_bytes[tenant] += added
+        while self._tenant_bytes[tenant] > self.max_bytes_per_tenant and len(order) > 1:
+            self._evict(next(iter(order)))
+        while self._keep is not None and len(self._kept) > self._keep:
+            self._evict(next(iter(self._kept)))
+        metrics.VIEW_BYTES.labels(tenant).set(self._tenant_bytes[tenant])
+
+    def _evict(self, request_id: str) -> None:
+        kept = self._kept.pop(request_id)
+        self._by_tenant[kept.tenant].pop(request_id, None)
+        self._tenant_bytes[kept.tenant] -= kept.size
+        metrics.VIEW_BYTES.labels(kept.tenant).set(self._tenant_bytes[kept.tenant])

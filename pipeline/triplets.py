@@ -6,8 +6,9 @@ replaying ``feedback.raw`` yields the same units with the same ids.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -23,8 +24,11 @@ __all__ = [
     "Limits",
     "Observation",
     "SeekerHistory",
+    "StreamClock",
     "correction_unit",
     "expand_outcomes",
+    "expired",
+    "pooled_copy",
     "scored_unit",
     "search_observation",
     "triplet_id",
@@ -74,6 +78,31 @@ class SeekerHistory(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     observations: list[Observation] = Field(default_factory=list)
+
+
+class StreamClock(BaseModel):
+    """Per-partition stream time of the expand stage (its changelog's key ``\\x00clock``).
+
+    ``stream_time`` is the newest ``received_at`` seen on the partition: histories are cut and
+    expired by it, never by the wall clock, so a replay expires the same histories at the same input.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stream_time: AwareDatetime
+    swept_at: AwareDatetime | None = Field(default=None, description="Stream time of the last sweep.")
+
+
+def expired(history: SeekerHistory, stream_time: datetime, limits: Limits) -> bool:
+    """True when every observation is older than the age limit at ``stream_time``.
+
+    Since stream time never goes back and histories are cut at ``stream_time - max_age``, such a
+    history can never pair again: deleting it changes no output.
+    """
+    if not history.observations:
+        return True
+    newest = history.observations[-1].observed_at  # histories are kept oldest first
+    return newest < stream_time - timedelta(seconds=limits.max_age_seconds)
 
 
 class Limits(BaseModel):
@@ -152,6 +181,11 @@ def expand_outcomes(
             if p.candidate_id not in new_ids and n.candidate_id not in new_ids:
                 continue
             weight = ((p.grade - n.grade) / MAX_GRADE) * p.weight * n.weight
+            if not math.isfinite(weight):  # weights off the edge's bounds: never write a null weight
+                raise ValueError(
+                    f"triplet weight of {p.candidate_id!r} over {n.candidate_id!r} is not finite "
+                    f"(weights {p.weight} and {n.weight})"
+                )
             if weight <= 0:  # underflow of tiny weights
                 continue
             newer = p if rank[p.candidate_id] > rank[n.candidate_id] else n
@@ -236,6 +270,25 @@ def correction_unit(
         chosen=corrected_output,
         rejected=original_output,
         weight=1.0,
+    )
+
+
+def pooled_copy(unit: PreferenceUnit, *, module: str, pool: str) -> PreferenceUnit:
+    """The shared pool's anonymized copy of a correction's unit.
+
+    No tenant, an opaque event id (a uuid5 of the tenant's event id: the same on replay, not
+    reversible, so not linkable to the tenant's event by anyone without it), the anchor without the
+    case id (just the module). The outputs stay: they are the training content.
+    """
+    event_id = deterministic_id("pooled-event", unit.event_id)
+    return unit.model_copy(
+        update={
+            "unit_id": deterministic_id("preference", event_id),
+            "domain": pool,
+            "tenant": None,
+            "event_id": event_id,
+            "anchor": module,
+        }
     )
 
 

@@ -42,12 +42,15 @@ def build_runners(settings: Settings, bootstrap: str) -> tuple[StageRunner[Any],
         return registry.threshold_for(domain)
 
     limits = Limits(max_items=settings.seeker_max_items, max_age_seconds=settings.seeker_max_age_s)
+    sizes = topics.message_limits(settings)  # every output is checked against its topic's limit
     expand = StageRunner(
         ExpandStage(names, limits, settings.shared_pool_domain),
         bootstrap=bootstrap,
         group_id=f"{settings.worker_id}-expand",
         input_topic=names.raw,
         changelog_topic=names.expand_state,
+        dlq_topic=names.dlq,
+        limits=sizes,
         max_batch=settings.take_batch,
     )
     count = StageRunner(
@@ -56,6 +59,8 @@ def build_runners(settings: Settings, bootstrap: str) -> tuple[StageRunner[Any],
         group_id=f"{settings.worker_id}-count",
         input_topic=names.units,
         changelog_topic=names.count_state,
+        dlq_topic=names.dlq,
+        limits=sizes,
         max_batch=settings.take_batch,
     )
     return expand, count

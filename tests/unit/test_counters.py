@@ -125,12 +125,49 @@ def test_redelivered_units_are_not_counted_twice() -> None:
     assert state.pending == 3 and state.last_offset == 12
 
 
-def test_a_range_cannot_span_partitions() -> None:
+def test_a_new_partition_closes_the_open_range_and_opens_one_there() -> None:
+    # feedback.triplets got more partitions: the domain's units now land on partition 1
     state, _ = count_units(
-        DomainCounter(), domain="d", threshold=5, partition=0, offsets_and_counts=[(10, True)], at=AT
+        DomainCounter(),
+        domain="d",
+        threshold=5,
+        partition=0,
+        offsets_and_counts=[(10, True), (11, False), (12, True)],
+        at=AT,
     )
-    with pytest.raises(ValueError, match="partition"):
-        count_units(state, domain="d", threshold=5, partition=1, offsets_and_counts=[(3, True)], at=AT)
+    state, triggers = count_units(
+        state, domain="d", threshold=5, partition=1, offsets_and_counts=[(3, True), (4, True)], at=LATER
+    )
+    assert [t.reason for t in triggers] == ["repartition"]
+    assert triggers[0].count == 2 and triggers[0].sequence == 1
+    assert triggers[0].range == TriggerRange(partition=0, start_offset=10, end_offset=12)
+    assert state.pending == 2 and state.total == 4 and state.sequence == 1
+    assert (state.range_partition, state.range_start, state.last_partition, state.last_offset) == (1, 3, 1, 4)
+    # the new range then triggers as usual
+    state, triggers = count_units(
+        state,
+        domain="d",
+        threshold=5,
+        partition=1,
+        offsets_and_counts=[(5, True)] * 1 + [(6, True), (7, True)],
+        at=LATER,
+    )
+    assert [(t.reason, t.count, t.range.partition, t.range.start_offset) for t in triggers] == [
+        ("threshold", 5, 1, 3)
+    ]
+
+
+def test_a_new_partition_with_only_uncounted_units_pending_still_closes_their_range() -> None:
+    state, _ = count_units(
+        DomainCounter(), domain="d", threshold=5, partition=0, offsets_and_counts=[(10, False)], at=AT
+    )
+    state, triggers = count_units(
+        state, domain="d", threshold=5, partition=2, offsets_and_counts=[(0, True)], at=AT
+    )
+    assert [(t.reason, t.count, t.range.partition, t.range.end_offset) for t in triggers] == [
+        ("repartition", 0, 0, 10)
+    ]
+    assert state.pending == 1 and state.range_partition == 2
 
 
 def test_after_a_trigger_the_partition_may_change() -> None:

@@ -112,6 +112,7 @@ def test_dead_letter_keeps_the_original_bytes() -> None:
     original = b"\x00\xffnot json"
     letter = dead_letter(
         stage="expand",
+        reason="processing_failure",
         error=ValueError("bad grade"),
         original=original,
         topic="feedback.raw",
@@ -122,9 +123,12 @@ def test_dead_letter_keeps_the_original_bytes() -> None:
     )
     assert letter == DeadLetter(
         stage="expand",
-        reason="bad grade",
+        reason="processing_failure",
         error_type="ValueError",
+        error="bad grade",
         original=base64.b64encode(original).decode(),
+        original_size=len(original),
+        original_truncated=False,
         topic="feedback.raw",
         partition=1,
         offset=42,
@@ -138,10 +142,40 @@ def test_dead_letter_keeps_the_original_bytes() -> None:
 
 def test_dead_letter_without_key_or_message() -> None:
     letter = dead_letter(
-        stage="s", error=KeyError(), original=b"", topic="t", partition=0, offset=0, key=None, failed_at=AT
+        stage="s",
+        reason="schema_violation",
+        error=KeyError(),
+        original=b"",
+        topic="t",
+        partition=0,
+        offset=0,
+        key=None,
+        failed_at=AT,
     )
-    assert letter.key is None and letter.reason == "KeyError" and letter.original == ""
+    assert letter.key is None and letter.error == "KeyError" and letter.original == ""
+    assert letter.reason == "schema_violation"
     assert DeadLetter.model_validate_json(letter.model_dump_json()) == letter
+
+
+def test_dead_letter_keeps_the_head_of_what_does_not_fit_and_says_so() -> None:
+    original = bytes(range(256)) * 40
+    letter = dead_letter(
+        stage="count",
+        reason="size_violation",
+        error=ValueError("x" * 10_000),
+        original=original,
+        topic="t",
+        partition=0,
+        offset=7,
+        key=b"k" * 100_000,
+        failed_at=AT,
+        max_original_bytes=1000,
+    )
+    assert letter.original_bytes() == original[:1000]
+    assert letter.original_truncated and letter.original_size == len(original)
+    assert len(letter.error) == 4096 and letter.key == "k" * 16 * 1024
+    with pytest.raises(ValidationError):
+        DeadLetter.model_validate({**letter.model_dump(), "reason": "it broke"})
 
 
 def test_records_reject_unknown_fields_and_naive_times() -> None:

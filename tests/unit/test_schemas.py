@@ -225,6 +225,7 @@ def _messages() -> dict[str, list[bytes]]:
     for key in (b"dating/u_alice", None):
         letter = dead_letter(
             stage="expand",
+            reason="schema_violation",
             error=ValueError("bad"),
             original=b"\xff not json",
             topic=topics.RAW,
