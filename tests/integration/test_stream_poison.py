@@ -142,7 +142,7 @@ def planned_units(event: envelope.RawEvent, limits: Limits) -> list[Any]:
     return list(expand_event(event, {}, limits=limits, shared_pool="__shared__").batches[0].units)
 
 
-def _raw(pub: FeedbackPublisher, body: dict[str, Any], **payload_changes: Any) -> dict[str, Any]:
+def _raw(pub: FeedbackPublisher, body: Any, **payload_changes: Any) -> dict[str, Any]:
     event = orjson.loads(pub.plan(body)[0].events[0].model_dump_json())
     event["payload"].update(payload_changes)
     return event  # type: ignore[no-any-return]
