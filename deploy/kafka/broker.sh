@@ -24,6 +24,15 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 running() { [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
+# who listens on a port: "pid N (command)" when ss shows it, else "another process"
+port_owner() {
+  local pid cmd
+  pid="$(ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)"
+  if [[ -z "$pid" ]]; then echo "another process"; return; fi
+  cmd="$(tr '\0\n' '  ' < "/proc/$pid/cmdline" 2>/dev/null | sed 's/ -cp [^ ]*//; s/ -[XD][^ ]*//g' | sed "s/ *$//" | cut -c1-160)"
+  echo "pid $pid${cmd:+ ($cmd)}"
+}
+
 fetch_jars() {
   if [[ -f "$libs/.complete" ]]; then return; fi
   command -v java >/dev/null || { say "java not found: install a JDK 17+ (e.g. apt-get install openjdk-17-jre-headless)"; exit 3; }
@@ -63,7 +72,11 @@ PROPS
 
 start() {
   if running && port_open "$port"; then say "already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return; fi
-  if port_open "$port"; then say "port $port is taken by another process; set LOCAL_KAFKA_PORT"; exit 4; fi
+  if port_open "$port"; then
+    say "127.0.0.1:$port is taken by $(port_owner "$port"), not this checkout's broker: stop it, or set"
+    say "LOCAL_KAFKA_PORT/LOCAL_KAFKA_CONTROLLER_PORT (find_broker uses it when it is a Kafka broker)"
+    exit 4
+  fi
   fetch_jars
   mkdir -p "$data"
   write_config
