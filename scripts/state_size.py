@@ -58,7 +58,7 @@ def main() -> None:
         records = [(f"dating/u_seeker_{s}".encode(), stage.encode_state(history(s, items))) for s in range(N)]
 
         def build(records: list[tuple[bytes, bytes]] = records) -> _Owned[Any]:
-            owned: _Owned[Any] = _Owned(producer=None)  # type: ignore[arg-type]
+            owned: _Owned[Any] = _Owned(producer=None)
             for key, value in records:
                 owned.apply(key, stage.decode_state(value), len(key) + len(value))
             return owned
