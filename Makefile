@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SRC    := pipeline tests scripts
 
-.PHONY: venv lint format test unit run bench schemas broker-start broker-stop broker-reset clean
+.PHONY: venv lint format test unit run bench soak schemas broker-start broker-stop broker-reset clean
 
 venv: $(VENV)/.installed
 
@@ -23,8 +23,12 @@ format: venv
 	$(BIN)/ruff check --fix $(SRC)
 	$(BIN)/ruff format $(SRC)
 
+# the local broker outlives the suite (the next run reuses it in seconds): say so, and how to stop it
 test: lint
-	$(BIN)/python -m pytest -ra
+	@status=0; $(BIN)/python -m pytest -ra || status=$$?; \
+	if bash deploy/kafka/broker.sh status 2>/dev/null; then \
+	  echo "note: the local Kafka broker (127.0.0.1:$${LOCAL_KAFKA_PORT:-9092}) is still running; the next run reuses it. Stop it with: make broker-stop"; \
+	fi; exit $$status
 
 unit: venv
 	$(BIN)/python -m pytest -ra tests/unit
@@ -34,6 +38,9 @@ run: venv
 
 bench: venv
 	$(BIN)/python -m scripts.bench
+
+soak: venv
+	$(BIN)/python -m scripts.soak
 
 schemas: venv
 	$(BIN)/python -m pipeline.schemas write
