@@ -52,6 +52,7 @@ import aiohttp
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.broker import find_broker
 from pipeline.procs import free_port, ingest_service, worker_service
@@ -67,7 +68,6 @@ from scripts.bench import (
     tenant_key,
     tenants_data,
 )
-from scripts.load import wait_drained
 
 #: request kinds and their share (percent of requests)
 MIX: dict[str, float] = {
@@ -215,7 +215,7 @@ class Traffic:
             items = self.workload.inference_items(rng.randint(1, 3))
             return Call(kind, "POST", "/v1/feedback", key, orjson.dumps(items))
         if kind == "001 correction":
-            body = {
+            body: dict[str, Any] = {
                 "case_id": f"soak-case-{self.uuid()}",
                 "module": rng.choice(["intent_classifier", "extract.quote", "router"]),
                 "original_output": {"intent": "billing", "confidence": round(rng.random(), 3)},
@@ -372,6 +372,57 @@ async def count_records(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
+async def unprocessed(bootstrap: str, group: str, topic: str) -> int:
+    """Committed records of ``topic`` after ``group``'s committed offsets.
+
+    Exact, unlike an offset difference (``scripts.load.lag``), which also counts transaction
+    markers and aborted records: those are no records to a read_committed reader, and a stage never
+    commits past a trailing aborted batch, so the difference may never reach 0.
+    """
+    tps = await partitions_of(bootstrap, topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        consumer.assign(tps)
+        for tp in tps:
+            at = committed.get(tp)
+            consumer.seek(tp, at.offset if at is not None and at.offset >= 0 else 0)
+        ends = await consumer.end_offsets(tps)  # last stable offsets (read_committed)
+        left = 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                left += sum(1 for r in records if r.offset < ends[tp])
+        return left
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def wait_processed(
+    bootstrap: str, settings: Settings, timeout_s: float
+) -> tuple[float, tuple[int, int]]:
+    """Until the worker's two stages have committed everything on raw and units (bounded).
+
+    Seconds waited, and the records left on (raw, units): (0, 0) once caught up.
+    """
+    names = topic_names(settings)
+    started = time.monotonic()
+    while True:
+        left = (
+            await unprocessed(bootstrap, f"{settings.worker_id}-expand", names.raw),
+            await unprocessed(bootstrap, f"{settings.worker_id}-count", names.units),
+        )
+        if left == (0, 0) or time.monotonic() - started > timeout_s:
+            return time.monotonic() - started, left
+        await asyncio.sleep(0.5)
+
+
 async def byte_gauges(url: str) -> dict[str, float]:
     """The ``*_bytes`` gauges a service exports on /metrics (idempotency store, stream view, tables)."""
     pattern = re.compile(r"^(feedstream_\w*bytes\w*(?:\{[^}]*\})?) ([0-9.e+-]+)$")
@@ -464,7 +515,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
                 concurrency=args.concurrency,
             )
             load_s = time.monotonic() - t0
-            drain_s = await wait_drained(bootstrap, settings, args.drain_timeout)
+            drain_s, left = await wait_processed(bootstrap, settings, args.drain_timeout)
             await asyncio.sleep(args.sample_s)  # one more sample once the worker is idle
         finally:
             for task in (sampler, progress):
@@ -480,7 +531,6 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
             with contextlib.suppress(Exception):
                 svc.stop()
     dlq = await count_records(bootstrap, names.dlq)
-    total_s = seconds
     return {
         "tool": "scripts.soak",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -504,6 +554,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
         },
         "load_s": load_s,
         "drain_s": drain_s,
+        "left_unprocessed": {"raw": left[0], "units": left[1]},
         "requests": stats.sent,
         "late_requests": stats.late,
         "achieved_rps": stats.sent / load_s,
@@ -512,7 +563,11 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
         "by_kind": {k: dict(v) for k, v in sorted(stats.by_kind.items())},
         "dlq_records": dlq,
         "byte_gauges": gauges,
-        "rss": {name: rss_summary(s, warmup_s, total_s) for name, s in samples.items()},
+        "rss": {
+            name: rss_summary([p for p in s if p[0] <= load_s], warmup_s, load_s)
+            | {"after_drain_mib": s[-1][1] if s else None}
+            for name, s in samples.items()
+        },
         "rss_samples": {name: [[round(t, 1), round(v, 1)] for t, v in s] for name, s in samples.items()},
     }
 
@@ -532,12 +587,22 @@ async def report_progress(
 
 
 def table(r: dict[str, Any]) -> str:
-    header = ("process", "start MiB", "min", "max", "end", "last-half growth", "slope MiB/min", "samples")
+    header = (
+        "process",
+        "start MiB",
+        "min",
+        "max",
+        "end",
+        "last-half growth",
+        "slope MiB/min",
+        "after drain",
+        "samples",
+    )
     rows = [header]
     for name in ("ingest", "worker"):
         s = r["rss"][name]
         if not s.get("samples"):
-            rows.append((name, "-", "-", "-", "-", "-", "-", "0"))
+            rows.append((name, "-", "-", "-", "-", "-", "-", "-", "0"))
             continue
         rows.append(
             (
@@ -548,6 +613,7 @@ def table(r: dict[str, Any]) -> str:
                 f"{s['end_mib']:.1f}",
                 f"{s['last_half_growth_mib']:+.1f}",
                 f"{s['last_half_slope_mib_per_min']:+.2f}",
+                f"{s['after_drain_mib']:.1f}",
                 str(s["samples"]),
             )
         )
@@ -564,8 +630,12 @@ def table(r: dict[str, Any]) -> str:
         "",
         f"{r['requests']} requests in {r['load_s']:.0f} s ({r['achieved_rps']:.1f} req/s, "
         f"target {cfg['rate_rps']:g}; {r['late_requests']} late), {r['new_seekers']} new seekers; "
-        f"worker caught up {r['drain_s']:.1f} s after; "
-        f"feedback.dlq records: {r['dlq_records']}",
+        + (
+            f"worker caught up {r['drain_s']:.1f} s after; "
+            if not any(r["left_unprocessed"].values())
+            else f"worker NOT caught up after {r['drain_s']:.0f} s: {r['left_unprocessed']} left; "
+        )
+        + f"feedback.dlq records: {r['dlq_records']}",
         "statuses: " + " ".join(f"{s}:{n}" for s, n in sorted(r["statuses"].items())),
         "by kind:",
         *(f"  {k}: " + " ".join(f"{s}:{n}" for s, n in sorted(v.items())) for k, v in r["by_kind"].items()),

@@ -13,7 +13,8 @@ The stack (worker + ingest, their own topic prefix, consumer groups and tenants 
 module's alone, so after the run its ``feedback.dlq`` must be empty: every record there would be a
 body the ingest accepted (2xx) and a stage then refused. Before reading it the test waits until
 both stages' consumer groups have committed everything on ``feedback.raw`` and ``feedback.units``
-(a poison record that stalls a partition fails the test there).
+(counted exactly: committed records past the groups' offsets; a poison record that stalls a
+partition fails the test there).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from pipeline.settings import Settings
 from pipeline.tenants import hash_api_key
 from pipeline.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
 from scripts.bench import partitions_of
-from scripts.load import lag
+from scripts.soak import unprocessed
 from tests.conftest import LOG_DIR
 from tests.kafka_helpers import run
 
@@ -582,16 +583,16 @@ async def send_all(url: str, reqs: list[Req]) -> list[Answer]:
 
 
 async def wait_processed(bootstrap: str, stack: Stack, timeout_s: float) -> tuple[int, int]:
-    """Until both stages committed everything on raw and units; the lags left (0, 0 when done)."""
+    """Until both stages committed everything on raw and units; what is left (0, 0 when done)."""
     group = stack.settings.worker_id
     deadline = time.monotonic() + timeout_s
     while True:
-        lags = (
-            await lag(bootstrap, f"{group}-expand", stack.names.raw),
-            await lag(bootstrap, f"{group}-count", stack.names.units),
+        left = (
+            await unprocessed(bootstrap, f"{group}-expand", stack.names.raw),
+            await unprocessed(bootstrap, f"{group}-count", stack.names.units),
         )
-        if lags == (0, 0) or time.monotonic() > deadline:
-            return lags
+        if left == (0, 0) or time.monotonic() > deadline:
+            return left
         await asyncio.sleep(0.5)
 
 
@@ -685,7 +686,7 @@ def test_hostile_bodies_never_5xx_and_nothing_accepted_is_dead_lettered(broker: 
         problems.append(f"only {accepted} accepted: too few to exercise the stream")
     if lags != (0, 0):
         problems.append(
-            f"the stream did not process everything within 90 s (lag expand, count = {lags}): "
+            f"the stream did not process everything within 90 s (records left on raw, units = {lags}): "
             "a partition is stalled"
         )
     if letters:
