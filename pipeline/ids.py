@@ -46,4 +46,4 @@ def canonical_uuid(value: object) -> str | None:
         return None
     if not _UUID_SPELLINGS.fullmatch(value):
         return None
-    return str(uuid.UUID(value))
+    return str(uuid.UUID(value.lower()))  # uuid.UUID strips only a lower-case 'urn:uuid:'
