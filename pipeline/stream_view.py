@@ -110,6 +110,7 @@ class StreamView:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.caught_up = asyncio.Event()
+        self._catch_up: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -128,6 +129,8 @@ class StreamView:
         starts = await consumer.beginning_offsets([tp for tp in tps if tp.topic == self.names.count_state])
         for tp, offset in {**ends, **starts}.items():
             consumer.seek(tp, offset)
+        # caught up once the counters changelog is read up to where it ended at start
+        self._catch_up = await consumer.end_offsets([tp for tp in tps if tp.topic == self.names.count_state])
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="stream-view")
 
@@ -229,6 +232,10 @@ class StreamView:
                         log.exception(
                             "stream view: bad record at %s:%d@%d", tp.topic, tp.partition, rec.offset
                         )
+            if not self.caught_up.is_set():
+                positions = [(await consumer.position(tp), end) for tp, end in self._catch_up.items()]
+                if all(position >= end for position, end in positions):
+                    self.caught_up.set()
 
     def _apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if topic == self.names.count_state:

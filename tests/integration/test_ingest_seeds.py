@@ -110,6 +110,7 @@ ENVELOPE_KEYS = {
     "correlation_id",
     "request_id",
     "origin",
+    "request_events",  # raw events of the request (None until the intake sets it)
     "payload",
 }
 
