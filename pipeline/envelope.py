@@ -7,6 +7,7 @@ feedback mode at receipt) is frozen into the envelope when it is accepted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -20,6 +21,7 @@ from pipeline.contracts import (
     ScoredOutputRequest,
     SearchEventRequest,
 )
+from pipeline.kafka_io import OutRecord
 from pipeline.tenants import FeedbackMode
 
 
@@ -144,6 +146,16 @@ def kafka_key(event: RawEvent) -> bytes:
     else:
         key = f"{event.domain}/{search_anchor(p, p.session_id)}"
     return key.encode()
+
+
+def raw_records(topic: str, events: Sequence[RawEvent]) -> list[OutRecord]:
+    """The Kafka records of one request's events, each stamped with how many the request became
+    (so any reader of the stream's results, on any ingest, can tell when the request is complete)."""
+    n = len(events)
+    return [
+        OutRecord(topic, kafka_key(e), encode(e.model_copy(update={"request_events": n})), kafka_headers(e))
+        for e in events
+    ]
 
 
 def kafka_headers(event: RawEvent) -> list[tuple[str, bytes]]:

@@ -402,10 +402,7 @@ class Ingest:
         return intake.Context(call.tenant, call.request_id, call.correlation_id, call.received_at)
 
     async def write(self, events: list[envelope.RawEvent]) -> None:
-        records = [
-            OutRecord(self.topics.raw, envelope.kafka_key(e), envelope.encode(e), envelope.kafka_headers(e))
-            for e in events
-        ]
+        records = envelope.raw_records(self.topics.raw, events)
         await self.write_records(records)
         metrics.RAW_PUBLISHED.labels("http").inc(len(records))
 
@@ -792,7 +789,12 @@ async def serve(settings: Settings) -> None:
         lanes=settings.ingest_writer_lanes,
     )
     await writer.start()
-    view = StreamView(bootstrap, topic_names(settings))
+    view = StreamView(
+        bootstrap,
+        topic_names(settings),
+        owner_of=tenants.owner_of,
+        max_bytes_per_tenant=settings.view_max_bytes_per_tenant,
+    )
     await view.start()
     ingest = Ingest(settings, tenants, writer, view)
     stop = asyncio.Event()

@@ -31,7 +31,7 @@ from pipeline.contracts import (
     describe_validation_error,
 )
 from pipeline.ids import new_request_id
-from pipeline.kafka_io import OutRecord, TransactionalWriter
+from pipeline.kafka_io import TransactionalWriter
 from pipeline.settings import Settings
 from pipeline.tenants import TenantRegistry
 from pipeline.topics import topic_names
@@ -159,12 +159,7 @@ class FeedbackPublisher:
         result, answer = self.plan(
             body, contract=contract, correlation_id=correlation_id, session_id=session_id
         )
-        await self.writer.write(
-            [
-                OutRecord(self.topic, envelope.kafka_key(e), envelope.encode(e), envelope.kafka_headers(e))
-                for e in result.events
-            ]
-        )
+        await self.writer.write(envelope.raw_records(self.topic, result.events))
         return answer
 
     @staticmethod

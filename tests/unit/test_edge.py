@@ -605,3 +605,19 @@ async def test_seed_004_session_header_is_bounded(edge: Edge) -> None:
         and "X-Session-ID" in answer["error"]["message"]
         and str(ID) in answer["error"]["message"]
     )
+
+
+async def test_every_raw_event_says_how_many_events_its_request_became(edge: Edge) -> None:
+    """Any ingest (not just the one that answered) can then tell when a request is complete."""
+    body = {
+        "domain": "dating",
+        "items": [
+            {"seeker_id": "u_a", "candidate_id": "u_b", "outcome": "accepted"},
+            {"seeker_id": "u_c", "candidate_id": "u_d", "outcome": "accepted"},
+        ],
+    }
+    status, _, _ = await edge.post("/v1/feedback", body)
+    assert status in (200, 202)
+    envelopes = edge.writer.envelopes()
+    assert len(envelopes) == 2
+    assert [e["request_events"] for e in envelopes] == [2, 2]
