@@ -478,6 +478,8 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
         INGEST_INSTANCE=f"ingest-{tag}",
         TENANTS_FILE=str(tenants_file),
         SEEKER_MAX_AGE_S=str(args.seeker_max_age_s),
+        # the feedback store's SQLite file, private to this run (never another run's, never locked by it)
+        STORE_PATH=str(tenants_file.parent / "store.sqlite3"),
     )
     ingest_port, worker_port = free_port(), free_port()
     worker = worker_service(env, worker_port, log_dir)

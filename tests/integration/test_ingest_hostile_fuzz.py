@@ -525,6 +525,7 @@ def stack(broker: Broker) -> Iterator[Stack]:
         ingest_instance=f"ingest-{tag}",
         tenants_file=settings.tenants_file,
         shared_pool_threshold=3,
+        store_path=tmp / "store.sqlite3",  # the feedback store's SQLite file: this stack's own
     )
     log_dir = LOG_DIR / settings.topic_prefix
     worker = worker_service(env, free_port(), log_dir)
