@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from pipeline import envelope, intake, metrics
+from pipeline import envelope, intake, metrics, store_sql
 from pipeline.contracts import (
     SIGNATURE_KEYS,
     ClassifyOutcome,
@@ -45,6 +45,8 @@ from pipeline.kafka_io import OutRecord, PublishError, TransactionalWriter
 from pipeline.limits import MAX_DOMAIN_CHARS, MAX_ID_CHARS
 from pipeline.records import TrainRequest
 from pipeline.settings import Settings, get_settings
+from pipeline.store import erasure_record
+from pipeline.store_sql import Database, ErasureRow, open_database
 from pipeline.stream_view import StreamView
 from pipeline.tenants import Tenant, TenantRegistry, load_tenants
 from pipeline.topics import ensure_topics, topic_names
@@ -187,9 +189,15 @@ class Ingest:
     """The aiohttp application and what it holds."""
 
     def __init__(
-        self, settings: Settings, tenants: TenantRegistry, writer: TransactionalWriter, view: StreamView
+        self,
+        settings: Settings,
+        tenants: TenantRegistry,
+        writer: TransactionalWriter,
+        view: StreamView,
+        store: Database | None = None,
     ) -> None:
         self.settings = settings
+        self.store = store  # the feedback store (GET/DELETE /api/v1/feedback); serve() always opens one
         self.tenants = tenants
         self.writer = writer
         self.view = view
@@ -234,6 +242,8 @@ class Ingest:
         app = web.Application(middlewares=[self.middleware], client_max_size=self.settings.max_body_bytes + 1)
         app.router.add_post("/v1/feedback", self.post_feedback)
         app.router.add_post("/api/v1/feedback", self.post_scored)
+        app.router.add_get("/api/v1/feedback", self.list_scored)
+        app.router.add_delete("/api/v1/feedback/{entry_id}", self.delete_scored)
         app.router.add_post("/v1/train", self.post_train)
         app.router.add_get("/v1/domains/{domain:[^/]+}", self.get_domain)  # braces too ({uuid})
         app.router.add_get("/v1/requests/{request_id}", self.get_request)
@@ -774,6 +784,91 @@ class Ingest:
         answer = ScoredOutputResponse.from_request(model, id=event.event_id, created_at=event.received_at)
         return json_response(201, answer.model_dump(mode="json"))
 
+    # -- the feedback store (seed 003's list; issue 10) ---------------------------------------------
+
+    def require_store(self) -> Database:
+        if self.store is None:
+            raise ApiError(503, "STORE_UNAVAILABLE", "This ingest has no feedback store.")
+        return self.store
+
+    async def list_scored(self, request: web.Request) -> web.Response:
+        """Seed 003's ``GET /api/v1/feedback``: the caller's entries, newest first, as a JSON array."""
+        call: Call = request["call"]
+        call.contract = Contract.SCORED_OUTPUT
+        tenant = self.authenticate(request, call)
+        task_id, limit, offset = list_query(request)
+        db = self.require_store()
+        docs = await store_sql.list_entries(db, tenant.id, task_id, limit, offset)
+        return web.Response(status=200, body=b"[" + b",".join(docs) + b"]", content_type="application/json")
+
+    async def delete_scored(self, request: web.Request) -> web.Response:
+        """Erase one of the caller's entries: an erasure on Kafka (trainers, the store stage), then
+        the row is removed and a deleted marker kept (a replay of the entry never brings it back)."""
+        call: Call = request["call"]
+        call.contract = Contract.SCORED_OUTPUT
+        tenant = self.authenticate(request, call)
+        db = self.require_store()
+        raw_id = request.match_info["entry_id"]
+        entry_id = canonical_uuid(raw_id)
+        doc = None if entry_id is None else await store_sql.get_entry(db, tenant.id, entry_id)
+        if entry_id is None or doc is None:
+            raise ApiError(404, "NOT_FOUND", f"No feedback entry '{raw_id[:64]}' (or not listed yet).")
+        task_id = str(orjson.loads(doc)["task_id"])
+        await self.write_records(
+            [
+                erasure_record(
+                    self.topics.erasures,
+                    tenant=tenant.id,
+                    entry_id=entry_id,
+                    task_id=task_id,
+                    request_id=call.request_id,
+                    correlation_id=call.correlation_id,
+                )
+            ]
+        )
+        # on Kafka first: if this fails now, the store stage applies the erasure from the topic
+        await store_sql.erase(db, ErasureRow(entry_id, tenant.id, int(time.time() * 1_000_000)))
+        return web.Response(status=204)
+
+
+LIST_PARAMS = frozenset({"task_id", "limit", "offset"})
+_MAX_OFFSET = 2**63 - 1
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    values = request.query.getall(name, [])
+    if not values:
+        return default
+    text = values[0]
+    ok = len(values) == 1 and text.isascii() and text.isdigit() and len(text) <= 19
+    if not ok or not low <= int(text) <= high:
+        message = f"'{name}' must be one integer from {low} to {high}."
+        raise ApiError(422, "INVALID_QUERY", message, details={name: text[:64]})
+    return int(text)
+
+
+def list_query(request: web.Request) -> tuple[str | None, int, int]:
+    """``task_id`` (canonical UUID or None), ``limit`` (1-1000, default 100), ``offset`` (>= 0)."""
+    unknown = sorted(set(request.query) - LIST_PARAMS)
+    if unknown:
+        raise ApiError(
+            422,
+            "INVALID_QUERY",
+            f"Unknown query parameter(s): {', '.join(u[:64] for u in unknown[:5])}; "
+            "known: task_id, limit, offset.",
+        )
+    limit = _int_param(request, "limit", store_sql.DEFAULT_LIMIT, 1, store_sql.MAX_LIMIT)
+    offset = _int_param(request, "offset", 0, 0, _MAX_OFFSET)
+    tasks = request.query.getall("task_id", [])
+    if not tasks:
+        return None, limit, offset
+    task_id = canonical_uuid(tasks[0]) if len(tasks) == 1 else None
+    if task_id is None:
+        raise ApiError(
+            422, "INVALID_QUERY", "'task_id' must be one UUID.", details={"task_id": tasks[0][:64]}
+        )
+    return task_id, limit, offset
+
 
 async def serve(settings: Settings) -> None:
     """Run until cancelled: topics, the transactional writer, then HTTP."""
@@ -796,7 +891,8 @@ async def serve(settings: Settings) -> None:
         max_bytes_per_tenant=settings.view_max_bytes_per_tenant,
     )
     await view.start()
-    ingest = Ingest(settings, tenants, writer, view)
+    store = await open_database(settings)  # the same database the worker's store stage writes
+    ingest = Ingest(settings, tenants, writer, view, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -830,6 +926,7 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
         await writer.stop(drain_s=max(0.0, settings.drain_timeout_s - (time.monotonic() - started)))
         await view.stop()
+        await store.close()
         log.info("ingest stopped after draining for %.2fs", time.monotonic() - started)
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "TRAINING_UNIT",
     "DeadLetter",
     "DeadLetterReason",
+    "Erasure",
     "PreferenceUnit",
     "ScoredUnit",
     "Signal",
@@ -31,6 +32,7 @@ __all__ = [
     "TripletUnit",
     "dead_letter",
     "deterministic_id",
+    "erasure_id",
     "record_json_schemas",
     "signal_id",
 ]
@@ -302,6 +304,26 @@ class StageResult(_Record):
     request_events: int | None = Field(default=None, ge=1, description="Raw events of the request, if known.")
 
 
+class Erasure(BaseModel):
+    """A feedback entry erased by its tenant (``DELETE /api/v1/feedback/{id}``): the store removes it
+    and keeps a deleted marker; trainers drop the units whose ``event_id`` is ``entry_id``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["erasure"] = "erasure"
+    erasure_id: str = Field(description="uuid5 of the entry id: one erasure per entry, however often asked.")
+    tenant: str
+    entry_id: str = Field(description="The erased entry (seed 003 `id`, the raw event's `event_id`).")
+    task_id: str = Field(description="The entry's task (its domain on the other topics).")
+    requested_at: AwareDatetime
+    request_id: str
+    correlation_id: str
+
+
+def erasure_id(entry_id: str) -> str:
+    return deterministic_id("erasure", entry_id)
+
+
 def record_json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema of each output topic's value, keyed by the (unprefixed) topic name."""
     return {
@@ -311,4 +333,5 @@ def record_json_schemas() -> dict[str, dict[str, Any]]:
         "feedback.dlq": DeadLetter.model_json_schema(),
         "feedback.units": UNITS_MESSAGE.json_schema(),
         "feedback.results": StageResult.model_json_schema(),
+        "feedback.erasures": Erasure.model_json_schema(),
     }

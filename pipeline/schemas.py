@@ -149,6 +149,14 @@ TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
         "ingest (answers of POST /v1/feedback, GET /v1/requests)",
     ),
     TopicSchema(
+        topics.ERASURES,
+        lambda: _RECORDS()[topics.ERASURES],
+        _doc(records.Erasure),
+        "`<task_id>/<entry_id>` (as the entry's key on feedback.raw)",
+        "ingest (DELETE /api/v1/feedback/{id})",
+        "worker (store stage), trainers",
+    ),
+    TopicSchema(
         topics.EXPAND_STATE,
         lambda: TypeAdapter(SeekerHistory | StreamClock).json_schema(),
         _doc(SeekerHistory)

@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     shared_pool_domain: str = "__shared__"
     shared_pool_threshold: int = Field(default=1000, ge=1, description="Threshold of the shared pool.")
 
+    # Feedback store (GET /api/v1/feedback): SQLite file by default, PostgreSQL for several machines
+    database_url: str | None = Field(
+        default=None, description="postgresql://user@host:port/db; unset: the SQLite file STORE_PATH."
+    )
+    store_path: Path = Field(
+        default=REPO_ROOT / ".local" / "feedstream.sqlite3", description="SQLite file of the store."
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -22,6 +22,7 @@ TRIGGERS = "train.triggers"
 DLQ = "feedback.dlq"
 UNITS = "feedback.units"
 RESULTS = "feedback.results"
+ERASURES = "feedback.erasures"
 EXPAND_STATE = "feedstream.expand.changelog"
 COUNT_STATE = "feedstream.count.changelog"
 
@@ -38,6 +39,7 @@ class TopicNames:
     units: str
     results: str
     expand_state: str
+    erasures: str
     count_state: str
 
 
@@ -52,6 +54,7 @@ def topic_names(settings: Settings) -> TopicNames:
         units=p + UNITS,
         results=p + RESULTS,
         expand_state=p + EXPAND_STATE,
+        erasures=p + ERASURES,
         count_state=p + COUNT_STATE,
     )
 
@@ -77,6 +80,7 @@ MiB = 1024 * KiB
 # * count changelog: a counter and its last trigger (< 3 KiB) -> 1 MiB;
 # * expand changelog: SEEKER_MAX_ITEMS observations of at most OBSERVATION_MAX_BYTES plus the key:
 #   about 420 KiB for 200 items -> 512 KiB (grows with SEEKER_MAX_ITEMS, see expand_state_bytes);
+# * erasures: ids, tenant and times (< 2 KiB; the ids are canonical UUIDs) -> 1 MiB;
 # * dlq: a dead letter carries its original in base64 (4/3) plus the error: 4 MiB inputs -> 8 MiB.
 #   A dead letter that would still not fit keeps only the head of its original, and says so.
 MESSAGE_BYTES: dict[str, int] = {
@@ -87,6 +91,7 @@ MESSAGE_BYTES: dict[str, int] = {
     DLQ: 8 * MiB,
     UNITS: 4 * MiB,
     RESULTS: 1 * MiB,
+    ERASURES: 1 * MiB,
     EXPAND_STATE: 512 * KiB,
     COUNT_STATE: 1 * MiB,
 }
@@ -168,6 +173,11 @@ TOPICS: tuple[TopicSpec, ...] = (
         RESULTS,
         "Internal: per-request results of the counting stage, read by the ingest (seed 000 answer).",
         {"retention.ms": str(3600 * 1000)},
+    ),
+    TopicSpec(
+        ERASURES,
+        "Erasures of feedback entries (DELETE /api/v1/feedback/{id}): the store and trainers drop them.",
+        {"retention.ms": "-1"},
     ),
     TopicSpec(
         EXPAND_STATE,

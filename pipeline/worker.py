@@ -1,4 +1,5 @@
-"""The stream worker: a faust app hosting the two exactly-once stages, web and metrics.
+"""The stream worker: a faust app hosting the two exactly-once stages and the store stage
+(``pipeline.store``: feedback.raw into the SQL feedback store), web and metrics.
 
 Run with ``python -m pipeline.worker worker`` (faust's CLI). The stages (``pipeline.expand``,
 ``pipeline.count``) run on :mod:`pipeline.eos` rather than faust agents under faust's
@@ -21,6 +22,8 @@ from pipeline.count import CountStage
 from pipeline.eos import StageRunner
 from pipeline.expand import ExpandStage
 from pipeline.settings import Settings, get_settings
+from pipeline.store import StoreRunner
+from pipeline.store_sql import Database, describe, open_database
 from pipeline.tenants import load_tenants
 from pipeline.triplets import Limits
 
@@ -66,6 +69,19 @@ def build_runners(settings: Settings, bootstrap: str) -> tuple[StageRunner[Any],
     return expand, count
 
 
+def build_store_runner(settings: Settings, bootstrap: str, db: Database) -> StoreRunner:
+    """The store stage wired to its topics and database (its own consumer group and offsets)."""
+    names = topics.topic_names(settings)
+    return StoreRunner(
+        db,
+        bootstrap=bootstrap,
+        group_id=f"{settings.worker_id}-store",
+        raw_topic=names.raw,
+        erasures_topic=names.erasures,
+        max_batch=settings.take_batch,
+    )
+
+
 class WorkerApp(faust.App):
     """A faust app that starts the stages as soon as it starts.
 
@@ -97,11 +113,14 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=20.0,
     )
-    runners: list[StageRunner[Any]] = []
+    runners: list[StageRunner[Any] | StoreRunner] = []
 
     async def run_stages() -> None:
         await topics.ensure_topics(bootstrap, settings)
+        db = await open_database(settings)
+        log.info("feedback store: %s", describe(settings))
         runners.extend(build_runners(settings, bootstrap))
+        runners.append(build_store_runner(settings, bootstrap, db))
         try:
             for runner in runners:
                 await runner.start()
@@ -110,6 +129,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             for runner in runners:
                 with contextlib.suppress(Exception):
                     await runner.stop()
+            await db.close()
 
     app.stage_starter = run_stages
 
@@ -121,8 +141,11 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     @app.page("/ready")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            ready = len(runners) == 2 and all(r.ready.is_set() for r in runners)
-            body = {"ready": ready, **{r.stage.name: r.partitions for r in runners}}
+            ready = len(runners) == 3 and all(r.ready.is_set() for r in runners)
+            body = {
+                "ready": ready,
+                **{r.stage.name if isinstance(r, StageRunner) else r.name: r.partitions for r in runners},
+            }
             return self.json(body, status=200 if ready else 503)
 
     return app

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.broker import Broker, find_broker
+from pipeline.postgres import PostgresServer, find_postgres
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import Settings
 from pipeline.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
@@ -23,6 +24,14 @@ TEST_TENANTS = Path(__file__).resolve().parent / "data" / "tenants.test.yaml"
 def broker() -> Iterator[Broker]:
     with find_broker() as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the feedback store (pipeline.postgres: DATABASE_URL, Docker, or a
+    throwaway local server), stopped after the session if we started it."""
+    with find_postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +64,11 @@ def names(settings: Settings) -> TopicNames:
 
 @pytest.fixture(scope="session")
 def service_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTEST_", "COV_")) and k not in ("DATABASE_URL", "STORE_PATH")
+    }
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
         TOPIC_PREFIX=settings.topic_prefix,
@@ -63,6 +76,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         INGEST_INSTANCE=f"ingest-{settings.topic_prefix[:-1]}",
         TENANTS_FILE=str(TEST_TENANTS),
         SHARED_POOL_THRESHOLD="2",
+        # the session's own feedback store (SQLite); tests of PostgreSQL set DATABASE_URL themselves
+        STORE_PATH=str(LOG_DIR / settings.topic_prefix / "store.sqlite3"),
         # the suite sends dozens of 401s back to back from one address (the default throttles
         # them to 20/s: tests/unit/test_edge.py proves the throttle on its own ingest)
         AUTH_FAILURES_PER_S="1000",

@@ -208,6 +208,7 @@ def test_json_schemas_cover_every_output_topic() -> None:
         "feedback.dlq",
         "feedback.units",
         "feedback.results",
+        "feedback.erasures",
     }
     assert schemas["feedback.triplets"]["discriminator"]["propertyName"] == "kind"
     assert schemas["train.triggers"]["properties"]["emitted_at"]["format"] == "date-time"

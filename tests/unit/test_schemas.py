@@ -29,6 +29,7 @@ from pipeline.contracts import (
 from pipeline.counters import DomainCounter, count_units, force_trigger
 from pipeline.expand import expand_event
 from pipeline.records import StageResult, TrainRequest, dead_letter
+from pipeline.store import erasure_record
 from pipeline.tenants import TenantRegistry, load_tenants
 from pipeline.triplets import Limits, SeekerHistory
 
@@ -235,6 +236,16 @@ def _messages() -> dict[str, list[bytes]]:
             failed_at=AT,
         )
         out[topics.DLQ].append(orjson.dumps(letter.model_dump(mode="json")))
+    scored = next(e for e in raw if str(e.contract) == "scored_output")
+    erasure = erasure_record(
+        topics.ERASURES,
+        tenant=scored.tenant,
+        entry_id=scored.event_id,
+        task_id=scored.domain,
+        request_id="req-3",
+        correlation_id="c-3",
+    )
+    out[topics.ERASURES].append(erasure.value)
     return out
 
 
