@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SRC    := pipeline tests scripts
 
-.PHONY: venv lint format test unit run bench soak schemas broker-start broker-stop broker-reset clean
+.PHONY: venv lint format test unit run bench store-bench soak schemas broker-start broker-stop broker-reset clean
 
 venv: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ run: venv
 
 bench: venv
 	$(BIN)/python -m scripts.bench
+	$(BIN)/python -m scripts.store_bench
+
+store-bench: venv
+	$(BIN)/python -m scripts.store_bench --postgres
 
 soak: venv
 	$(BIN)/python -m scripts.soak

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from pipeline.broker import find_broker
 from pipeline.procs import ingest_service, worker_service
 from pipeline.settings import REPO_ROOT, Settings
+from pipeline.store_sql import describe
 from pipeline.topics import ensure_topics, topic_names
 
 DEV_KEY = "fs_dev_key_123"
@@ -100,6 +101,8 @@ The pipeline is running. Try:
   ingest metrics   {url}/metrics        OpenAPI {url}/openapi.json
   worker metrics   http://127.0.0.1:{settings.worker_port}/metrics
   domain state     curl -s {url}/v1/domains/dating -H 'Authorization: Bearer {DEV_KEY}'
+  seed 003 list    curl -s '{url}/api/v1/feedback?limit=20' -H 'X-API-Key: kaizen_abc123'
+  feedback store   {describe(settings)} (the worker's store stage writes it; DATABASE_URL for PostgreSQL)
   logs             {log_dir}/
 Ctrl-C stops the ingest, the worker and the local broker.""")
             signal.pause()
