@@ -44,5 +44,5 @@ def test_metrics_are_scraped_from_ingest_and_worker(ingest: Service, worker: Ser
 def test_worker_ready_reports_json(worker: Service) -> None:
     with urllib.request.urlopen(worker.health_url, timeout=5) as resp:
         body = json.loads(resp.read())
-    # one worker owns every partition of both stages
-    assert body == {"ready": True, "expand": [0, 1, 2, 3], "count": [0, 1, 2, 3]}
+    # one worker owns every partition of both stages and of the store stage (feedback.raw's)
+    assert body == {"ready": True, "expand": [0, 1, 2, 3], "count": [0, 1, 2, 3], "store": [0, 1, 2, 3]}
