@@ -17,6 +17,10 @@ import pytest
 from pipeline import eos
 from pipeline.eos import key_partition
 from pipeline.guards import IdempotencyStore, StoredAnswer
+from pipeline.records import StageResult
+from pipeline.settings import Settings
+from pipeline.stream_view import StreamView
+from pipeline.topics import topic_names
 
 
 @pytest.fixture
@@ -70,3 +74,52 @@ async def test_idempotency_memory_stays_within_its_accounted_bytes(traced: Calla
     assert accounted <= 4 * 256 * 1024
     held = traced()
     assert held <= accounted * 1.1 + 64 * 1024, (held, accounted)
+
+
+def test_the_ingest_view_holds_no_more_than_it_counts_under_request_churn(
+    traced: Callable[[], int],
+) -> None:
+    """VIEW_MAX_BYTES_PER_TENANT bounds memory: kept results, their requests and the view's indexes."""
+    names = topic_names(Settings(topic_prefix=""))
+    owners = {f"d{t}": f"t{t}" for t in range(4)}
+    # pydantic-core caches up to 16,384 short JSON strings process-wide (a fixed bound, ~1.4 MiB):
+    # fill it first, so only the view is measured
+    for i in range(20_000):
+        StageResult.model_validate_json(result_json(names, -1 - i))
+    before = traced()
+    view = StreamView("unused:9092", names, owner_of=owners.get, max_bytes_per_tenant=256 * 1024)
+    for i in range(20_000):
+        request_id = f"req_{uuid.UUID(int=i).hex}"
+        value = StageResult(
+            request_id=request_id,
+            event_id=f"evt_{uuid.UUID(int=i).hex}",
+            domain=f"d{i % 4}",
+            kind="units",
+            units_generated=3,
+            units_counted=3,
+            pending=i,
+            threshold=500,
+        ).model_dump_json()
+        # as aiokafka hands them over: bytes of their own size
+        view._apply(names.results, request_id.encode(), bytes(memoryview(value.encode())))
+    accounted = sum(view.kept_bytes(f"t{t}") for t in range(4))
+    assert accounted <= 4 * 256 * 1024
+    held = traced() - before
+    assert held <= accounted * 1.1 + 64 * 1024, (held, accounted)
+
+
+def result_json(names: object, i: int) -> bytes:
+    return (
+        StageResult(
+            request_id=f"req_{uuid.UUID(int=abs(i)).hex}{'w' if i < 0 else ''}",
+            event_id=f"evt_{uuid.UUID(int=abs(i)).hex}",
+            domain=f"d{abs(i) % 4}",
+            kind="units",
+            units_generated=3,
+            units_counted=3,
+            pending=abs(i),
+            threshold=500,
+        )
+        .model_dump_json()
+        .encode()
+    )
