@@ -55,9 +55,15 @@ S = TypeVar("S")
 Record: TypeAlias = ConsumerRecord  # bytes key and value
 
 
-@functools.lru_cache(maxsize=65_536)
+#: Keys whose partition is cached. Domains (units, triplets, counters) repeat and stay hot; request
+#: ids, new seekers and sessions churn, and caching 65,536 of them held about 14 MiB of the worker for
+#: nothing (docs/design.md, "Hardening: fuzz and soak"). About 250 bytes an entry: 1 MiB at most.
+KEY_PARTITION_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=KEY_PARTITION_CACHE)
 def key_partition(key: bytes, partitions: int) -> int | None:
-    """Kafka's default partition of a key (murmur2, as Java and aiokafka), cached: keys repeat a lot."""
+    """Kafka's default partition of a key (murmur2, as Java and aiokafka), cached for the hot keys."""
     if partitions == 0:
         return None  # metadata not known yet: let the producer wait for it and partition
     return int(murmur2(key) & 0x7FFFFFFF) % partitions

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from pipeline import envelope, intake, metrics, store_sql
+from pipeline import envelope, intake, memtrace, metrics, store_sql
 from pipeline.contracts import (
     SIGNATURE_KEYS,
     ClassifyOutcome,
@@ -934,6 +934,7 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
     )
+    memtrace.maybe_start("ingest")
     with contextlib.suppress(KeyboardInterrupt):  # SIGINT/SIGTERM drain inside serve()
         asyncio.run(serve(get_settings()))
 

@@ -17,7 +17,7 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
-from pipeline import metrics, topics
+from pipeline import memtrace, metrics, topics
 from pipeline.count import CountStage
 from pipeline.eos import StageRunner
 from pipeline.expand import ExpandStage
@@ -159,4 +159,5 @@ def _bootstrap() -> str:
 
 
 if __name__ == "__main__":
+    memtrace.maybe_start("worker")
     create_app(get_settings(), _bootstrap()).main()

@@ -478,6 +478,14 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
         INGEST_INSTANCE=f"ingest-{tag}",
         TENANTS_FILE=str(tenants_file),
         SEEKER_MAX_AGE_S=str(args.seeker_max_age_s),
+        **{
+            name.upper(): str(value)
+            for name, value in (
+                ("view_max_bytes_per_tenant", args.view_max_bytes_per_tenant),
+                ("idempotency_max_bytes_per_tenant", args.idempotency_max_bytes_per_tenant),
+            )
+            if value is not None
+        },
         # the feedback store's SQLite file, private to this run (never another run's, never locked by it)
         STORE_PATH=str(tenants_file.parent / "store.sqlite3"),
     )
@@ -485,7 +493,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
     worker = worker_service(env, worker_port, log_dir)
     ingest = ingest_service(env, ingest_port, log_dir)
     seconds = args.minutes * 60
-    warmup_s = min(60.0, max(10.0, seconds * 0.05))
+    warmup_s = args.warmup_s if args.warmup_s is not None else min(60.0, max(10.0, seconds * 0.05))
     rate = args.rate
     max_requests = args.max_requests or int(rate * seconds * 1.05) + 1
     stats = Stats()
@@ -551,6 +559,8 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
             "idempotent_share": IDEMPOTENT_SHARE,
             "replay_share": REPLAY_SHARE,
             "seeker_max_age_s": args.seeker_max_age_s,
+            "view_max_bytes_per_tenant": args.view_max_bytes_per_tenant,  # None: the service's default
+            "idempotency_max_bytes_per_tenant": args.idempotency_max_bytes_per_tenant,
             "seed": args.seed,
             "rss_method": rss_method(),
         },
@@ -668,6 +678,25 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=120.0,
         help="worker's SEEKER_MAX_AGE_S: short, so expiry of seeker histories happens within the soak",
+    )
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="seconds before the RSS 'start' sample (default 5 %% of the run, 10-60 s); set it past the time "
+        "the byte-bounded structures take to fill, so growth up to a bound is not read as a leak",
+    )
+    parser.add_argument(
+        "--view-max-bytes-per-tenant",
+        type=int,
+        default=None,
+        help="the ingest's VIEW_MAX_BYTES_PER_TENANT (default: the service's, 16 MiB)",
+    )
+    parser.add_argument(
+        "--idempotency-max-bytes-per-tenant",
+        type=int,
+        default=None,
+        help="the ingest's IDEMPOTENCY_MAX_BYTES_PER_TENANT (default: the service's, 16 MiB)",
     )
     parser.add_argument("--drain-timeout", type=float, default=120.0, help="bound on waiting for the worker")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "soak.json")
