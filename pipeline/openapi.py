@@ -150,6 +150,45 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/api/v1/feedback": {
+                "get": {
+                    "operationId": "listScoredOutputs",
+                    "summary": "The caller's feedback entries, newest first (seed 003)",
+                    "description": "From the feedback store: listed once the worker's store stage "
+                    "wrote them (feedstream_store_lag_seconds after the 201). A task of another "
+                    "tenant lists nothing.",
+                    "parameters": [
+                        {"name": "task_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        },
+                        {
+                            "name": "offset",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "default": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Entries, each as its POST answered it",
+                            **_json(
+                                {"type": "array", "items": _ref(ScoredOutputResponse)},
+                                {
+                                    "seed_003": {
+                                        "value": [
+                                            ex["value"] for ex in _examples(ScoredOutputResponse).values()
+                                        ]
+                                    }
+                                },
+                            ),
+                        },
+                        "401": err,
+                        "422": err,
+                        "429": err,
+                        "503": err,
+                    },
+                },
                 "post": {
                     "operationId": "submitScoredOutput",
                     "summary": "A scored LLM output of a task (seed 003)",
@@ -168,6 +207,27 @@ def openapi_document() -> dict[str, Any]:
                         "408": err,
                         "413": err,
                         "422": err,
+                        "429": err,
+                        "503": err,
+                    },
+                },
+            },
+            "/api/v1/feedback/{id}": {
+                "delete": {
+                    "operationId": "eraseScoredOutput",
+                    "summary": "Erase one of the caller's entries (an erasure on feedback.erasures)",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "format": "uuid"},
+                        }
+                    ],
+                    "responses": {
+                        "204": {"description": "Erased"},
+                        "401": err,
+                        "404": err,
                         "429": err,
                         "503": err,
                     },

@@ -171,3 +171,17 @@ async def test_without_a_store_the_list_says_so() -> None:
             assert orjson.loads(await resp.read())["error"]["code"] == "STORE_UNAVAILABLE"
     finally:
         await client.close()
+
+
+def test_openapi_documents_the_list_and_the_erasure() -> None:
+    from pipeline.openapi import openapi_document
+
+    paths = openapi_document()["paths"]
+    listing = paths["/api/v1/feedback"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {"task_id", "limit", "offset"}
+    assert set(listing["responses"]) == {"200", "401", "422", "429", "503"}
+    example = listing["responses"]["200"]["content"]["application/json"]["examples"]["seed_003"]["value"]
+    assert [list(item) for item in example] == [
+        ["id", "task_id", "inputs", "output", "score", "source", "metadata", "created_at"]
+    ]
+    assert set(paths["/api/v1/feedback/{id}"]["delete"]["responses"]) == {"204", "401", "404", "429", "503"}
