@@ -8,4 +8,4 @@ COPY schemas ./schemas
 COPY deploy/tenants.dev.yaml ./deploy/tenants.dev.yaml
 RUN pip install .
 EXPOSE 8080 6066
-CMD ["python", "-m", "pipeline.ingest"]
+CMD ["python", "-m", "pipeline.api.ingest"]

@@ -47,7 +47,7 @@ soak: venv
 	$(BIN)/python -m scripts.soak
 
 schemas: venv
-	$(BIN)/python -m pipeline.schemas write
+	$(BIN)/python -m pipeline.wire.schemas write
 
 broker-start:
 	bash deploy/kafka/broker.sh start

@@ -3,7 +3,7 @@
 Why here: a record the stream cannot encode, decode or fit on a topic must be refused with a 4xx
 before it is accepted, never dead-lettered after a 2xx. Each bound sits below what every later
 stage accepts (orjson encodes 254 levels, pydantic's JSON decoder stops at 200, topics take the
-sizes declared in :mod:`pipeline.topics`), so the edge is the only place a shape can fail.
+sizes declared in :mod:`pipeline.kafka.topics`), so the edge is the only place a shape can fail.
 Pure constants and checks; no I/O.
 """
 

@@ -87,7 +87,7 @@ def ingest_service(env: dict[str, str], port: int, log_dir: Path, name: str = "i
     env = child_env(env, ingest_port=port)
     return Service(
         name,
-        [sys.executable, "-m", "pipeline.ingest"],
+        [sys.executable, "-m", "pipeline.api.ingest"],
         env,
         f"http://127.0.0.1:{port}/healthz",
         log_dir / f"{name}.log",
@@ -98,7 +98,7 @@ def worker_service(env: dict[str, str], port: int, log_dir: Path, name: str = "w
     env = child_env(env, worker_port=port, worker_data_dir=log_dir / f"{name}-data")
     return Service(
         name,
-        [sys.executable, "-m", "pipeline.worker", "worker", "-l", "info"],
+        [sys.executable, "-m", "pipeline.stream.worker", "worker", "-l", "info"],
         env,
         f"http://127.0.0.1:{port}/ready",
         log_dir / f"{name}.log",

@@ -11,11 +11,11 @@ import urllib.request
 
 from aiokafka import AIOKafkaConsumer
 
-from pipeline.broker import find_broker
+from pipeline.kafka.broker import find_broker
+from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.procs import ingest_service, worker_service
 from pipeline.settings import REPO_ROOT, Settings
-from pipeline.store_sql import describe
-from pipeline.topics import ensure_topics, topic_names
+from pipeline.store.sql import describe
 
 DEV_KEY = "fs_dev_key_123"
 SAMPLE = {

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_bootstrap_servers: str | None = Field(
-        default=None, description="Existing cluster; unset means find or start one (pipeline.broker)."
+        default=None, description="Existing cluster; unset means find or start one (pipeline.kafka.broker)."
     )
     topic_prefix: str = Field(default="", description="Prefix of every topic name (isolates test runs).")
     topic_partitions: int = Field(default=4, ge=1, description="Partitions of every feedstream topic.")

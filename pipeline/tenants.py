@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.contracts import Contract
+from pipeline.api.contracts import Contract
 from pipeline.ids import canonical_uuid
 from pipeline.limits import DOMAIN_PATTERN
 

@@ -2,15 +2,15 @@
 
 Run with ``make bench`` (``python -m scripts.bench [--events N] [--out bench-results/bench.json]``).
 
-What it does, all against the broker of ``pipeline.broker.find_broker`` with its own ``TOPIC_PREFIX``
+What it does, all against the broker of ``pipeline.kafka.broker.find_broker`` with its own ``TOPIC_PREFIX``
 and ``WORKER_ID`` (so it never touches anyone else's topics or groups):
 
 1. Writes a tenants file (4 tenants, 20 domains, 4 seed 003 tasks, keys hashed with
-   ``hash_api_key``) and builds a realistic mix of raw envelopes with ``pipeline.intake``: seed 000
+   ``hash_api_key``) and builds a realistic mix of raw envelopes with ``pipeline.api.intake``: seed 000
    requests of 1 item and of 100 items over many seekers and candidates with every outcome label
    (built-in and tenant-registered), seed 002 nested feedback arrays, seed 001 corrections, seed 003
    scored entries (some ``source: seed``, which never count) and seed 004 search events of all nine
-   types. The expand rules are replayed in memory (``pipeline.expand.expand_event``) to know how
+   types. The expand rules are replayed in memory (``pipeline.stream.expand.expand_event``) to know how
    many counting units each domain will get; thresholds are then chosen so that about
    ``--triggers`` train triggers fire during the throughput phase, and the run checks that exactly
    the predicted number did.
@@ -19,7 +19,7 @@ and ``WORKER_ID`` (so it never touches anyone else's topics or groups):
 3. Baselines, same run, same raw data: a bare aiokafka consume-transform-produce loop (read_committed
    consumer, ``orjson`` decode and re-encode, produce to a scratch topic), once with a transactional
    producer that commits the input offsets in a transaction per partition and batch (the shape of
-   ``pipeline.eos``) and once non-transactional (idempotent producer, consumer commits).
+   ``pipeline.stream.runtime``) and once non-transactional (idempotent producer, consumer commits).
 4. Starts a worker (``pipeline.procs.worker_service``), times it to ``/ready`` (reported, excluded),
    then times from ready until ``<prefix>feedback.results`` holds one result per raw event (every
    non-discarded raw event yields exactly one result once the count stage has committed it). The
@@ -65,22 +65,23 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline import envelope, intake
-from pipeline.broker import find_broker
-from pipeline.contracts import (
+from pipeline.api import intake
+from pipeline.api.contracts import (
     CorrectionRequest,
     RankingOutcomeRequest,
     ScoredOutputRequest,
     SearchEventRequest,
 )
-from pipeline.envelope import RawEvent
-from pipeline.expand import expand_event
 from pipeline.ids import new_request_id
+from pipeline.kafka.broker import find_broker
+from pipeline.kafka.topics import TopicNames, ensure_topics, topic_names
 from pipeline.procs import Service, free_port, worker_service
+from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.settings import REPO_ROOT, Settings
+from pipeline.stream.expand import expand_event
 from pipeline.tenants import Tenant, TenantRegistry, hash_api_key, parse_tenants
-from pipeline.topics import TopicNames, ensure_topics, topic_names
-from pipeline.triplets import Limits, SeekerHistory
+from pipeline.wire import envelope
+from pipeline.wire.envelope import RawEvent
 
 # --- the workload ----------------------------------------------------------------------------------
 
@@ -468,7 +469,7 @@ async def count_markers(bootstrap: str, topic: str) -> int:
 async def baseline(
     bootstrap: str, raw: str, scratch: str, n_events: int, *, transactional: bool, tag: str, timeout_s: float
 ) -> dict[str, Any]:
-    """Bare consume-transform-produce over the raw topic; per partition and batch like pipeline.eos."""
+    """Bare consume-transform-produce over the raw topic; per partition and batch like our runtime."""
     group = f"{tag}-baseline-{'tx' if transactional else 'plain'}"
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,

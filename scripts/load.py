@@ -2,7 +2,7 @@
 
 Run with ``python -m scripts.load [--concurrency 32] [--duration 6] [--out bench-results/load.json]``.
 
-Starts, on the broker of ``pipeline.broker.find_broker`` with its own ``TOPIC_PREFIX``:
+Starts, on the broker of ``pipeline.kafka.broker.find_broker`` with its own ``TOPIC_PREFIX``:
 
 * a worker (``pipeline.procs.worker_service``), so seed 000 requests get their true 200 answer
   (the ingest waits for the count stage's result, up to ``RESULT_WAIT_S``, then answers 202);
@@ -50,10 +50,10 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.broker import find_broker
+from pipeline.kafka.broker import find_broker
+from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import REPO_ROOT, Settings
-from pipeline.topics import ensure_topics, topic_names
 from scripts.bench import (
     N_TENANTS,
     Workload,

@@ -3,7 +3,7 @@
 Run with ``make soak`` (``python -m scripts.soak [--minutes 10] [--rate 60]
 [--out bench-results/soak.json]``); ``--minutes 1`` is a quick check.
 
-On the broker of ``pipeline.broker.find_broker``, with a fresh ``TOPIC_PREFIX`` and ``WORKER_ID`` and
+On the broker of ``pipeline.kafka.broker.find_broker``, with a fresh ``TOPIC_PREFIX`` and ``WORKER_ID`` and
 the benchmark's tenants (``scripts.bench.tenants_data``: 4 tenants, 20 domains, 4 tasks, one
 tenant in ``shared_improvement``), it starts one worker and one ingest as users run them
 (``pipeline.procs``), then drives, from one aiohttp client at a fixed request rate (open loop,
@@ -54,10 +54,10 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.broker import find_broker
+from pipeline.kafka.broker import find_broker
+from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import free_port, ingest_service, worker_service
 from pipeline.settings import REPO_ROOT, Settings
-from pipeline.topics import delete_prefixed_topics, ensure_topics, topic_names
 from scripts.bench import (
     N_TENANTS,
     SEARCH_TYPES,

@@ -12,13 +12,13 @@ import tracemalloc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.eos import _Owned
-from pipeline.expand import ExpandStage
-from pipeline.records import StageResult, to_json
+from pipeline.api.stream_view import StreamView
+from pipeline.kafka.topics import topic_names
+from pipeline.rules.triplets import Limits, Observation, SeekerHistory
 from pipeline.settings import Settings
-from pipeline.stream_view import StreamView
-from pipeline.topics import topic_names
-from pipeline.triplets import Limits, Observation, SeekerHistory
+from pipeline.stream.expand import ExpandStage
+from pipeline.stream.runtime import _Owned
+from pipeline.wire.records import StageResult, to_json
 
 T0 = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
 N = 20_000

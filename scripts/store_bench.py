@@ -3,14 +3,14 @@
     python -m scripts.store_bench [--events 20000] [--entries 1000000] [--postgres]
 
 1. *Store stage*: ``--events`` raw events (4 scored entries in 5, the rest seed 000 outcomes) are
-   written to ``feedback.raw`` of a private topic prefix on the real broker (pipeline.broker), then
-   the store stage (``pipeline.store.StoreRunner``, TAKE_BATCH 500) consumes them into a fresh store;
+   written to ``feedback.raw`` of a private topic prefix on the real broker (pipeline.kafka.broker), then
+   the store stage (``pipeline.stream.store.StoreRunner``, TAKE_BATCH 500) consumes them into a fresh store;
    rows/s = raw events (each a generic row, plus an entry row when scored) / seconds to the last.
 2. *List*: ``--entries`` entries of one tenant over 4 tasks are bulk-loaded into a fresh store, then
    the list query (``store_sql.list_entries``, limit 100) is timed: first pages (offset 0) and deep
    pages (offset up to 10,000), with and without ``task_id``; p50/p99 over 400 queries each.
 
-SQLite always; PostgreSQL too with ``--postgres`` (pipeline.postgres finds or starts a server).
+SQLite always; PostgreSQL too with ``--postgres`` (pipeline.store.postgres finds or starts a server).
 Prints one line per measurement and writes JSON to ``bench-results/``. Speed is never asserted.
 """
 
@@ -31,17 +31,17 @@ from typing import Any
 
 import orjson
 
-from pipeline import envelope
-from pipeline.broker import find_broker
-from pipeline.contracts import Contract
-from pipeline.kafka_io import TransactionalWriter
-from pipeline.postgres import find_postgres
-from pipeline.publisher import FeedbackPublisher
+from pipeline.api.contracts import Contract
+from pipeline.api.publisher import FeedbackPublisher
+from pipeline.kafka.broker import find_broker
+from pipeline.kafka.io import TransactionalWriter
+from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.settings import REPO_ROOT, Settings
-from pipeline.store import StoreRunner, micros
-from pipeline.store_sql import Database, count_entries, explain_list, list_entries, open_database
+from pipeline.store.postgres import find_postgres
+from pipeline.store.sql import Database, count_entries, explain_list, list_entries, open_database
+from pipeline.stream.store import StoreRunner, micros
 from pipeline.tenants import load_tenants
-from pipeline.topics import delete_prefixed_topics, ensure_topics, topic_names
+from pipeline.wire import envelope
 
 TENANTS = REPO_ROOT / "tests" / "data" / "tenants.test.yaml"
 TASK = "550e8400-e29b-41d4-a716-446655440000"

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Kafka broker (pipeline.broker), per-session topics, live services."""
+"""Shared fixtures: a real Kafka broker (pipeline.kafka.broker), per-session topics, live services."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import Broker, find_broker
-from pipeline.postgres import PostgresServer, find_postgres
+from pipeline.kafka.broker import Broker, find_broker
+from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import Settings
-from pipeline.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
+from pipeline.store.postgres import PostgresServer, find_postgres
 from tests.kafka_helpers import run
 
 LOG_DIR = Path(__file__).resolve().parent.parent / ".local" / "test-logs"
@@ -28,7 +28,7 @@ def broker() -> Iterator[Broker]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the feedback store (pipeline.postgres: DATABASE_URL, Docker, or a
+    """A PostgreSQL server for the feedback store (pipeline.store.postgres: DATABASE_URL, Docker, or a
     throwaway local server), stopped after the session if we started it."""
     with find_postgres() as server:
         yield server

@@ -20,9 +20,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.broker import Broker
-from pipeline.eos import Record, StageRunner, Tx
-from pipeline.topics import delete_prefixed_topics
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import delete_prefixed_topics
+from pipeline.stream.runtime import Record, StageRunner, Tx
 from tests.kafka_helpers import read_until
 
 OUT_LIMIT = 200_000

@@ -23,15 +23,15 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline import envelope
-from pipeline.expand import expand_event
-from pipeline.kafka_io import OutRecord, TransactionalWriter
+from pipeline.api.publisher import FeedbackPublisher
+from pipeline.kafka.io import OutRecord, TransactionalWriter
+from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, free_port, worker_service
-from pipeline.publisher import FeedbackPublisher
+from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.settings import Settings
+from pipeline.stream.expand import expand_event
 from pipeline.tenants import load_tenants
-from pipeline.topics import delete_prefixed_topics, ensure_topics, topic_names
-from pipeline.triplets import Limits, SeekerHistory
+from pipeline.wire import envelope
 from tests.conftest import LOG_DIR, TEST_TENANTS
 from tests.kafka_helpers import read_until
 

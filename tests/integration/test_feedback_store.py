@@ -18,17 +18,17 @@ import asyncpg
 import orjson
 import pytest
 
-from pipeline import envelope
-from pipeline.broker import Broker
-from pipeline.contracts import Contract
-from pipeline.kafka_io import TransactionalWriter
-from pipeline.postgres import PostgresServer
+from pipeline.api.contracts import Contract
+from pipeline.api.publisher import FeedbackPublisher
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.io import TransactionalWriter
+from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
-from pipeline.publisher import FeedbackPublisher
 from pipeline.settings import Settings
-from pipeline.store_sql import Database, count_entries, open_database, read_offsets
+from pipeline.store.postgres import PostgresServer
+from pipeline.store.sql import Database, count_entries, open_database, read_offsets
 from pipeline.tenants import load_tenants
-from pipeline.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
+from pipeline.wire import envelope
 from tests.conftest import LOG_DIR, TEST_TENANTS
 from tests.http_helpers import KAIZEN_KEY, base_url
 from tests.kafka_helpers import read_until, run

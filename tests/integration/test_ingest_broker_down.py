@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from aiokafka import ConsumerRecord
 
-from pipeline.broker import BROKER_SCRIPT
+from pipeline.kafka.broker import BROKER_SCRIPT
+from pipeline.kafka.topics import topic_names
 from pipeline.procs import Service
 from pipeline.settings import Settings
-from pipeline.topics import topic_names
 from tests.http_helpers import post
 from tests.kafka_helpers import read_until
 

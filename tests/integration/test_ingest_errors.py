@@ -15,9 +15,9 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord
 
-from pipeline.broker import Broker
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
-from pipeline.topics import TopicNames
 from tests.http_helpers import DEV_KEY, KAIZEN_KEY, OTHER_KEY, base_url, post
 from tests.kafka_helpers import read_until
 

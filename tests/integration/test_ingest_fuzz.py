@@ -19,9 +19,9 @@ from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.broker import Broker
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
-from pipeline.topics import TopicNames
 from tests.http_helpers import DEV_KEY, post
 from tests.kafka_helpers import read_until
 

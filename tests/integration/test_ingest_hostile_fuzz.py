@@ -40,11 +40,11 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer
 
-from pipeline.broker import Broker
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import Settings
 from pipeline.tenants import hash_api_key
-from pipeline.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
 from scripts.bench import partitions_of
 from scripts.soak import unprocessed
 from tests.conftest import LOG_DIR

@@ -17,9 +17,9 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord
 
-from pipeline.broker import Broker
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service, child_env, free_port, ingest_service
-from pipeline.topics import TopicNames
 from tests.conftest import LOG_DIR
 from tests.http_helpers import DEV_KEY, base_url, post
 from tests.kafka_helpers import read_until

@@ -1,6 +1,6 @@
 """Limits on dedicated ingests: 413 for big bodies and too many items, 429 past a tenant's rate.
 
-Each dedicated ingest runs as users run it (a subprocess of ``pipeline.ingest``) with its own
+Each dedicated ingest runs as users run it (a subprocess of ``pipeline.api.ingest``) with its own
 settings, against the session's broker and topics. Rejected requests are never on ``feedback.raw``.
 """
 
@@ -18,10 +18,10 @@ import pytest
 import yaml
 from aiokafka import ConsumerRecord
 
-from pipeline.broker import Broker
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
 from pipeline.tenants import hash_api_key
-from pipeline.topics import TopicNames
 from tests.http_helpers import DEV_KEY, base_url, post
 from tests.kafka_helpers import read_until
 

@@ -11,9 +11,9 @@ import pytest
 from aiokafka import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.broker import Broker
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
-from pipeline.topics import TopicNames
 from tests.conftest import LOG_DIR
 from tests.http_helpers import DEV_KEY, KAIZEN_KEY, OTHER_KEY, base_url, post
 from tests.kafka_helpers import read_until

@@ -16,10 +16,10 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord
 
-from pipeline.broker import Broker
-from pipeline.flatten import feedback_id
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
-from pipeline.topics import TopicNames
+from pipeline.rules.flatten import feedback_id
 from tests.http_helpers import (
     DEV_KEY,
     KAIZEN_KEY,

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.broker import Broker
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics
 from pipeline.procs import Service, free_port, worker_service
 from pipeline.settings import Settings
-from pipeline.topics import delete_prefixed_topics, ensure_topics
 from tests.conftest import LOG_DIR, TEST_TENANTS
 from tests.http_helpers import SEED_000, get, post
 from tests.kafka_helpers import run

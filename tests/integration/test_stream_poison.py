@@ -18,16 +18,16 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline import envelope
-from pipeline.broker import Broker
-from pipeline.eos import key_partition
-from pipeline.expand import expand_event
+from pipeline.api.publisher import FeedbackPublisher
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
-from pipeline.publisher import FeedbackPublisher
+from pipeline.rules.triplets import Limits
 from pipeline.settings import Settings
+from pipeline.stream.expand import expand_event
+from pipeline.stream.runtime import key_partition
 from pipeline.tenants import load_tenants
-from pipeline.topics import TopicNames
-from pipeline.triplets import Limits
+from pipeline.wire import envelope
 from tests.conftest import TEST_TENANTS
 from tests.http_helpers import get, post
 from tests.kafka_helpers import produce, read_until

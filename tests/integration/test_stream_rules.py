@@ -13,14 +13,14 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.broker import Broker
-from pipeline.contracts import Contract
+from pipeline.api.contracts import Contract
+from pipeline.api.publisher import FeedbackPublisher
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
-from pipeline.publisher import FeedbackPublisher
-from pipeline.records import deterministic_id
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
-from pipeline.topics import TopicNames
+from pipeline.wire.records import deterministic_id
 from tests.conftest import TEST_TENANTS
 from tests.http_helpers import domain_state, post
 from tests.kafka_helpers import produce, read_until
@@ -331,7 +331,7 @@ async def test_bad_messages_go_to_the_dlq_and_the_stream_keeps_going(
 
 
 async def test_publisher_rejects_what_the_ingest_rejects(publisher: FeedbackPublisher) -> None:
-    from pipeline.publisher import PublishRejected
+    from pipeline.api.publisher import PublishRejected
 
     with pytest.raises(PublishRejected, match="unknown label"):
         await publisher.publish({"domain": "s_llm", "items": [outcome("p", "q", "superb")]})

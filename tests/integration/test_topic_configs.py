@@ -7,9 +7,9 @@ import uuid
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from pipeline.broker import Broker
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TOPICS, delete_prefixed_topics, ensure_topics, message_bytes
 from pipeline.settings import Settings
-from pipeline.topics import TOPICS, delete_prefixed_topics, ensure_topics, message_bytes
 from tests.conftest import TEST_TENANTS
 
 

@@ -7,8 +7,8 @@ import urllib.request
 
 import orjson
 
+from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
-from pipeline.topics import TopicNames
 from tests.http_helpers import SEED_000, post
 from tests.kafka_helpers import read_until
 

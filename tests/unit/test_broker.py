@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import broker as broker_mod
-from pipeline.broker import (
+from pipeline.kafka import broker as broker_mod
+from pipeline.kafka.broker import (
     BrokerUnavailable,
     find_broker,
     foreign_broker,

@@ -91,12 +91,12 @@ def test_the_app_services_build_this_repo_and_wait_for_a_healthy_broker() -> Non
 
 
 def test_commands() -> None:
-    assert SERVICES["ingest"]["command"][:3] == ["python", "-m", "pipeline.ingest"]
+    assert SERVICES["ingest"]["command"][:3] == ["python", "-m", "pipeline.api.ingest"]
     for service in WORKERS:
         command = SERVICES[service]["command"]
         if isinstance(command, str):
             command = shlex.split(command)
-        assert command[:4] == ["python", "-m", "pipeline.worker", "worker"]
+        assert command[:4] == ["python", "-m", "pipeline.stream.worker", "worker"]
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
@@ -259,5 +259,5 @@ def test_the_dockerfile_copies_what_the_image_needs() -> None:
     for source in sources:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
         assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
-    assert str(workdir() / "pipeline" / "worker.py") in image_files()
+    assert str(workdir() / "pipeline" / "stream" / "worker.py") in image_files()
     assert any("pip install ." in line for line in instructions("RUN"))

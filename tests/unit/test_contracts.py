@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from pipeline.contracts import (
+from pipeline.api.contracts import (
     Classified,
     ClassifyOutcome,
     Contract,
@@ -35,7 +35,7 @@ from pipeline.contracts import (
     is_score_range_error,
     validate_inference_item,
 )
-from pipeline.flatten import FlatEntry, feedback_id
+from pipeline.rules.flatten import FlatEntry, feedback_id
 
 # --- seed bodies, copied verbatim --------------------------------------------------------------
 

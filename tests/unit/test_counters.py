@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.counters import DomainCounter, count_units, force_trigger, trigger_id
-from pipeline.records import TrainTrigger, TriggerRange
+from pipeline.rules.counters import DomainCounter, count_units, force_trigger, trigger_id
+from pipeline.wire.records import TrainTrigger, TriggerRange
 
 AT = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
 LATER = datetime(2024, 1, 15, 11, 0, tzinfo=UTC)

@@ -19,13 +19,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from pipeline import limits
-from pipeline.counters import DomainCounter
-from pipeline.ingest import Ingest
-from pipeline.kafka_io import OutRecord, Written
-from pipeline.publisher import FeedbackPublisher, PublishRejected
-from pipeline.records import StageResult
+from pipeline.api.ingest import Ingest
+from pipeline.api.publisher import FeedbackPublisher, PublishRejected
+from pipeline.kafka.io import OutRecord, Written
+from pipeline.rules.counters import DomainCounter
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
+from pipeline.wire.records import StageResult
 
 TENANTS = Path(__file__).resolve().parent.parent / "data" / "tenants.test.yaml"
 DEV_KEY = "fs_dev_key_123"
@@ -425,7 +425,7 @@ async def test_a_big_unauthenticated_body_is_never_parsed(
         parsed.append(len(data))
         return real_loads(data)
 
-    monkeypatch.setattr("pipeline.ingest.orjson.loads", counting_loads)
+    monkeypatch.setattr("pipeline.api.ingest.orjson.loads", counting_loads)
     raw = orjson.dumps([{"id": TASK, "feedback": {"note": "n" * 870_000}}])
     status, answer, _ = await edge.post("/v1/feedback", raw=raw, key="fs_wrong_key")
     assert status == 401, answer
@@ -632,6 +632,6 @@ async def test_every_raw_event_says_how_many_events_its_request_became(edge: Edg
 )
 def test_openapi_documents_every_status_the_edge_answers(path: str, statuses: set[str]) -> None:
     """Bodies refused for depth or bad JSON (400) and slow bodies (408) are part of the contract."""
-    from pipeline.openapi import openapi_document
+    from pipeline.api.openapi import openapi_document
 
     assert set(openapi_document()["paths"][path]["post"]["responses"]) == statuses

@@ -13,13 +13,13 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.ingest import Ingest
-from pipeline.records import Erasure
+from pipeline.api.ingest import Ingest
+from pipeline.kafka.topics import message_limits, topic_names
 from pipeline.settings import Settings
-from pipeline.store import raw_rows
-from pipeline.store_sql import Database, PartitionBatch, open_database, read_offsets, write_batch
+from pipeline.store.sql import Database, PartitionBatch, open_database, read_offsets, write_batch
+from pipeline.stream.store import raw_rows
 from pipeline.tenants import load_tenants
-from pipeline.topics import message_limits, topic_names
+from pipeline.wire.records import Erasure
 from tests.unit.test_edge import TASK, TENANTS, Edge, FakeView, FakeWriter
 
 KAIZEN_KEY = "kaizen_abc123"
@@ -174,7 +174,7 @@ async def test_without_a_store_the_list_says_so() -> None:
 
 
 def test_openapi_documents_the_list_and_the_erasure() -> None:
-    from pipeline.openapi import openapi_document
+    from pipeline.api.openapi import openapi_document
 
     paths = openapi_document()["paths"]
     listing = paths["/api/v1/feedback"]["get"]

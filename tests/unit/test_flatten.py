@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.flatten import FEEDBACK_ID_NAMESPACE, FlatEntry, FlattenError, feedback_id, flatten_feedback
+from pipeline.rules.flatten import (
+    FEEDBACK_ID_NAMESPACE,
+    FlatEntry,
+    FlattenError,
+    feedback_id,
+    flatten_feedback,
+)
 
 # --- the seed's own examples --------------------------------------------------------------------
 

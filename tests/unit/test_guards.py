@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pipeline.guards import IdempotencyConflict, IdempotencyStore, StoredAnswer
+from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, StoredAnswer
 
 
 def answer(size: int) -> StoredAnswer:

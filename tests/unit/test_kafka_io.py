@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiokafka.errors import InvalidProducerEpoch, KafkaTimeoutError, ProducerFenced
 
-from pipeline.kafka_io import PublishError, TransactionalWriter, is_fencing
+from pipeline.kafka.io import PublishError, TransactionalWriter, is_fencing
 
 
 async def test_transaction_timeout_is_what_a_group_commit_needs() -> None:

@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 
-from pipeline import eos
-from pipeline.eos import key_partition
-from pipeline.guards import IdempotencyStore, StoredAnswer
-from pipeline.records import StageResult
+from pipeline.api.guards import IdempotencyStore, StoredAnswer
+from pipeline.api.stream_view import StreamView
+from pipeline.kafka.topics import topic_names
 from pipeline.settings import Settings
-from pipeline.stream_view import StreamView
-from pipeline.topics import topic_names
+from pipeline.stream import runtime as eos
+from pipeline.stream.runtime import key_partition
+from pipeline.wire.records import StageResult
 
 
 @pytest.fixture

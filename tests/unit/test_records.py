@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from pipeline.records import (
+from pipeline.wire.records import (
     RECORD_NAMESPACE,
     TRAINING_UNIT,
     DeadLetter,

@@ -18,20 +18,22 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from pipeline import envelope, intake, schemas, topics
-from pipeline.contracts import (
+from pipeline.api import intake
+from pipeline.api.contracts import (
     CorrectionRequest,
     InferenceFeedbackEvent,
     RankingOutcomeRequest,
     ScoredOutputRequest,
     SearchEventRequest,
 )
-from pipeline.counters import DomainCounter, count_units, force_trigger
-from pipeline.expand import expand_event
-from pipeline.records import StageResult, TrainRequest, dead_letter
-from pipeline.store import erasure_record
+from pipeline.kafka import topics
+from pipeline.rules.counters import DomainCounter, count_units, force_trigger
+from pipeline.rules.triplets import Limits, SeekerHistory
+from pipeline.stream.expand import expand_event
+from pipeline.stream.store import erasure_record
 from pipeline.tenants import TenantRegistry, load_tenants
-from pipeline.triplets import Limits, SeekerHistory
+from pipeline.wire import envelope, schemas
+from pipeline.wire.records import StageResult, TrainRequest, dead_letter
 
 TENANTS = Path(__file__).resolve().parent.parent / "data" / "tenants.test.yaml"
 AT = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)

@@ -1,5 +1,5 @@
 """The feedback store's SQL layer on both engines: SQLite (a file in tmp_path) and PostgreSQL (the
-session's server from pipeline.postgres, a fresh database per test). Migrations, the list query,
+session's server from pipeline.store.postgres, a fresh database per test). Migrations, the list query,
 exactly-once writes (offsets checked and committed with the rows), erasure markers."""
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import asyncpg
 import orjson
 import pytest
 
-from pipeline import envelope, intake
-from pipeline.contracts import ScoredOutputRequest, ScoredOutputResponse
-from pipeline.postgres import PostgresServer
+from pipeline.api import intake
+from pipeline.api.contracts import ScoredOutputRequest, ScoredOutputResponse
 from pipeline.settings import Settings
-from pipeline.store import micros, raw_rows
-from pipeline.store_sql import (
+from pipeline.store.postgres import PostgresServer
+from pipeline.store.sql import (
     Database,
     EntryRow,
     ErasureRow,
@@ -38,7 +37,9 @@ from pipeline.store_sql import (
     statements,
     write_batch,
 )
+from pipeline.stream.store import micros, raw_rows
 from pipeline.tenants import load_tenants
+from pipeline.wire import envelope
 
 TENANTS = Path(__file__).resolve().parent.parent / "data" / "tenants.test.yaml"
 TASK = "550e8400-e29b-41d4-a716-446655440000"

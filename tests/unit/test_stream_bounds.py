@@ -14,9 +14,17 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError, RequestTimedOutError
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
-from pipeline import topics
-from pipeline.count import CountStage
-from pipeline.envelope import (
+from pipeline.api.stream_view import REQUEST_OVERHEAD_BYTES, RESULT_OVERHEAD_BYTES, StreamView
+from pipeline.kafka import topics
+from pipeline.kafka.topics import TopicNames, topic_names
+from pipeline.limits import MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_WEIGHT
+from pipeline.rules.triplets import Limits, Observation, SeekerHistory, StreamClock, expand_outcomes
+from pipeline.settings import Settings
+from pipeline.stream.count import CountStage
+from pipeline.stream.expand import CLOCK_KEY, ExpandStage, ExpandState, chunk_batch, expand_event
+from pipeline.stream.runtime import OutputRefused, Record, Tx, record_size, refusal
+from pipeline.tenants import FeedbackMode
+from pipeline.wire.envelope import (
     CorrectionEnvelope,
     CorrectionPayload,
     RankingOutcomeEnvelope,
@@ -24,10 +32,7 @@ from pipeline.envelope import (
     ResolvedOutcome,
     encode,
 )
-from pipeline.eos import OutputRefused, Record, Tx, record_size, refusal
-from pipeline.expand import CLOCK_KEY, ExpandStage, ExpandState, chunk_batch, expand_event
-from pipeline.limits import MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_WEIGHT
-from pipeline.records import (
+from pipeline.wire.records import (
     MAX_RESULT_TRIGGERS,
     DeadLetter,
     StageResult,
@@ -37,11 +42,6 @@ from pipeline.records import (
     UnitsBatch,
     to_json,
 )
-from pipeline.settings import Settings
-from pipeline.stream_view import REQUEST_OVERHEAD_BYTES, RESULT_OVERHEAD_BYTES, StreamView
-from pipeline.tenants import FeedbackMode
-from pipeline.topics import TopicNames, topic_names
-from pipeline.triplets import Limits, Observation, SeekerHistory, StreamClock, expand_outcomes
 
 T0 = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
 LIMITS = Limits(max_items=200, max_age_seconds=30 * 86_400.0)

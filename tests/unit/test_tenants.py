@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.contracts import Contract
+from pipeline.api.contracts import Contract
 from pipeline.tenants import (
     BUILTIN_LABELS,
     FeedbackMode,

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.records import PreferenceUnit, ScoredUnit, TripletUnit
-from pipeline.triplets import (
+from pipeline.rules.triplets import (
     BUILTIN_GRADES,
     BUILTIN_POSITIVES,
     Limits,
@@ -23,6 +22,7 @@ from pipeline.triplets import (
     search_observation,
     triplet_id,
 )
+from pipeline.wire.records import PreferenceUnit, ScoredUnit, TripletUnit
 
 T0 = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
 GENEROUS = Limits(max_items=10_000, max_age_seconds=10 * 365 * 24 * 3600.0)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from pipeline.records import TrainTrigger, TriggerRange, deterministic_id
+from pipeline.wire.records import TrainTrigger, TriggerRange, deterministic_id
 
 __all__ = ["DomainCounter", "count_units", "force_trigger", "trigger_id"]
 

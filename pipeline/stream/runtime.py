@@ -16,7 +16,7 @@ Streams' EOS does, small enough to prove with kill tests:
 Consumers read ``read_committed``, so aborted work is never seen downstream.
 
 No input stalls a partition. Each output record is checked against its topic's declared size
-limit before it is sent (:func:`pipeline.topics.message_limits`); a record over it, or one the
+limit before it is sent (:func:`pipeline.kafka.topics.message_limits`); a record over it, or one the
 broker refuses for its size, belongs to the input that produced it. The batch is aborted and
 processed again one input per transaction ("careful mode"); the input whose own transaction is
 refused is dead-lettered (reason ``size_violation``, its offset committed) and the partition moves
@@ -46,8 +46,8 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from pipeline import metrics
-from pipeline.kafka_io import MAX_REQUEST_BYTES, bootstrap_list
-from pipeline.records import MAX_DEAD_LETTER_KEY_BYTES, DeadLetterReason, dead_letter, to_json
+from pipeline.kafka.io import MAX_REQUEST_BYTES, bootstrap_list
+from pipeline.wire.records import MAX_DEAD_LETTER_KEY_BYTES, DeadLetterReason, dead_letter, to_json
 
 log = logging.getLogger(__name__)
 

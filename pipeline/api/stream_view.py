@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import metrics
-from pipeline.counters import DomainCounter
-from pipeline.kafka_io import bootstrap_list, partitions_of
-from pipeline.records import StageResult
+from pipeline.kafka.io import bootstrap_list, partitions_of
+from pipeline.kafka.topics import TopicNames
+from pipeline.rules.counters import DomainCounter
 from pipeline.settings import get_settings
-from pipeline.topics import TopicNames
+from pipeline.wire.records import StageResult
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from pipeline.contracts import (
+from pipeline.api.contracts import (
     Contract,
     CorrectionRequest,
     InferenceFeedbackEvent,
@@ -22,7 +22,11 @@ from pipeline.contracts import (
     SearchEventRequest,
     validate_inference_item,
 )
-from pipeline.envelope import (
+from pipeline.ids import canonical_uuid, new_event_id
+from pipeline.limits import MAX_DEPTH, MAX_KEYS_PER_REQUEST, DepthExceeded, deepest_path
+from pipeline.rules.flatten import feedback_id
+from pipeline.tenants import BUILTIN_LABELS, Tenant
+from pipeline.wire.envelope import (
     CorrectionEnvelope,
     CorrectionPayload,
     InferenceFeedbackEnvelope,
@@ -35,10 +39,6 @@ from pipeline.envelope import (
     SearchEventEnvelope,
     SearchEventPayload,
 )
-from pipeline.flatten import feedback_id
-from pipeline.ids import canonical_uuid, new_event_id
-from pipeline.limits import MAX_DEPTH, MAX_KEYS_PER_REQUEST, DepthExceeded, deepest_path
-from pipeline.tenants import BUILTIN_LABELS, Tenant
 
 Origin = Literal["http", "publisher"]
 

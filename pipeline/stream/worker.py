@@ -1,9 +1,9 @@
 """The stream worker: a faust app hosting the two exactly-once stages and the store stage
-(``pipeline.store``: feedback.raw into the SQL feedback store), web and metrics.
+(``pipeline.stream.store``: feedback.raw into the SQL feedback store), web and metrics.
 
-Run with ``python -m pipeline.worker worker`` (faust's CLI). The stages (``pipeline.expand``,
-``pipeline.count``) run on :mod:`pipeline.eos` rather than faust agents under faust's
-``exactly_once``: see the module docstring of ``pipeline.eos`` for why. faust provides the
+Run with ``python -m pipeline.stream.worker worker`` (faust's CLI). The stages (``pipeline.stream.expand``,
+``pipeline.stream.count``) run on :mod:`pipeline.stream.runtime` rather than faust agents under faust's
+``exactly_once``: see the module docstring of ``pipeline.stream.runtime`` for why. faust provides the
 process: CLI, lifecycle, the web server (``/ready``, ``/metrics``, ``/v1/domains/{domain}``).
 """
 
@@ -17,15 +17,16 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
-from pipeline import memtrace, metrics, topics
-from pipeline.count import CountStage
-from pipeline.eos import StageRunner
-from pipeline.expand import ExpandStage
+from pipeline import memtrace, metrics
+from pipeline.kafka import topics
+from pipeline.rules.triplets import Limits
 from pipeline.settings import Settings, get_settings
-from pipeline.store import StoreRunner
-from pipeline.store_sql import Database, describe, open_database
+from pipeline.store.sql import Database, describe, open_database
+from pipeline.stream.count import CountStage
+from pipeline.stream.expand import ExpandStage
+from pipeline.stream.runtime import StageRunner
+from pipeline.stream.store import StoreRunner
 from pipeline.tenants import load_tenants
-from pipeline.triplets import Limits
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Finding a PostgreSQL server for the feedback store, the way :mod:`pipeline.broker` finds Kafka.
+"""Finding a PostgreSQL server for the feedback store, the way :mod:`pipeline.kafka.broker` finds Kafka.
 
 Order: ``DATABASE_URL`` if it is a ``postgresql://`` URL; else testcontainers' Postgres when a
 Docker engine answers; else a throwaway server from Debian's ``postgresql`` package
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.broker import docker_available
+from pipeline.kafka.broker import docker_available
 from pipeline.procs import free_port
 
 POSTGRES_IMAGE = "postgres:16-alpine"

@@ -26,7 +26,6 @@ from pydantic import (
 )
 from pydantic.config import JsonDict, JsonValue
 
-from pipeline.flatten import FlatEntry, FlattenError, feedback_id, flatten_feedback
 from pipeline.ids import canonical_uuid
 from pipeline.limits import (
     MAX_DOMAIN_CHARS,
@@ -38,6 +37,7 @@ from pipeline.limits import (
     MAX_UUID_INPUT_CHARS,
     MAX_WEIGHT,
 )
+from pipeline.rules.flatten import FlatEntry, FlattenError, feedback_id, flatten_feedback
 
 __all__ = [
     "Access",

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from pipeline.contracts import (
+from pipeline.api.contracts import (
     CorrectionError,
     CorrectionRequest,
     CorrectionResponse,

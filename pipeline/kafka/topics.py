@@ -66,7 +66,7 @@ MiB = 1024 * KiB
 # --- message sizes ---------------------------------------------------------------------------------
 # Every topic declares ``max.message.bytes``, sized for the worst record a stage can write there from
 # one input that passed the edge (pipeline.limits, MAX_BODY_BYTES = 1 MiB). The stages check each
-# record against these limits before sending (pipeline.eos), so a record over them is refused at
+# record against these limits before sending (pipeline.stream.runtime), so a record over them is refused at
 # once and its input dead-lettered (size_violation) instead of failing the transaction. Kafka applies
 # the limit to a record *batch*, and the stage producers batch up to 256 KiB, so no topic goes below
 # 1 MiB. The worst cases (docs/design.md, "Hardening: the stream"):

@@ -1,11 +1,11 @@
 """The JSON Schema (draft 2020-12) of every topic's message value: the contract with consumers.
 
 The schemas are generated from the pydantic models that write the messages and committed under
-``schemas/`` (one ``<topic>.schema.json`` per topic of :data:`pipeline.topics.TOPICS`, plus a
+``schemas/`` (one ``<topic>.schema.json`` per topic of :data:`pipeline.kafka.topics.TOPICS`, plus a
 ``README.md`` index), so a model change that alters the wire format shows up in review::
 
-    python -m pipeline.schemas write   # regenerate (make schemas)
-    python -m pipeline.schemas check   # exit 1 and list the files that drifted
+    python -m pipeline.wire.schemas write   # regenerate (make schemas)
+    python -m pipeline.wire.schemas check   # exit 1 and list the files that drifted
 
 Output is byte-stable: sorted keys, 2-space indent, UTF-8, one trailing newline.
 """
@@ -23,11 +23,12 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from pipeline import records, topics
-from pipeline.counters import DomainCounter
-from pipeline.envelope import RAW_EVENT
+from pipeline.kafka import topics
+from pipeline.rules.counters import DomainCounter
+from pipeline.rules.triplets import SeekerHistory, StreamClock
 from pipeline.settings import REPO_ROOT
-from pipeline.triplets import SeekerHistory, StreamClock
+from pipeline.wire import records
+from pipeline.wire.envelope import RAW_EVENT
 
 __all__ = [
     "DIALECT",
@@ -83,7 +84,7 @@ TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
     TopicSchema(
         topics.RAW,
         RAW_EVENT.json_schema,
-        "one canonical envelope (pipeline.envelope, schema_version 1): event id (UUIDv7), tenant, "
+        "one canonical envelope (pipeline.wire.envelope, schema_version 1): event id (UUIDv7), tenant, "
         "domain, received_at, correlation and request ids, origin (http or publisher) and the "
         "validated payload, discriminated by `contract` (ranking_outcome, correction, "
         "inference_feedback, scored_output, search_event). Headers: correlation_id, request_id, "
@@ -224,8 +225,8 @@ def _readme() -> str:
         "# Topic schemas",
         "",
         "JSON Schema (draft 2020-12) of every topic's message value, generated from the pydantic",
-        "models by `python -m pipeline.schemas write` (`make schemas`); do not edit by hand.",
-        "`python -m pipeline.schemas check` (and `tests/unit/test_schemas.py`) fail on drift.",
+        "models by `python -m pipeline.wire.schemas write` (`make schemas`); do not edit by hand.",
+        "`python -m pipeline.wire.schemas check` (and `tests/unit/test_schemas.py`) fail on drift.",
         "Values are UTF-8 JSON; keys are UTF-8 strings. Topic names take `TOPIC_PREFIX` in front.",
         "",
         "| topic | key | value schema | produced by | consumed by |",
@@ -290,7 +291,9 @@ def write(directory: Path = SCHEMA_DIR) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.schemas", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.wire.schemas", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("command", choices=["write", "check"])
     parser.add_argument(
         "--dir", type=Path, default=SCHEMA_DIR, help="schema directory (default: %(default)s)"
@@ -302,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     drifted = drift(args.dir)
     if drifted:
-        print("schemas drifted from the models (run `python -m pipeline.schemas write`):", file=sys.stderr)
+        print(
+            "schemas drifted from the models (run `python -m pipeline.wire.schemas write`):", file=sys.stderr
+        )
         for name in drifted:
             print(f"  {args.dir / name}", file=sys.stderr)
         return 1

@@ -21,10 +21,10 @@ import orjson
 from aiokafka.structs import RecordMetadata
 
 from pipeline import metrics
-from pipeline.counters import DomainCounter, count_units, force_trigger
-from pipeline.eos import PROCESSING_FAILURE, SCHEMA_VIOLATION, Record, Tx
-from pipeline.records import MAX_RESULT_TRIGGERS, StageResult, TrainRequest, TrainTrigger, to_json
-from pipeline.topics import TopicNames
+from pipeline.kafka.topics import TopicNames
+from pipeline.rules.counters import DomainCounter, count_units, force_trigger
+from pipeline.stream.runtime import PROCESSING_FAILURE, SCHEMA_VIOLATION, Record, Tx
+from pipeline.wire.records import MAX_RESULT_TRIGGERS, StageResult, TrainRequest, TrainTrigger, to_json
 
 
 class UnknownDomain(LookupError):

@@ -1,10 +1,10 @@
 """Stage 1, expand: raw events become signals and training units.
 
-Pure rules (``expand_event``) plus a thin stage for :mod:`pipeline.eos`. State: the recent
+Pure rules (``expand_event``) plus a thin stage for :mod:`pipeline.stream.runtime`. State: the recent
 outcomes of each (domain, seeker) / search anchor, so outcomes arriving one at a time pair with
 earlier ones, and the partition's stream time (key ``\x00clock``). Every raw event yields one
 ``UnitsBatch`` (possibly empty) keyed by domain, sent as one or more ``feedback.units`` messages
-(chunks under :data:`pipeline.topics.UNITS_CHUNK_BYTES`), which the counting stage turns into
+(chunks under :data:`pipeline.kafka.topics.UNITS_CHUNK_BYTES`), which the counting stage turns into
 triplet records, counts and triggers, and a result per chunk for the ingest.
 
 Histories expire by stream time: every ``sweep_every`` of stream time, the histories whose newest
@@ -24,22 +24,11 @@ from typing import Any, TypeAlias
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline import envelope, metrics
-from pipeline.contracts import InferenceFeedbackEvent
-from pipeline.envelope import (
-    CorrectionPayload,
-    RankingOutcomePayload,
-    RawEvent,
-    ScoredOutputPayload,
-    SearchEventPayload,
-    search_anchor,
-)
-from pipeline.eos import PROCESSING_FAILURE, SCHEMA_VIOLATION, Record, Tx
-from pipeline.records import TrainingUnit, UnitsBatch, to_json
-from pipeline.signals import signal_records
-from pipeline.tenants import FeedbackMode
-from pipeline.topics import UNITS_CHUNK_BYTES, TopicNames
-from pipeline.triplets import (
+from pipeline import metrics
+from pipeline.api.contracts import InferenceFeedbackEvent
+from pipeline.kafka.topics import UNITS_CHUNK_BYTES, TopicNames
+from pipeline.rules.signals import signal_records
+from pipeline.rules.triplets import (
     Limits,
     Observation,
     SeekerHistory,
@@ -51,6 +40,18 @@ from pipeline.triplets import (
     scored_unit,
     search_observation,
 )
+from pipeline.stream.runtime import PROCESSING_FAILURE, SCHEMA_VIOLATION, Record, Tx
+from pipeline.tenants import FeedbackMode
+from pipeline.wire import envelope
+from pipeline.wire.envelope import (
+    CorrectionPayload,
+    RankingOutcomePayload,
+    RawEvent,
+    ScoredOutputPayload,
+    SearchEventPayload,
+    search_anchor,
+)
+from pipeline.wire.records import TrainingUnit, UnitsBatch, to_json
 
 #: The expand table: a history per ``domain/anchor`` key, and the partition's clock.
 ExpandState: TypeAlias = SeekerHistory | StreamClock

@@ -1,6 +1,6 @@
 """The publisher library: services that already speak Kafka write feedback straight to ``feedback.raw``.
 
-Same contracts, same validation, same envelope as the HTTP ingest (both use :mod:`pipeline.intake`),
+Same contracts, same validation, same envelope as the HTTP ingest (both use :mod:`pipeline.api.intake`),
 so the stream cannot tell the two paths apart except by ``origin``. Writes are transactional
 (all events of one call or none) and acknowledged (acks=all) before ``publish`` returns::
 
@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline import envelope, intake
-from pipeline.contracts import (
+from pipeline.api import intake
+from pipeline.api.contracts import (
     ClassifyOutcome,
     Contract,
     CorrectionRequest,
@@ -31,10 +31,11 @@ from pipeline.contracts import (
     describe_validation_error,
 )
 from pipeline.ids import new_request_id
-from pipeline.kafka_io import TransactionalWriter
+from pipeline.kafka.io import TransactionalWriter
+from pipeline.kafka.topics import topic_names
 from pipeline.settings import Settings
 from pipeline.tenants import TenantRegistry
-from pipeline.topics import topic_names
+from pipeline.wire import envelope
 
 
 class PublishRejected(ValueError):

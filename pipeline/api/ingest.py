@@ -21,8 +21,9 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from pipeline import envelope, intake, memtrace, metrics, store_sql
-from pipeline.contracts import (
+from pipeline import memtrace, metrics
+from pipeline.api import intake
+from pipeline.api.contracts import (
     SIGNATURE_KEYS,
     ClassifyOutcome,
     Contract,
@@ -37,21 +38,23 @@ from pipeline.contracts import (
     describe_validation_error,
     is_score_range_error,
 )
-from pipeline.counters import DomainCounter
-from pipeline.envelope import RankingOutcomePayload
-from pipeline.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
+from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
+from pipeline.api.stream_view import StreamView
 from pipeline.ids import canonical_uuid, new_request_id
-from pipeline.kafka_io import OutRecord, PublishError, TransactionalWriter
+from pipeline.kafka.io import OutRecord, PublishError, TransactionalWriter
+from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.limits import MAX_DOMAIN_CHARS, MAX_ID_CHARS
-from pipeline.records import TrainRequest
+from pipeline.rules.counters import DomainCounter
 from pipeline.settings import Settings, get_settings
-from pipeline.store import erasure_record
-from pipeline.store_sql import Database, ErasureRow, open_database
-from pipeline.stream_view import StreamView
+from pipeline.store import sql as store_sql
+from pipeline.store.sql import Database, ErasureRow, open_database
+from pipeline.stream.store import erasure_record
 from pipeline.tenants import Tenant, TenantRegistry, load_tenants
-from pipeline.topics import ensure_topics, topic_names
+from pipeline.wire import envelope
+from pipeline.wire.envelope import RankingOutcomePayload
+from pipeline.wire.records import TrainRequest
 
-log = logging.getLogger("pipeline.ingest")
+log = logging.getLogger("pipeline.api.ingest")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -342,7 +345,7 @@ class Ingest:
 
     @staticmethod
     def check_edge(call: Call, body: Any) -> None:
-        """:func:`pipeline.intake.check_edge` (depth), answered in the contract's shape."""
+        """:func:`pipeline.api.intake.check_edge` (depth), answered in the contract's shape."""
         try:
             intake.check_edge(body)
         except intake.Refused as r:
@@ -478,7 +481,7 @@ class Ingest:
         return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        from pipeline.openapi import openapi_document
+        from pipeline.api.openapi import openapi_document
 
         return json_response(200, openapi_document())
 

@@ -14,14 +14,14 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from pipeline.contracts import (
+from pipeline.api.contracts import (
     Contract,
     CorrectionRequest,
     InferenceFeedbackEvent,
     ScoredOutputRequest,
     SearchEventRequest,
 )
-from pipeline.kafka_io import OutRecord
+from pipeline.kafka.io import OutRecord
 from pipeline.tenants import FeedbackMode
 
 

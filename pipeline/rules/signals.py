@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pipeline.contracts import InferenceFeedbackEvent
-from pipeline.envelope import (
+from pipeline.api.contracts import InferenceFeedbackEvent
+from pipeline.rules.flatten import feedback_id
+from pipeline.wire.envelope import (
     CorrectionPayload,
     RankingOutcomePayload,
     RawEvent,
@@ -18,8 +19,7 @@ from pipeline.envelope import (
     SearchEventPayload,
     search_anchor,
 )
-from pipeline.flatten import feedback_id
-from pipeline.records import SignalValue, signal_id
+from pipeline.wire.records import SignalValue, signal_id
 
 
 def json_time(at: datetime) -> str:

@@ -18,7 +18,7 @@ from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 8 * 1024 * 1024  # topics that take big messages say so (pipeline.topics)
+MAX_REQUEST_BYTES = 8 * 1024 * 1024  # topics that take big messages say so (pipeline.kafka.topics)
 
 Headers = list[tuple[str, bytes]]
 

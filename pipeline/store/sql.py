@@ -1,7 +1,7 @@
 """The feedback store's SQL layer: one schema on SQLite (aiosqlite, the embedded default) and
 PostgreSQL (asyncpg, when ``DATABASE_URL=postgresql://...``).
 
-Migrations are the plain SQL files of ``pipeline/migrations`` (``NNN_name.sql``), applied in order
+Migrations are the plain SQL files of ``pipeline/store/migrations`` (``NNN_name.sql``), applied in order
 under a lock and recorded in ``schema_migrations``; every process that opens the store applies what
 is missing. Statements are written once with ``?`` placeholders (numbered ``$n`` for asyncpg).
 

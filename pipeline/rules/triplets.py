@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from pipeline.records import PreferenceUnit, ScoredUnit, TripletOrigin, TripletUnit, deterministic_id
+from pipeline.wire.records import PreferenceUnit, ScoredUnit, TripletOrigin, TripletUnit, deterministic_id
 
 __all__ = [
     "BUILTIN_GRADES",

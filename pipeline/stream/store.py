@@ -1,7 +1,7 @@
 """The store stage: ``feedback.raw`` and ``feedback.erasures`` into the SQL feedback store, exactly once.
 
 The classic sink pattern: the rows a batch of records becomes and the offsets that batch ends at
-are written in ONE database transaction (:func:`pipeline.store_sql.write_batch`); on assignment the
+are written in ONE database transaction (:func:`pipeline.store.sql.write_batch`); on assignment the
 stage reads its offsets back from the database and seeks there. Kafka's group offsets are never
 committed nor read (the consumer group only hands out partitions). Every row is keyed by a
 deterministic id (a scored entry's id is the event id the POST answered), so even a replay past
@@ -31,11 +31,9 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
-from pipeline import envelope
-from pipeline.contracts import ScoredOutputResponse
-from pipeline.kafka_io import OutRecord, bootstrap_list
-from pipeline.records import Erasure, erasure_id
-from pipeline.store_sql import (
+from pipeline.api.contracts import ScoredOutputResponse
+from pipeline.kafka.io import OutRecord, bootstrap_list
+from pipeline.store.sql import (
     Database,
     EntryRow,
     ErasureRow,
@@ -45,6 +43,8 @@ from pipeline.store_sql import (
     read_offsets,
     write_batch,
 )
+from pipeline.wire import envelope
+from pipeline.wire.records import Erasure, erasure_id
 
 log = logging.getLogger(__name__)
 

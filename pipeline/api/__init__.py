@@ -1,0 +1,1 @@
+"""HTTP ingest and publisher: requests in, raw events out."""

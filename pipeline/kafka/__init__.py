@@ -1,0 +1,1 @@
+"""Kafka plumbing: topics, the transactional writer, a local broker."""

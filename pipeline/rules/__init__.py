@@ -1,0 +1,1 @@
+"""Pure rules over typed records: no I/O, no Kafka, no HTTP."""

@@ -1,0 +1,1 @@
+"""The SQL feedback store (SQLite or PostgreSQL) and its migrations."""

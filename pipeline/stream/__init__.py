@@ -1,0 +1,1 @@
+"""The stream: the exactly-once stage runtime, the stages and the worker."""

@@ -1,0 +1,1 @@
+"""What is on Kafka: message types per topic and their JSON Schemas."""
