@@ -76,9 +76,9 @@ from pipeline.ids import new_request_id
 from pipeline.kafka.broker import find_broker
 from pipeline.kafka.topics import TopicNames, ensure_topics, topic_names
 from pipeline.procs import Service, free_port, worker_service
+from pipeline.rules.expansion import expand_event
 from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.settings import REPO_ROOT, Settings
-from pipeline.stream.expand import expand_event
 from pipeline.tenants import Tenant, TenantRegistry, hash_api_key, parse_tenants
 from pipeline.wire import envelope
 from pipeline.wire.envelope import RawEvent
@@ -246,7 +246,7 @@ class Workload:
             items = self.inference_items(rng.randint(1, 5))
             return Request(tenant, kind, items, len(items))
         if kind == "correction":
-            model = CorrectionRequest.model_validate(
+            correction = CorrectionRequest.model_validate(
                 {
                     "case_id": f"case-{rng.randrange(CASES_PER_TENANT)}",
                     "module": rng.choice(["intent_classifier", "extract.quote", "router"]),
@@ -255,9 +255,9 @@ class Workload:
                     "actor": {"type": "agent", "id": f"agent-{rng.randrange(50)}"},
                 }
             )
-            return Request(tenant, kind, model, 1)
+            return Request(tenant, kind, correction, 1)
         if kind == "scored":
-            model = ScoredOutputRequest.model_validate(
+            scored = ScoredOutputRequest.model_validate(
                 {
                     "task_id": task_id(tenant),
                     "inputs": {
@@ -270,7 +270,7 @@ class Workload:
                     "metadata": {"model": "gpt-4o", "latency_ms": rng.randrange(100, 900)},
                 }
             )
-            return Request(tenant, kind, model, 1)
+            return Request(tenant, kind, scored, 1)
         search_id, query = rng.choice(self.searches[tenant])
         docs = uuid.uuid5(uuid.NAMESPACE_URL, search_id)
         doc_n = rng.randrange(8)
@@ -660,7 +660,7 @@ class RssSampler:
 def http_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except OSError:
         return False
 

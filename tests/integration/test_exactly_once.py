@@ -27,9 +27,9 @@ from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.io import OutRecord, TransactionalWriter
 from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, free_port, worker_service
+from pipeline.rules.expansion import expand_event
 from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.settings import Settings
-from pipeline.stream.expand import expand_event
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
 from tests.conftest import LOG_DIR, TEST_TENANTS

@@ -294,7 +294,7 @@ async def test_sigkill_of_the_store_stage_loses_and_duplicates_no_row(
             assert len(rows) == len(raw_ids) == len(scored), seen_at_kill
             assert {r[0] for r in rows} == set(raw_ids) == {e.event_id for e in scored}
             assert int((await db.fetch("SELECT COUNT(*) FROM feedback_events"))[0][0]) == len(events)
-            ends = {}
+            ends: dict[int, int] = {}
             for r in on_kafka:
                 ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
             stored = await read_offsets(db, f"{settings.worker_id}-store", names.raw)

@@ -541,7 +541,7 @@ async def test_zz_nothing_was_written_for_any_rejected_request(
         c = dict(r.headers).get("correlation_id", b"")
         if c in wanted:
             seen.append(c)
-        return c == sentinel.encode()
+        return bool(c == sentinel.encode())
 
     await read_until(broker.bootstrap, names.raw, match, count=1, settle_s=1.5)
     assert seen == []

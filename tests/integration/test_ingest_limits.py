@@ -76,7 +76,7 @@ async def written(broker: Broker, names: TopicNames, correlation_ids: set[str], 
 
 def padded_events(size: int) -> bytes:
     """A valid seed 002 body of exactly ``size`` bytes."""
-    event = {"id": str(uuid.uuid4()), "feedback": {"note": ""}}
+    event: dict[str, Any] = {"id": str(uuid.uuid4()), "feedback": {"note": ""}}
     base = len(orjson.dumps([event]))
     event["feedback"]["note"] = "n" * (size - base)
     raw = orjson.dumps([event])

@@ -22,9 +22,9 @@ from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
+from pipeline.rules.expansion import expand_event
 from pipeline.rules.triplets import Limits
 from pipeline.settings import Settings
-from pipeline.stream.expand import expand_event
 from pipeline.stream.runtime import key_partition
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope

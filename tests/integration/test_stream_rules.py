@@ -47,7 +47,7 @@ def outcome(seeker: str, candidate: str, label: str, weight: float = 1.0) -> dic
 
 async def units_of(
     broker: Broker, names: TopicNames, event_ids: set[str], count: int, **kw: Any
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     recs = await read_until(
         broker.bootstrap, names.triplets, lambda r: _json(r)["event_id"] in event_ids, count=count, **kw
     )

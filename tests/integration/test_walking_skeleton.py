@@ -7,13 +7,16 @@ import urllib.request
 
 import orjson
 
+from pipeline.kafka.broker import Broker
 from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
 from tests.http_helpers import SEED_000, post
 from tests.kafka_helpers import read_until
 
 
-async def test_post_reaches_raw_topic_with_headers(ingest: Service, names: TopicNames, broker) -> None:
+async def test_post_reaches_raw_topic_with_headers(
+    ingest: Service, names: TopicNames, broker: Broker
+) -> None:
     status, body, headers = await post(ingest, "/v1/feedback", SEED_000, correlation_id="corr-skeleton-1")
     assert status in (200, 202), body
     assert headers["x-correlation-id"] == "corr-skeleton-1"

@@ -98,7 +98,12 @@ def test_find_broker_fails_naming_the_process_not_asking_for_a_jdk(
 ) -> None:
     monkeypatch.setenv("LOCAL_KAFKA_PORT", str(dummy.port))
     started: list[str] = []
-    monkeypatch.setattr(broker_mod, "start_local", lambda: started.append("start") or "")
+
+    def start_local() -> str:
+        started.append("start")
+        return ""
+
+    monkeypatch.setattr(broker_mod, "start_local", start_local)
     with pytest.raises(BrokerUnavailable) as err, find_broker():
         pass
     message = str(err.value)
@@ -113,7 +118,12 @@ def test_find_broker_uses_a_kafka_broker_it_did_not_start_and_leaves_it_running(
 ) -> None:
     monkeypatch.setenv("LOCAL_KAFKA_PORT", str(fake_kafka.port))
     calls: list[str] = []
-    monkeypatch.setattr(broker_mod, "start_local", lambda: calls.append("start") or "")
+
+    def start_local() -> str:
+        calls.append("start")
+        return ""
+
+    monkeypatch.setattr(broker_mod, "start_local", start_local)
     monkeypatch.setattr(broker_mod, "stop_local", lambda: calls.append("stop"))
     assert speaks_kafka(fake_kafka.port)
     with find_broker(stop_on_exit=True) as found:

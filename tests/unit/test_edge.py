@@ -570,7 +570,7 @@ async def test_a_client_that_goes_away_is_not_an_unexpected_error(caplog: pytest
     from pipeline import metrics
 
     def count(status: str) -> float:
-        value: float = metrics.HTTP_REQUESTS.labels("/v1/feedback", "POST", status)._value.get()  # type: ignore[attr-defined]
+        value: float = metrics.HTTP_REQUESTS.labels("/v1/feedback", "POST", status)._value.get()
         return value
 
     runner, port = await serve(in_process())

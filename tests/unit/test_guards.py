@@ -67,7 +67,7 @@ async def test_bytes_gauge_follows_the_store() -> None:
     store = IdempotencyStore(60, max_bytes_per_tenant=1_000_000)
     assert store.claim(("gauge-t", "/p", "k"), b"a") is None
     store.finish(("gauge-t", "/p", "k"), answer(1234))
-    value = metrics.IDEMPOTENCY_BYTES.labels("gauge-t")._value.get()  # type: ignore[attr-defined]
+    value = metrics.IDEMPOTENCY_BYTES.labels("gauge-t")._value.get()
     assert value == store.bytes_of("gauge-t") >= 1234
 
 

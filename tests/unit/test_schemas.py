@@ -28,8 +28,8 @@ from pipeline.api.contracts import (
 )
 from pipeline.kafka import topics
 from pipeline.rules.counters import DomainCounter, count_units, force_trigger
+from pipeline.rules.expansion import expand_event
 from pipeline.rules.triplets import Limits, SeekerHistory
-from pipeline.stream.expand import expand_event
 from pipeline.stream.store import erasure_record
 from pipeline.tenants import TenantRegistry, load_tenants
 from pipeline.wire import envelope, schemas
@@ -143,9 +143,9 @@ def _raw_events(registry: TenantRegistry) -> list[envelope.RawEvent]:
     for body in _examples(ScoredOutputRequest):
         events += intake.scored_output(ctx("dev"), ScoredOutputRequest.model_validate(body)).events
     for body in _examples(SearchEventRequest):
-        req = SearchEventRequest.model_validate(body)
-        events += intake.search_event(ctx("dev"), req, None).events
-        bare = SearchEventRequest(event_type=req.event_type, doc_id=req.doc_id)
+        search = SearchEventRequest.model_validate(body)
+        events += intake.search_event(ctx("dev"), search, None).events
+        bare = SearchEventRequest(event_type=search.event_type, doc_id=search.doc_id)
         events += intake.search_event(ctx("dev"), bare, "5a1d3c2e-0000-4000-8000-000000000001").events
     return events
 

@@ -95,7 +95,7 @@ async def test_migrations_apply_once_in_order_and_are_recorded(db: Database) -> 
     rows = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
     assert [r[0] for r in rows] == versions
     assert await migrate(db) == []  # a second opener applies nothing
-    assert await asyncio.gather(migrate(db), migrate(db)) == [[], []]
+    assert list(await asyncio.gather(migrate(db), migrate(db))) == [[], []]
 
 
 def test_migration_statements_split_on_semicolons_and_drop_comments() -> None:

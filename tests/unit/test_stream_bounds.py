@@ -18,10 +18,11 @@ from pipeline.api.stream_view import REQUEST_OVERHEAD_BYTES, RESULT_OVERHEAD_BYT
 from pipeline.kafka import topics
 from pipeline.kafka.topics import TopicNames, topic_names
 from pipeline.limits import MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_WEIGHT
+from pipeline.rules.expansion import ExpandState, expand_event
 from pipeline.rules.triplets import Limits, Observation, SeekerHistory, StreamClock, expand_outcomes
 from pipeline.settings import Settings
 from pipeline.stream.count import CountStage
-from pipeline.stream.expand import CLOCK_KEY, ExpandStage, ExpandState, chunk_batch, expand_event
+from pipeline.stream.expand import CLOCK_KEY, ExpandStage, chunk_batch
 from pipeline.stream.runtime import OutputRefused, Record, Tx, record_size, refusal
 from pipeline.tenants import FeedbackMode
 from pipeline.wire.envelope import (
