@@ -16,6 +16,9 @@ from pipeline.settings import Settings
 from pipeline.store.postgres import PostgresServer, find_postgres
 from tests.kafka_helpers import run
 
+#: the in-process ingest harness (the ``edge`` fixture) for every test module
+pytest_plugins = ["tests.inprocess"]
+
 LOG_DIR = Path(__file__).resolve().parent.parent / ".local" / "test-logs"
 TEST_TENANTS = Path(__file__).resolve().parent / "data" / "tenants.test.yaml"
 

@@ -1,5 +1,5 @@
 """Seed 003's ``GET /api/v1/feedback`` and ``DELETE /api/v1/feedback/{id}``, in process: the real
-ingest app with an in-memory writer (tests/unit/test_edge.py) over a real SQLite feedback store.
+ingest app with an in-memory writer (tests/inprocess.py) over a real SQLite feedback store.
 What the POSTs wrote is put into the store the way the store stage does it (raw_rows, write_batch).
 """
 
@@ -20,7 +20,8 @@ from pipeline.store.sql import Database, PartitionBatch, open_database, read_off
 from pipeline.stream.store import raw_rows
 from pipeline.tenants import load_tenants
 from pipeline.wire.records import Erasure
-from tests.unit.test_edge import TASK, TENANTS, Edge, FakeView, FakeWriter
+from tests.inprocess import TENANTS, Edge, FakeView, FakeWriter
+from tests.unit.test_edge import TASK
 
 KAIZEN_KEY = "kaizen_abc123"
 OTHER_KEY = "fs_other_key_456"
