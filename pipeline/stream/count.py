@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,7 +23,7 @@ from aiokafka.structs import RecordMetadata
 from pipeline import metrics
 from pipeline.kafka.topics import TopicNames
 from pipeline.rules.counters import DomainCounter, count_units, force_trigger
-from pipeline.stream.runtime import PROCESSING_FAILURE, SCHEMA_VIOLATION, Record, Tx
+from pipeline.stream.runtime import Record, Table, Tx
 from pipeline.wire.records import MAX_RESULT_TRIGGERS, StageResult, TrainRequest, TrainTrigger, to_json
 
 
@@ -55,34 +55,27 @@ class CountStage:
             self._thresholds[domain] = t
         return t
 
-    async def process(
-        self, partition: int, records: Sequence[Record], state: Mapping[bytes, DomainCounter], tx: Tx
-    ) -> dict[bytes, DomainCounter | None]:
+    async def process(self, records: Sequence[Record], table: Table[DomainCounter], tx: Tx) -> None:
         # 1. decode and write every unit: their offsets bound the triggers' ranges
         decoded: list[tuple[Incoming, int, list[asyncio.Future[RecordMetadata]]]] = []
         for rec in records:
-            try:
-                msg = Incoming.parse(rec.value or b"")
-            except Exception as exc:
-                await tx.dead_letter(rec, exc, SCHEMA_VIOLATION)
+            msg = await tx.decode(rec, Incoming.parse)
+            if msg is None:
                 continue
-            try:
-                threshold = self.threshold(msg.domain)
-            except Exception as exc:
-                await tx.dead_letter(rec, exc, PROCESSING_FAILURE)
+            threshold = await tx.attempt(rec, self.threshold, msg.domain)
+            if threshold is None:
                 continue
             key = msg.domain.encode()
             futures = [await tx.send(self.names.triplets, orjson.dumps(u), key=key) for u in msg.units]
             decoded.append((msg, threshold, futures))
         await tx.flush()
 
-        # 2. count in order, emit triggers and results; the table changes once per domain
-        changes: dict[bytes, DomainCounter | None] = {}
+        # 2. count in order, emit triggers and results; the runtime writes each changed domain once
         produced: collections.Counter[tuple[str, str]] = collections.Counter()
         now = time.time()
         for msg, threshold, futures in decoded:
             key = msg.domain.encode()
-            counter = changes.get(key) or state.get(key) or DomainCounter()
+            counter = table.get(key) or DomainCounter()
             triggers: list[TrainTrigger] = []
             if msg.train is None:
                 metas = [f.result() for f in futures]
@@ -131,13 +124,12 @@ class CountStage:
                     request_events=msg.request_events,
                 )
                 await tx.send(self.names.results, to_json(result), key=msg.request_id.encode())
-            changes[key] = counter
+            table[key] = counter
         for (domain, kind), n in produced.items():
             metrics.TRIPLETS.labels(domain, kind).inc(n)
-        for domain_key, changed in changes.items():
+        for domain_key, changed in table.changes.items():
             if changed is not None:
                 metrics.PENDING.labels(domain_key.decode()).set(changed.pending)
-        return changes
 
 
 @dataclass(frozen=True)

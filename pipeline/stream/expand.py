@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from pipeline import metrics
 from pipeline.kafka.topics import UNITS_CHUNK_BYTES, TopicNames
 from pipeline.rules.expansion import ExpandState, expand_event
 from pipeline.rules.triplets import Limits, SeekerHistory, StreamClock, expired
-from pipeline.stream.runtime import PROCESSING_FAILURE, SCHEMA_VIOLATION, Record, Tx
+from pipeline.stream.runtime import Record, Table, Tx
 from pipeline.wire import envelope
 from pipeline.wire.records import TrainingUnit, UnitsBatch, to_json
 
@@ -58,7 +58,7 @@ def chunk_batch(batch: UnitsBatch, budget: int = UNITS_CHUNK_BYTES) -> list[byte
 
 
 class ExpandStage:
-    """Thin shell: decode, apply ``expand_event``, send; failures go to the DLQ with the bytes."""
+    """Thin shell: decode, apply ``expand_event``, send; the runtime dead-letters what fails."""
 
     name = "expand"
 
@@ -86,12 +86,8 @@ class ExpandStage:
     def encode_state(self, state: ExpandState) -> bytes:
         return state.model_dump_json().encode()
 
-    async def process(
-        self, partition: int, records: Sequence[Record], state: Mapping[bytes, ExpandState], tx: Tx
-    ) -> dict[bytes, ExpandState | None]:
-        changes: dict[bytes, ExpandState | None] = {}
-        view = _Overlay(state, changes)
-        clock = state.get(CLOCK_KEY)
+    async def process(self, records: Sequence[Record], table: Table[ExpandState], tx: Tx) -> None:
+        clock = table.get(CLOCK_KEY)
         clock = clock if isinstance(clock, StreamClock) else None
         stream_time = clock.stream_time if clock else None
         now = time.time()
@@ -99,17 +95,19 @@ class ExpandStage:
         signals: collections.Counter[str] = collections.Counter()
         latency = metrics.PROCESSING_LATENCY.labels(self.name)
         for rec in records:
-            try:
-                event = envelope.decode(rec.value or b"")
-            except (ValidationError, ValueError) as exc:  # undecodable or off the contract: park it
-                await tx.dead_letter(rec, exc, SCHEMA_VIOLATION)
+            event = await tx.decode(rec, envelope.decode)
+            if event is None:
                 continue
-            try:
-                result = expand_event(
-                    event, view, limits=self.limits, shared_pool=self.shared_pool, stream_time=stream_time
-                )
-            except Exception as exc:  # a rule refused it: park it, keep going
-                await tx.dead_letter(rec, exc, PROCESSING_FAILURE)
+            result = await tx.attempt(
+                rec,
+                expand_event,
+                event,
+                table,
+                limits=self.limits,
+                shared_pool=self.shared_pool,
+                stream_time=stream_time,
+            )
+            if result is None:
                 continue
             for signal in result.signals:
                 await tx.send(self.names.signals, signal, key=rec.key)
@@ -117,7 +115,10 @@ class ExpandStage:
                 for message in chunk_batch(batch, self.chunk_bytes):
                     await tx.send(self.names.units, message, key=batch.domain.encode())
             if result.state_key is not None:
-                changes[result.state_key] = result.history
+                if result.history is None:
+                    table.delete(result.state_key)
+                else:
+                    table[result.state_key] = result.history
             if stream_time is None or event.received_at > stream_time:
                 stream_time = event.received_at
             events[str(event.contract), event.domain] += 1
@@ -128,48 +129,19 @@ class ExpandStage:
         if stream_time is not None and (clock is None or stream_time > clock.stream_time):
             swept_at = clock.swept_at if clock else None
             if swept_at is None or stream_time - swept_at >= self.sweep_every:
-                self.sweep(view, changes, stream_time)
+                self.sweep(table, stream_time)
                 swept_at = stream_time
-            changes[CLOCK_KEY] = StreamClock(stream_time=stream_time, swept_at=swept_at)
+            table[CLOCK_KEY] = StreamClock(stream_time=stream_time, swept_at=swept_at)
         for (contract, domain), n in events.items():  # once per label set and batch, not per event
             metrics.EVENTS.labels(contract, domain).inc(n)
         for domain, n in signals.items():
             metrics.SIGNALS.labels(domain).inc(n)
-        return changes
 
-    def sweep(
-        self, view: Mapping[bytes, ExpandState], changes: dict[bytes, ExpandState | None], at: datetime
-    ) -> int:
+    def sweep(self, table: Table[ExpandState], at: datetime) -> int:
         """Delete (tombstone) every history expired at stream time ``at``; returns how many."""
-        doomed = [k for k in view if isinstance(h := view[k], SeekerHistory) and expired(h, at, self.limits)]
+        doomed = [k for k, h in table.items() if isinstance(h, SeekerHistory) and expired(h, at, self.limits)]
         for key in doomed:
-            changes[key] = None
+            table.delete(key)
         if doomed:
             metrics.EXPIRED.labels(self.name).inc(len(doomed))
         return len(doomed)
-
-
-class _Overlay(Mapping[bytes, ExpandState]):
-    """The committed table seen through this batch's uncommitted changes."""
-
-    def __init__(self, base: Mapping[bytes, ExpandState], changes: dict[bytes, ExpandState | None]) -> None:
-        self.base, self.changes = base, changes
-
-    def __getitem__(self, key: bytes) -> ExpandState:
-        if key in self.changes:
-            value = self.changes[key]
-            if value is None:
-                raise KeyError(key)
-            return value
-        return self.base[key]
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter([k for k in {*self.base, *self.changes} if k in self])
-
-    def __contains__(self, key: object) -> bool:
-        if key in self.changes:
-            return self.changes[key] is not None
-        return key in self.base
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)

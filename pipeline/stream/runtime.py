@@ -29,30 +29,43 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import (
     CorruptRecordException,
+    InvalidProducerEpoch,
     InvalidTimestampError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
+    ProducerFenced,
     RecordListTooLargeError,
     RecordTooLargeError,
+    TransactionalIdAuthorizationFailed,
+    TransactionCoordinatorFenced,
+    UnknownProducerId,
 )
 from aiokafka.partitioner import murmur2
-from aiokafka.structs import ConsumerRecord, RecordMetadata
+from aiokafka.structs import RecordMetadata
+from prometheus_client import Counter
 
 from pipeline import metrics
-from pipeline.kafka.io import MAX_REQUEST_BYTES, bootstrap_list
+from pipeline.kafka.io import MAX_REQUEST_BYTES
+from pipeline.stream.partitions import Backoff, Clients, KafkaClients, PartitionRunner, Producer, Record
 from pipeline.wire.records import MAX_DEAD_LETTER_KEY_BYTES, DeadLetterReason, dead_letter, to_json
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
-Record: TypeAlias = ConsumerRecord  # bytes key and value
+T = TypeVar("T")
+P = ParamSpec("P")
+
+__all__ = ["OutputRefused", "Record", "Stage", "StageRunner", "Table", "Tx", "key_partition", "refusal"]
 
 
 #: Keys whose partition is cached. Domains (units, triplets, counters) repeat and stay hot; request
@@ -129,12 +142,110 @@ def refusal(exc: BaseException) -> OutputRefused | None:
     return None
 
 
+# -- error classes ------------------------------------------------------------------------------------
+
+#: Another owner took the partition (its ``init_transactions`` bumped the epoch), or the broker
+#: aborted our transaction and bumped it (a transaction timeout): this producer can do nothing
+#: more. Kafka Streams' ``StreamsProducer`` maps these to ``TaskMigratedException``.
+FENCED: tuple[type[BaseException], ...] = (
+    ProducerFenced,
+    InvalidProducerEpoch,
+    TransactionCoordinatorFenced,
+    TransactionalIdAuthorizationFailed,
+    UnknownProducerId,
+)
+
+STAGE_ERRORS = Counter(
+    "feedstream_stage_errors_total",
+    "Failed stage transactions by how they were handled: fenced (partition dropped until the rebalance), "
+    "transient (aborted, retried from the committed offset with backoff), unknown_outcome (the commit "
+    "may have landed: partition re-taken), refused (an output refused: careful mode), error (anything "
+    "else: aborted and retried like a transient error).",
+    ["stage", "kind"],
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def fenced(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says this producer was fenced."""
+    return any(isinstance(e, FENCED) for e in _chain(exc))
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is an error a retry may cure: timeouts, connections, retriable codes."""
+    return any(
+        isinstance(e, KafkaTimeoutError | KafkaConnectionError | TimeoutError)
+        or (isinstance(e, KafkaError) and bool(getattr(e, "retriable", False)))
+        for e in _chain(exc)
+    )
+
+
+# -- what a stage sees ------------------------------------------------------------------------------
+
+
+class Table(MutableMapping[bytes, S]):
+    """A partition's committed table seen through this batch's changes (read your own writes).
+
+    ``get``/``[]``/``in``/iteration see the batch's changes over the committed state; ``set`` and
+    ``delete`` only record changes: the runtime writes each changed key once to the changelog and
+    applies the changes to the committed table only after the transaction commits.
+    """
+
+    def __init__(self, committed: Mapping[bytes, S]) -> None:
+        self._committed = committed
+        self.changes: dict[bytes, S | None] = {}  # None: deleted (a tombstone on the changelog)
+
+    def __getitem__(self, key: bytes) -> S:
+        if key in self.changes:
+            value = self.changes[key]
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self._committed[key]
+
+    def __setitem__(self, key: bytes, value: S) -> None:
+        self.changes[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.changes[key] = None
+
+    def delete(self, key: bytes) -> None:
+        """Delete ``key`` whether or not it is there (a tombstone either way)."""
+        self.changes[key] = None
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.changes:
+            return self.changes[key] is not None
+        return key in self._committed
+
+    def __iter__(self) -> Iterator[bytes]:
+        for key in self._committed:
+            if key not in self.changes:
+                yield key
+        for key, value in list(self.changes.items()):
+            if value is not None:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class Tx:
-    """What a stage may do inside the transaction of one batch."""
+    """What a stage may do inside the transaction of one batch: send, and dead-letter inputs."""
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         *,
         stage: str = "stage",
         dlq: str | None = None,
@@ -184,6 +295,25 @@ class Tx:
             await asyncio.gather(*self._pending, return_exceptions=True)
             self._pending.clear()
 
+    async def decode(self, rec: Record, decode: Callable[[bytes], T]) -> T | None:
+        """``rec``'s value decoded, or None once ``rec`` is dead-lettered (``schema_violation``)."""
+        try:
+            return decode(rec.value or b"")
+        except Exception as exc:  # undecodable or off the contract: park it, keep going
+            await self.dead_letter(rec, exc, SCHEMA_VIOLATION)
+            return None
+
+    async def attempt(
+        self, rec: Record, rule: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T | None:
+        """``rule(*args, **kwargs)`` (pure: it sends nothing), or None once ``rec`` is dead-lettered
+        (``processing_failure``) because the rule raised."""
+        try:
+            return rule(*args, **kwargs)
+        except Exception as exc:  # a rule refused it: park it, keep going
+            await self.dead_letter(rec, exc, PROCESSING_FAILURE)
+            return None
+
     async def dead_letter(self, rec: Record, error: BaseException, reason: DeadLetterReason) -> None:
         """Park ``rec`` on the dead-letter topic with the error and its reason class.
 
@@ -216,7 +346,7 @@ class Tx:
 
 
 class Stage(Protocol[S]):
-    """A stage: pure rules behind ``process``; its state is a table (dict) per input partition."""
+    """A stage: pure rules behind ``process``; its state is a table per input partition."""
 
     name: str
 
@@ -224,19 +354,18 @@ class Stage(Protocol[S]):
 
     def encode_state(self, state: S) -> bytes: ...
 
-    async def process(
-        self, partition: int, records: Sequence[Record], state: Mapping[bytes, S], tx: Tx
-    ) -> dict[bytes, S | None]:
-        """Handle a batch without mutating ``state``; return the changed keys (None deletes).
-
-        The changes are written once per key per batch, and applied only once committed.
-        """
+    async def process(self, records: Sequence[Record], table: Table[S], tx: Tx) -> None:
+        """Handle one partition's batch: send through ``tx``, change ``table``; nothing is visible
+        (outputs, changelog, offsets, table) unless the runtime commits the whole batch."""
         ...
+
+
+# -- the runtime ------------------------------------------------------------------------------------
 
 
 @dataclass
 class _Owned(Generic[S]):
-    producer: AIOKafkaProducer
+    producer: Producer | None
     state: dict[bytes, S] = field(default_factory=dict)
     sizes: dict[bytes, int] = field(default_factory=dict)  # changelog bytes (key + value) per key
     state_bytes: int = 0
@@ -259,14 +388,18 @@ class _Careful:
     poison: dict[int, OutputRefused] = field(default_factory=dict)  # offset -> why its own txn failed
 
 
-class StageRunner(Generic[S]):
-    """Runs one stage for this process's share of the input partitions."""
+class _Committing(Exception):
+    """The commit itself failed: its outcome is unknown (it may have landed)."""
+
+
+class StageRunner(PartitionRunner[_Owned[S]]):
+    """Runs one stage for this process's share of the input partitions, one transaction per batch."""
 
     def __init__(
         self,
         stage: Stage[S],
         *,
-        bootstrap: str,
+        bootstrap: str = "",
         group_id: str,
         input_topic: str,
         changelog_topic: str,
@@ -274,301 +407,224 @@ class StageRunner(Generic[S]):
         limits: Mapping[str, int] | None = None,
         max_batch: int = 500,
         poll_ms: int = 50,
+        clients: Clients | None = None,
+        backoff: Backoff | None = None,
+        fence_grace_s: float = 10.0,
     ) -> None:
+        super().__init__(
+            clients=clients or KafkaClients(bootstrap, poll_ms=poll_ms),
+            group_id=group_id,
+            topics=[input_topic],
+            max_batch=max_batch,
+            poll_ms=poll_ms,
+            backoff=backoff,
+        )
+        self.name = stage.name
         self.stage = stage
-        self.dlq_topic = dlq_topic
-        self.limits = dict(limits or {})
-        self._careful: dict[int, _Careful] = {}
-        self.bootstrap = bootstrap
-        self.group_id = group_id
         self.input_topic = input_topic
         self.changelog_topic = changelog_topic
-        self.max_batch = max_batch
-        self.poll_ms = poll_ms
-        self._owned: dict[int, _Owned[S]] = {}
-        self._lock = asyncio.Lock()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
-        self.batches = 0
+        self.dlq_topic = dlq_topic
+        self.limits = dict(limits or {})
+        self.fence_grace_s = fence_grace_s
+        self._careful: dict[int, _Careful] = {}
 
-    @property
-    def partitions(self) -> list[int]:
-        return sorted(self._owned)
+    def state(self, partition: int) -> dict[bytes, S] | None:
+        """The committed table of an owned partition (None if not owned)."""
+        owned = self._owned.get(TopicPartition(self.input_topic, partition))
+        return None if owned is None else owned.state
 
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_list(self.bootstrap),
-            group_id=self.group_id,
-            client_id=f"{self.group_id}-{self.stage.name}",
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.poll_ms,
-            session_timeout_ms=6_000,
-            heartbeat_interval_ms=1_000,
-            max_poll_interval_ms=120_000,
-        )
-        self._consumer.subscribe([self.input_topic], listener=_Listener(self))
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name=f"stage-{self.stage.name}")
+    # -- taking and letting go ---------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        async with self._lock:
-            for owned in self._owned.values():
-                with contextlib.suppress(Exception):
-                    await owned.producer.stop()
-            self._owned.clear()
-        if self._consumer:
-            await self._consumer.stop()
-
-    # -- rebalance --------------------------------------------------------------------------------
-
-    async def _assigned(self, tps: Sequence[TopicPartition]) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        async with self._lock:
-            for tp in tps:
-                if tp.partition not in self._owned:
-                    await self._take(tp)
-        self.ready.set()
-
-    async def _take(self, tp: TopicPartition) -> None:
-        """Own a partition: fence the previous owner, re-read its committed offset, restore state."""
-        consumer = self._consumer
-        assert consumer is not None
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_list(self.bootstrap),
-            transactional_id=f"{self.group_id}-{self.stage.name}-{tp.partition}",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=2,
-            max_batch_size=256 * 1024,
-            max_request_size=MAX_REQUEST_BYTES,
-            transaction_timeout_ms=30_000,
-        )
+    async def _open(self, tp: TopicPartition) -> tuple[_Owned[S], int]:
+        """Fence the previous owner, restore the table, then read the (now final) committed offset."""
+        producer = self.clients.producer(f"{self.group_id}-{self.stage.name}-{tp.partition}")
         await producer.start()  # init_transactions: fences the previous owner, aborts its open txn
         try:
             owned = await self._restore(tp.partition, producer)
-            committed = await consumer.committed(tp)  # final: nobody else can commit for it now
+            committed = await self.consumer.committed(tp)  # final: nobody else can commit for it now
+            if committed is None:
+                committed = (await self.consumer.beginning_offsets([tp]))[tp]
         except BaseException:
-            await producer.stop()
+            with contextlib.suppress(Exception):
+                await producer.stop()
             raise
-        if committed is None:
-            committed = (await consumer.beginning_offsets([tp]))[tp]
-        consumer.seek(tp, committed)
-        self._owned[tp.partition] = owned
-        self._state_metrics()
         log.info(
-            "%s: partition %d taken at offset %s with %d state keys (%d bytes)",
+            "%s: partition %d restored: %d state keys (%d bytes)",
             self.stage.name,
             tp.partition,
-            committed,
             len(owned.state),
             owned.state_bytes,
         )
+        return owned, committed
 
-    async def _revoked(self, tps: Sequence[TopicPartition]) -> None:
-        async with self._lock:  # waits for the batch in flight to commit
-            for tp in tps:
-                self._careful.pop(tp.partition, None)
-                owned = self._owned.pop(tp.partition, None)
-                if owned is not None:
-                    with contextlib.suppress(Exception):
-                        await owned.producer.stop()
-                    log.info("%s: partition %d revoked", self.stage.name, tp.partition)
-
-    async def _restore(self, partition: int, producer: AIOKafkaProducer) -> _Owned[S]:
-        """Rebuild a partition's state from its changelog (committed records only)."""
-        tp = TopicPartition(self.changelog_topic, partition)
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_list(self.bootstrap),
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            group_id=None,
-        )
-        await reader.start()
+    async def _restore(self, partition: int, producer: Producer) -> _Owned[S]:
+        """Rebuild a partition's table from its changelog (committed records only)."""
         owned: _Owned[S] = _Owned(producer)
-        try:
-            reader.assign([tp])
-            end = (await reader.end_offsets([tp]))[tp]
-            # explicit seek: aiokafka's seek_to_beginning can lose to the initial offset reset
-            reader.seek(tp, (await reader.beginning_offsets([tp]))[tp])
-            while await reader.position(tp) < end:
-                batch = await reader.getmany(tp, timeout_ms=500, max_records=5000)
-                for rec in batch.get(tp, []):
-                    if rec.key is None:
-                        continue
-                    if rec.value is None:
-                        owned.apply(rec.key, None, 0)
-                    else:
-                        value = self.stage.decode_state(rec.value)
-                        owned.apply(rec.key, value, len(rec.key) + len(rec.value))
-        finally:
-            await reader.stop()
+        async for batch in self.clients.changelog(TopicPartition(self.changelog_topic, partition)):
+            for rec in batch:
+                if rec.key is None:
+                    continue
+                if rec.value is None:
+                    owned.apply(rec.key, None, 0)
+                else:
+                    owned.apply(rec.key, self.stage.decode_state(rec.value), len(rec.key) + len(rec.value))
         return owned
+
+    async def _close(self, tp: TopicPartition, handle: _Owned[S]) -> None:
+        if handle.producer is not None:
+            with contextlib.suppress(Exception):
+                await handle.producer.stop()
+        self._state_metrics()
+
+    def _forget(self, tp: TopicPartition) -> None:
+        super()._forget(tp)
+        self._careful.pop(tp.partition, None)
 
     # -- processing -------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while True:
-            try:
-                orphans = [tp for tp in consumer.assignment() if tp.partition not in self._owned]
-                if orphans:  # a failed batch left partitions un-owned: take them (seeks back)
-                    async with self._lock:
-                        for tp in orphans:
-                            if tp.partition not in self._owned and tp in consumer.assignment():
-                                await self._take(tp)
-                batches = await consumer.getmany(
-                    timeout_ms=self.poll_ms, max_records=self.max_batch * max(1, len(self._owned))
-                )
-                # partitions have their own producers: their transactions run side by side; the
-                # lock makes a rebalance wait until every batch in flight has committed or aborted
-                async with self._lock:
-                    outcomes = await asyncio.gather(
-                        *(self._process(tp, records) for tp, records in batches.items() if records),
-                        return_exceptions=True,
-                    )
-                for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s: processing loop error; retrying", self.stage.name)
-                await asyncio.sleep(1.0)
+    async def _process(self, fetched: dict[TopicPartition, tuple[list[Record], int]]) -> None:
+        # partitions have their own producers: their transactions run side by side; the lock (held
+        # by the caller) makes a rebalance wait until every batch in flight has committed or aborted
+        await asyncio.gather(
+            *(self._partition(tp, records, after) for tp, (records, after) in fetched.items())
+        )
+        self._state_metrics()
 
-    async def _process(self, tp: TopicPartition, records: list[Record]) -> None:
-        """One partition's fetched records: one transaction, or one per input in careful mode.
-
-        The caller holds the rebalance lock.
-        """
+    async def _partition(self, tp: TopicPartition, records: list[Record], after: int) -> None:
+        """One partition's fetched records: one transaction, or one per input in careful mode."""
         p = tp.partition
-        if p not in self._owned:
-            # Revoked while the batch was in our hands (the new owner redoes it), or a failed
-            # batch left it un-owned: take it again, which seeks back to the committed offset.
-            if self._consumer is not None and tp in self._consumer.assignment():
-                await self._take(tp)
-            return
         careful = self._careful.get(p)
         if careful is None:
-            await self._transact(tp, records)
+            if await self._transact(tp, records):
+                self.committed(tp, records[-1].offset + 1, after)
             return
         for i, rec in enumerate(records):
             if rec.offset > careful.until:
                 log.info("%s: partition %d leaves careful mode at offset %d", self.stage.name, p, rec.offset)
                 self._careful.pop(p, None)
-                await self._transact(tp, records[i:])
+                if await self._transact(tp, records[i:]):
+                    self.committed(tp, records[-1].offset + 1, after)
                 return
             if not await self._transact(tp, [rec]):
                 return  # the partition was rewound: what is left of ``records`` comes again
+            self.committed(tp, rec.offset + 1, after if rec is records[-1] else rec.offset + 1)
         if records[-1].offset >= careful.until:
             log.info("%s: partition %d leaves careful mode", self.stage.name, p)
             self._careful.pop(p, None)
 
     async def _transact(self, tp: TopicPartition, records: list[Record]) -> bool:
-        """One transaction over ``records``; False if it did not commit (the partition was rewound)."""
-        owned = self._owned.get(tp.partition)
-        if owned is None:
+        """One transaction over ``records``; False if it did not commit (the failure is handled)."""
+        owned = self._owned.get(tp)
+        if owned is None or owned.producer is None:
             return False
         producer = owned.producer
         careful = self._careful.get(tp.partition)
         poison = careful.poison.get(records[0].offset) if careful and len(records) == 1 else None
         tx = Tx(producer, stage=self.stage.name, dlq=self.dlq_topic, limits=self.limits)
-        changes: dict[bytes, S | None] = {}
+        table: Table[S] = Table(owned.state)
         sizes: dict[bytes, int] = {}
         try:
             await producer.begin_transaction()
             if poison is not None:  # its own transaction was refused: park it, move on
                 await tx.dead_letter(records[0], poison, poison.reason)
             else:
-                changes = await self.stage.process(tp.partition, records, owned.state, tx)
-                for key, value in changes.items():
+                await self.stage.process(records, table, tx)
+                for key, value in table.changes.items():
                     encoded = None if value is None else self.stage.encode_state(value)
                     sizes[key] = len(key) + len(encoded or b"")
                     await tx.send(self.changelog_topic, encoded, key=key, partition=tp.partition)
             await tx.flush()
             await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-            await producer.commit_transaction()
+            try:
+                await producer.commit_transaction()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise _Committing(str(exc)) from exc
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            refused = None if poison is not None else refusal(exc)
-            if refused is None:
-                # The outcome may be unknown (a commit that timed out may have landed): start the
-                # partition over from what Kafka says was committed, with a fresh, fencing producer.
-                log.exception(
-                    "%s: batch on partition %d failed; re-taking the partition", self.stage.name, tp.partition
-                )
-                await self._retake(tp, owned)
-                return False
-            # An output of some input is refused: nothing of this batch is committed. Go back to its
-            # first record and take the inputs one per transaction until past its last one.
-            careful = self._careful.setdefault(tp.partition, _Careful(records[-1].offset))
-            careful.until = max(careful.until, records[-1].offset)
-            if len(records) == 1:
-                careful.poison[records[0].offset] = refused
-            log.warning(
-                "%s: partition %d offsets %d..%d: %s; processing them one per transaction",
-                self.stage.name,
-                tp.partition,
-                records[0].offset,
-                records[-1].offset,
-                refused,
-            )
-            await self._rewind(tp, owned, tx, records[0].offset, clean=not refused.by_broker)
+            await self._failed(tp, owned, tx, records, exc, poisoned=poison is not None)
             return False
-        for key, value in changes.items():
+        for key, value in table.changes.items():
             owned.apply(key, value, sizes[key])
         self.batches += 1
         metrics.STAGE_BATCHES.labels(self.stage.name).inc()
         metrics.STAGE_BATCH_SIZE.labels(self.stage.name).observe(len(records))
-        self._state_metrics()
         return True
 
-    async def _rewind(
-        self, tp: TopicPartition, owned: _Owned[S], tx: Tx, offset: int, *, clean: bool
+    async def _failed(
+        self,
+        tp: TopicPartition,
+        owned: _Owned[S],
+        tx: Tx,
+        records: list[Record],
+        exc: Exception,
+        *,
+        poisoned: bool,
     ) -> None:
-        """Abort the open transaction and fetch again from ``offset``; re-take if that is not safe."""
-        if clean and self._consumer is not None:
-            try:
-                await tx.settle()
-                await owned.producer.abort_transaction()
-                self._consumer.seek(tp, offset)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s: abort on partition %d failed; re-taking it", self.stage.name, tp.partition)
-        await self._retake(tp, owned)
+        """Handle a failed batch by its error class (the table and the offsets are untouched)."""
+        name, p = self.stage.name, tp.partition
+        span = f"offsets {records[0].offset}..{records[-1].offset}"
+        if fenced(exc):
+            # another owner has the partition: stop at once (no abort: this producer can do nothing
+            # more), let the rebalance take it away; re-taken after a grace if it stays ours
+            STAGE_ERRORS.labels(name, "fenced").inc()
+            log.warning("%s: partition %d fenced (%s): %r; dropping it", name, p, span, exc)
+            self.drop(tp, grace=self.fence_grace_s)
+            return
+        refused = None if poisoned else refusal(exc)
+        if refused is not None:
+            # An output of some input is refused: nothing of this batch is committed. Go back to its
+            # first record and take the inputs one per transaction until past its last one.
+            STAGE_ERRORS.labels(name, "refused").inc()
+            careful = self._careful.setdefault(p, _Careful(records[-1].offset))
+            careful.until = max(careful.until, records[-1].offset)
+            if len(records) == 1:
+                careful.poison[records[0].offset] = refused
+            log.warning(
+                "%s: partition %d %s: %s; processing them one per transaction", name, p, span, refused
+            )
+            if refused.by_broker or not await self._abort(tp, owned, tx):
+                # a broker refusal leaves the idempotent sequence in doubt: take the partition anew
+                self.reopen(tp, delay=0.5)
+            else:
+                self.seek(tp, records[0].offset)
+            return
+        if isinstance(exc, _Committing):
+            # The commit may have landed: start over from what Kafka says was committed, with a
+            # fresh, fencing producer and the table restored.
+            STAGE_ERRORS.labels(name, "unknown_outcome").inc()
+            log.warning("%s: partition %d commit outcome unknown (%s): %r; re-taking it", name, p, span, exc)
+            self.reopen(tp, delay=0.5)
+            return
+        kind = "transient" if transient(exc) else "error"
+        STAGE_ERRORS.labels(name, kind).inc()
+        if kind == "transient":
+            log.warning(
+                "%s: partition %d %s failed: %r; retrying from the committed offset", name, p, span, exc
+            )
+        else:
+            log.exception("%s: partition %d %s failed; retrying from the committed offset", name, p, span)
+        if not await self._abort(tp, owned, tx) or not self.retry_later(tp):
+            log.warning("%s: partition %d: abort failed or retries used up; re-taking it", name, p)
+            self.reopen(tp, delay=0.5)
 
-    async def _retake(self, tp: TopicPartition, owned: _Owned[S]) -> None:
-        self._owned.pop(tp.partition, None)
-        with contextlib.suppress(Exception):
-            await owned.producer.stop()
-        await asyncio.sleep(0.5)
-        if self._consumer is not None and tp in self._consumer.assignment():
-            await self._take(tp)
+    async def _abort(self, tp: TopicPartition, owned: _Owned[S], tx: Tx) -> bool:
+        """Abort the open transaction; False if that failed (the partition must be re-taken)."""
+        if owned.producer is None:
+            return False
+        try:
+            await tx.settle()
+            await owned.producer.abort_transaction()
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s: abort on partition %d failed: %r", self.stage.name, tp.partition, exc)
+            return False
 
     def _state_metrics(self) -> None:
         name = self.stage.name
         metrics.STATE_KEYS.labels(name).set(sum(len(o.state) for o in self._owned.values()))
         metrics.STATE_BYTES.labels(name).set(sum(o.state_bytes for o in self._owned.values()))
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, runner: StageRunner[Any]) -> None:
-        self.runner = runner
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self.runner._revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        await self.runner._assigned(assigned)

@@ -18,21 +18,18 @@ ingest's commit) of the newest record of the last batch written; 0 when a poll f
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from pipeline.api.contracts import ScoredOutputResponse
-from pipeline.kafka.io import OutRecord, bootstrap_list
+from pipeline.kafka.io import OutRecord
 from pipeline.store.sql import (
     Database,
     EntryRow,
@@ -43,6 +40,7 @@ from pipeline.store.sql import (
     read_offsets,
     write_batch,
 )
+from pipeline.stream.partitions import Clients, KafkaClients, PartitionRunner
 from pipeline.wire import envelope
 from pipeline.wire.records import Erasure, erasure_id
 
@@ -128,8 +126,13 @@ def erasure_record(
     )
 
 
-class StoreRunner:
-    """Consumes the raw and erasure topics (read_committed, its own group) into the store."""
+class StoreRunner(PartitionRunner[int | None]):
+    """Consumes the raw and erasure topics (read_committed, its own group) into the store.
+
+    The consumer shell (assignment, continuity, poll loop, stop) is :class:`PartitionRunner`'s; what
+    it holds per partition is the next offset the database has for it (None: nothing stored yet),
+    which every write requires unchanged (the fencing of the sink).
+    """
 
     name = "store"
 
@@ -137,112 +140,40 @@ class StoreRunner:
         self,
         db: Database,
         *,
-        bootstrap: str,
+        bootstrap: str = "",
         group_id: str,
         raw_topic: str,
         erasures_topic: str,
         max_batch: int = 500,
         poll_ms: int = 50,
+        clients: Clients | None = None,
     ) -> None:
+        super().__init__(
+            clients=clients or KafkaClients(bootstrap, poll_ms=poll_ms),
+            group_id=group_id,  # also the consumer name of its offsets in the database
+            topics=[raw_topic, erasures_topic],
+            max_batch=max_batch,
+            poll_ms=poll_ms,
+            consumer_options={"max_partition_fetch_bytes": 8 * 1024 * 1024},
+        )
         self.db = db
-        self.bootstrap = bootstrap
-        self.group_id = group_id  # also the consumer name of its offsets in the database
         self.raw_topic = raw_topic
         self.erasures_topic = erasures_topic
-        self.max_batch = max_batch
-        self.poll_ms = poll_ms
-        self._expected: dict[TopicPartition, int | None] = {}
-        self._lock = asyncio.Lock()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
-        self.batches = 0
 
-    @property
-    def partitions(self) -> list[int]:
-        return sorted({tp.partition for tp in self._expected if tp.topic == self.raw_topic})
+    async def _open(self, tp: TopicPartition) -> tuple[int | None, int]:
+        """The next offset the database holds for ``tp`` (else its beginning)."""
+        at = (await read_offsets(self.db, self.group_id, tp.topic)).get(tp.partition)
+        start = at if at is not None else (await self.consumer.beginning_offsets([tp]))[tp]
+        return at, start
 
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_list(self.bootstrap),
-            group_id=self.group_id,
-            client_id=f"{self.group_id}-store",
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.poll_ms,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            session_timeout_ms=6_000,
-            heartbeat_interval_ms=1_000,
-            max_poll_interval_ms=120_000,
-        )
-        self._consumer.subscribe([self.raw_topic, self.erasures_topic], listener=_Listener(self))
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="stage-store")
+    async def _close(self, tp: TopicPartition, handle: int | None) -> None:
+        return None  # nothing held but the offset
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer:
-            await self._consumer.stop()
-
-    # -- rebalance --------------------------------------------------------------------------------
-
-    async def _assigned(self, tps: Sequence[TopicPartition]) -> None:
-        async with self._lock:
-            await self._seek(list(tps))
-        self.ready.set()
-
-    async def _seek(self, tps: list[TopicPartition]) -> None:
-        """Seek each partition to the next offset the database holds for it (else its beginning)."""
-        consumer = self._consumer
-        assert consumer is not None
-        stored: dict[str, dict[int, int]] = {}
-        for topic in {tp.topic for tp in tps}:
-            stored[topic] = await read_offsets(self.db, self.group_id, topic)
-        missing = [tp for tp in tps if tp.partition not in stored[tp.topic]]
-        beginnings = await consumer.beginning_offsets(missing) if missing else {}
-        for tp in tps:
-            at = stored[tp.topic].get(tp.partition)
-            self._expected[tp] = at
-            consumer.seek(tp, at if at is not None else beginnings[tp])
-            log.info("store: %s[%d] taken at offset %s", tp.topic, tp.partition, at)
-
-    async def _revoked(self, tps: Sequence[TopicPartition]) -> None:
-        async with self._lock:  # waits for the batch in flight
-            for tp in tps:
-                self._expected.pop(tp, None)
-
-    # -- processing -------------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while True:
-            try:
-                fetched = await consumer.getmany(
-                    timeout_ms=self.poll_ms, max_records=self.max_batch * max(1, len(self._expected))
-                )
-                fetched = {tp: recs for tp, recs in fetched.items() if recs}
-                if not fetched:
-                    STORE_LAG.set(0.0)
-                    continue
-                async with self._lock:
-                    await self._write({tp: r for tp, r in fetched.items() if tp in self._expected})
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("store: batch failed; re-reading offsets from the database")
-                await asyncio.sleep(1.0)
-                async with self._lock:
-                    owned = [tp for tp in self._expected if tp in consumer.assignment()]
-                    with contextlib.suppress(Exception):
-                        await self._seek(owned)
+    async def _idle(self) -> None:
+        STORE_LAG.set(0.0)
 
     def batch_of(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> PartitionBatch:
-        batch = PartitionBatch(tp.topic, tp.partition, self._expected[tp], records[-1].offset + 1)
+        batch = PartitionBatch(tp.topic, tp.partition, self._owned[tp], records[-1].offset + 1)
         for rec in records:
             try:
                 if tp.topic == self.raw_topic:
@@ -260,34 +191,31 @@ class StoreRunner:
                 log.warning("store: %s[%d]@%d skipped: %s", tp.topic, tp.partition, rec.offset, exc)
         return batch
 
-    async def _write(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        if not fetched:
-            return
-        batches = [self.batch_of(tp, recs) for tp, recs in fetched.items()]
+    async def _process(
+        self, fetched: dict[TopicPartition, tuple[list[ConsumerRecord[bytes, bytes]], int]]
+    ) -> None:
+        """One database transaction for everything polled: rows and offsets together."""
+        batches = [self.batch_of(tp, recs) for tp, (recs, _) in fetched.items()]
         try:
             await write_batch(self.db, self.group_id, batches)
         except OffsetConflict as conflict:
             # another owner wrote these partitions (we are a zombie of a rebalance, or restarted
             # while it ran): commit nothing, start over from what the database holds
-            log.warning("store: %s; seeking to the database's offsets", conflict)
-            await self._seek(list(fetched))
+            log.warning("store: %s; re-reading the database's offsets", conflict)
+            for tp in fetched:
+                self.reopen(tp)
             return
-        for tp, recs in fetched.items():
-            self._expected[tp] = recs[-1].offset + 1
+        except Exception:
+            log.exception("store: batch failed; re-reading offsets from the database")
+            for tp in fetched:
+                self.reopen(tp, delay=1.0)
+            return
+        for tp, (recs, after) in fetched.items():
+            self._owned[tp] = recs[-1].offset + 1
+            self.committed(tp, recs[-1].offset + 1, after)
         self.batches += 1
         STORE_ROWS.labels("entries").inc(sum(len(b.entries) for b in batches))
         STORE_ROWS.labels("events").inc(sum(len(b.events) for b in batches))
         STORE_ROWS.labels("erasures").inc(sum(len(b.erasures) for b in batches))
-        newest = max(recs[-1].timestamp for recs in fetched.values()) / 1000.0
+        newest = max(recs[-1].timestamp for recs, _ in fetched.values()) / 1000.0
         STORE_LAG.set(max(0.0, time.time() - newest))
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, runner: StoreRunner) -> None:
-        self.runner = runner
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self.runner._revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        await self.runner._assigned(assigned)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import orjson
 import pytest
@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.topics import delete_prefixed_topics
-from pipeline.stream.runtime import Record, StageRunner, Tx
+from pipeline.stream.runtime import Record, StageRunner, Table, Tx
 from tests.kafka_helpers import read_until
 
 OUT_LIMIT = 200_000
@@ -40,14 +40,10 @@ class Echo:
     def encode_state(self, state: int) -> bytes:
         return str(state).encode()
 
-    async def process(
-        self, partition: int, records: Sequence[Record], state: Mapping[bytes, int], tx: Tx
-    ) -> dict[bytes, int | None]:
-        n = state.get(b"n", 0)
+    async def process(self, records: Sequence[Record], table: Table[int], tx: Tx) -> None:
         for rec in records:
             await tx.send(self.out, rec.value, key=rec.key)
-            n += 1
-        return {b"n": n}
+            table[b"n"] = table.get(b"n", 0) + 1
 
 
 @pytest.mark.parametrize("told", [True, False], ids=["checked-before-sending", "refused-by-the-broker"])
@@ -100,10 +96,10 @@ async def test_a_refused_output_dead_letters_its_input_and_the_partition_moves_o
         assert (letter["topic"], letter["offset"], letter["key"]) == (inp, 2, "k2")
         assert base64.b64decode(letter["original"]) == values[2]
         for _ in range(100):  # the state's committed value follows the last transaction
-            if runner._owned.get(0) and runner._owned[0].state.get(b"n") == 4:
+            if (runner.state(0) or {}).get(b"n") == 4:
                 break
             await asyncio.sleep(0.1)
-        assert runner._owned[0].state == {b"n": 4}
+        assert runner.state(0) == {b"n": 4}
     finally:
         await runner.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=f"{prefix}group")

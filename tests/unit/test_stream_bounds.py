@@ -23,7 +23,7 @@ from pipeline.rules.triplets import Limits, Observation, SeekerHistory, StreamCl
 from pipeline.settings import Settings
 from pipeline.stream.count import CountStage
 from pipeline.stream.expand import CLOCK_KEY, ExpandStage, chunk_batch
-from pipeline.stream.runtime import OutputRefused, Record, Tx, record_size, refusal
+from pipeline.stream.runtime import OutputRefused, Record, Table, Tx, record_size, refusal
 from pipeline.tenants import FeedbackMode
 from pipeline.wire.envelope import (
     CorrectionEnvelope,
@@ -36,6 +36,7 @@ from pipeline.wire.envelope import (
 from pipeline.wire.records import (
     MAX_RESULT_TRIGGERS,
     DeadLetter,
+    DeadLetterReason,
     StageResult,
     TrainTrigger,
     TriggerRange,
@@ -54,16 +55,17 @@ SIZES = topics.message_limits(SETTINGS)
 # --- fakes: what a stage sees of the runtime ------------------------------------------------------
 
 
-class FakeTx:
+class FakeTx(Tx):
     """Collects what a stage sends, with offsets per topic; checks sizes and dead-letters like Tx."""
 
     def __init__(self, limits: Mapping[str, int] = SIZES) -> None:
+        super().__init__(cast(Any, None), stage="test", dlq="dlq", limits=limits)
         self.sent: list[tuple[str, bytes | None, bytes | None]] = []
         self.letters: list[tuple[Record, str]] = []
         self.limits = limits
         self._offsets: dict[str, int] = {}
 
-    async def send(
+    async def send(  # type: ignore[override]
         self, topic: str, value: bytes | None, key: bytes | None = None, **_: Any
     ) -> asyncio.Future[RecordMetadata]:
         if record_size(key, value) > self.limits.get(topic, 1 << 20):
@@ -78,7 +80,7 @@ class FakeTx:
     async def flush(self) -> None:
         return None
 
-    async def dead_letter(self, rec: Record, error: BaseException, reason: str) -> None:
+    async def dead_letter(self, rec: Record, error: BaseException, reason: DeadLetterReason) -> None:
         self.letters.append((rec, reason))
 
     def on(self, topic: str) -> list[dict[str, Any]]:
@@ -162,7 +164,7 @@ def test_the_count_stage_answers_per_chunk_and_caps_triggers() -> None:
     stage = CountStage(NAMES, lambda domain: 1)  # a trigger per unit
     tx = FakeTx()
     recs = [record(m, b"dating", i, NAMES.units) for i, m in enumerate(messages)]
-    run(stage.process(0, recs, {}, cast(Tx, tx)))
+    run(stage.process(recs, Table({}), cast(Tx, tx)))
     results = [StageResult.model_validate(r) for r in tx.on(NAMES.results)]
     assert [(r.chunk, r.chunks) for r in results] == [(i, len(messages)) for i in range(len(messages))]
     assert sum(r.units_generated for r in results) == len(out.batches[0].units)
@@ -246,7 +248,7 @@ def test_expand_dead_letters_by_reason_class() -> None:
     for item in heavy["payload"]["items"]:
         item["weight"] = 1e308  # off the edge's bounds: the product overflows
     recs = [record(b"{not json", offset=0), record(orjson.dumps(heavy), offset=1)]
-    run(stage.process(0, recs, {}, cast(Tx, tx)))
+    run(stage.process(recs, Table({}), cast(Tx, tx)))
     assert [(r.offset, reason) for r, reason in tx.letters] == [
         (0, "schema_violation"),
         (1, "processing_failure"),
@@ -364,7 +366,9 @@ def test_histories_expire_by_stream_time_with_tombstones_and_outputs_do_not_chan
 
     def step(event: RankingOutcomeEnvelope, offset: int) -> tuple[dict[bytes, ExpandState | None], FakeTx]:
         tx = FakeTx()
-        changes = run(stage.process(0, [record(encode(event), offset=offset)], state, cast(Tx, tx)))
+        table: Table[ExpandState] = Table(state)
+        run(stage.process([record(encode(event), offset=offset)], table, cast(Tx, tx)))
+        changes = dict(table.changes)
         for k, v in changes.items():
             if v is None:
                 state.pop(k, None)
