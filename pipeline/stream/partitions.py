@@ -249,12 +249,16 @@ class PartitionRunner(ABC, Generic[H]):
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    def attach(self) -> Consumer:
+        """Make the consumer and subscribe (``start`` does this; tests drive :meth:`step` after it)."""
         self._consumer = self.clients.consumer(
             self.group_id, f"{self.group_id}-{self.name}", **self._consumer_options
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
-        await self._consumer.start()
+        return self._consumer
+
+    async def start(self) -> None:
+        await self.attach().start()
         self._task = asyncio.create_task(self._run(), name=f"stage-{self.name}")
 
     async def stop(self) -> None:
@@ -365,14 +369,15 @@ class PartitionRunner(ABC, Generic[H]):
     async def _run(self) -> None:
         while True:
             try:
-                await self._step()
+                await self.step()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("%s: processing loop error; retrying", self.name)
                 await asyncio.sleep(1.0)
 
-    async def _step(self) -> None:
+    async def step(self) -> None:
+        """One turn of the loop: close, open and resume partitions as due, poll, check, process."""
         consumer = self.consumer
         await self._flush_closing()
         self._start_opens()

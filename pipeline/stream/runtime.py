@@ -410,6 +410,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         clients: Clients | None = None,
         backoff: Backoff | None = None,
         fence_grace_s: float = 10.0,
+        retake_delay_s: float = 0.5,
     ) -> None:
         super().__init__(
             clients=clients or KafkaClients(bootstrap, poll_ms=poll_ms),
@@ -425,7 +426,8 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         self.changelog_topic = changelog_topic
         self.dlq_topic = dlq_topic
         self.limits = dict(limits or {})
-        self.fence_grace_s = fence_grace_s
+        self.fence_grace_s = fence_grace_s  # a fenced partition still ours after this is re-taken
+        self.retake_delay_s = retake_delay_s  # pause before re-taking a partition after a failure
         self._careful: dict[int, _Careful] = {}
 
     def state(self, partition: int) -> dict[bytes, S] | None:
@@ -587,7 +589,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             )
             if refused.by_broker or not await self._abort(tp, owned, tx):
                 # a broker refusal leaves the idempotent sequence in doubt: take the partition anew
-                self.reopen(tp, delay=0.5)
+                self.reopen(tp, delay=self.retake_delay_s)
             else:
                 self.seek(tp, records[0].offset)
             return
@@ -596,7 +598,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             # fresh, fencing producer and the table restored.
             STAGE_ERRORS.labels(name, "unknown_outcome").inc()
             log.warning("%s: partition %d commit outcome unknown (%s): %r; re-taking it", name, p, span, exc)
-            self.reopen(tp, delay=0.5)
+            self.reopen(tp, delay=self.retake_delay_s)
             return
         kind = "transient" if transient(exc) else "error"
         STAGE_ERRORS.labels(name, kind).inc()
@@ -608,7 +610,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             log.exception("%s: partition %d %s failed; retrying from the committed offset", name, p, span)
         if not await self._abort(tp, owned, tx) or not self.retry_later(tp):
             log.warning("%s: partition %d: abort failed or retries used up; re-taking it", name, p)
-            self.reopen(tp, delay=0.5)
+            self.reopen(tp, delay=self.retake_delay_s)
 
     async def _abort(self, tp: TopicPartition, owned: _Owned[S], tx: Tx) -> bool:
         """Abort the open transaction; False if that failed (the partition must be re-taken)."""

@@ -1,0 +1,422 @@
+"""The stage runtime on an in-memory Kafka (tests/fakekafka.py): transactions, the table view,
+dead letters, error classes, offset continuity, restore in the loop. Failure paths included.
+
+Each test drives the runner's loop by hand (:meth:`StageRunner.step`), so every turn is visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, cast
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RequestTimedOutError
+
+from pipeline.stream.partitions import OFFSET_GAPS, Backoff
+from pipeline.stream.runtime import STAGE_ERRORS, Record, StageRunner, Table, Tx, fenced, transient
+from pipeline.wire.records import DeadLetter
+from tests.fakekafka import Cluster, FakeClients, FakeConsumer, FakeProducer
+
+IN, OUT, LOG, DLQ = "in", "out", "changelog", "dlq"
+TP = TopicPartition(IN, 0)
+GROUP = "g"
+
+
+class Counting:
+    """Echoes each input to ``out``; counts inputs (``n``) and per key. ``bad*`` inputs do not decode,
+    ``boom*`` inputs break the rule; ``seen`` keeps the committed count each batch started from."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.seen: list[int | None] = []
+        self.raise_in_process: BaseException | None = None
+
+    def decode_state(self, value: bytes) -> int:
+        return int(value)
+
+    def encode_state(self, state: int) -> bytes:
+        return str(state).encode()
+
+    async def process(self, records: Sequence[Record], table: Table[int], tx: Tx) -> None:
+        self.seen.append(table.get(b"n"))
+        for rec in records:
+            value = await tx.decode(rec, decode)
+            if value is None:
+                continue
+            if await tx.attempt(rec, rule, value) is None:
+                continue
+            await tx.send(OUT, value, key=rec.key)
+            table[b"n"] = table.get(b"n", 0) + 1
+            table[rec.key or b""] = table.get(rec.key or b"", 0) + 1
+        if self.raise_in_process is not None:
+            error, self.raise_in_process = self.raise_in_process, None
+            raise error
+
+
+def decode(value: bytes) -> bytes:
+    if value.startswith(b"bad"):
+        raise ValueError("not ours")
+    return value
+
+
+def rule(value: bytes) -> bytes:
+    if value.startswith(b"boom"):
+        raise ArithmeticError("the rule refuses it")
+    return value
+
+
+def setup(
+    *, limits: dict[str, int] | None = None, backoff: Backoff | None = None, grace: float = 10.0
+) -> tuple[Cluster, FakeClients, StageRunner[int], FakeConsumer, Counting]:
+    cluster = Cluster()
+    clients = FakeClients(cluster)
+    stage = Counting()
+    runner: StageRunner[int] = StageRunner(
+        stage,
+        group_id=GROUP,
+        input_topic=IN,
+        changelog_topic=LOG,
+        dlq_topic=DLQ,
+        limits=limits,
+        clients=clients,
+        backoff=backoff or Backoff(base=0.0, cap=0.0, attempts=3),
+        fence_grace_s=grace,
+        retake_delay_s=0.0,
+    )
+    consumer = cast(FakeConsumer, runner.attach())
+    return cluster, clients, runner, consumer, stage
+
+
+async def turn(runner: StageRunner[Any], n: int = 6) -> None:
+    """``n`` turns of the loop, letting open tasks run in between."""
+    for _ in range(n):
+        await runner.step()
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+
+async def owning(runner: StageRunner[Any], consumer: FakeConsumer) -> None:
+    await consumer.rebalance({TP})
+    await turn(runner, 3)
+    assert runner.partitions == [0]
+
+
+def errors(kind: str) -> float:
+    value = STAGE_ERRORS.labels("counting", kind)._value.get()
+    return float(value)
+
+
+def gaps() -> float:
+    return float(OFFSET_GAPS.labels("counting")._value.get())
+
+
+def changelog(cluster: Cluster) -> list[tuple[bytes | None, bytes | None]]:
+    return [(r.key, r.value) for r in cluster.records(LOG)]
+
+
+# --- the table view --------------------------------------------------------------------------------
+
+
+def test_the_table_reads_its_own_writes_over_the_committed_state_and_changes_nothing_itself() -> None:
+    committed = {b"a": 1, b"b": 2}
+    table: Table[int] = Table(committed)
+    table[b"a"] = 10
+    table[b"c"] = 3
+    del table[b"b"]
+    table.delete(b"never-there")
+    assert table[b"a"] == 10 and table.get(b"b") is None and b"b" not in table and b"c" in table
+    assert sorted(table) == [b"a", b"c"] and len(table) == 2 and dict(table.items()) == {b"a": 10, b"c": 3}
+    with pytest.raises(KeyError):
+        del table[b"b"]
+    with pytest.raises(KeyError):
+        table[b"b"]
+    assert table.changes == {b"a": 10, b"c": 3, b"b": None, b"never-there": None}
+    assert committed == {b"a": 1, b"b": 2}  # applied by the runtime, only after a commit
+
+
+# --- a batch: all or nothing -------------------------------------------------------------------------
+
+
+async def test_a_batch_commits_outputs_changelog_and_offsets_together_once_per_changed_key() -> None:
+    cluster, _, runner, consumer, stage = setup()
+    cluster.produce(IN, [b"x1", b"x2", b"x3"], key=b"k")
+    await owning(runner, consumer)
+    await turn(runner)
+    assert cluster.values(OUT) == [b"x1", b"x2", b"x3"]
+    assert changelog(cluster) == [(b"n", b"3"), (b"k", b"3")]  # once per key, the batch's last value
+    assert cluster.offsets[GROUP, TP] == 3
+    assert runner.state(0) == {b"n": 3, b"k": 3}
+    assert stage.seen == [None]  # one transaction
+    assert runner.batches == 1
+
+
+async def test_changes_are_applied_only_after_the_commit_and_an_abort_leaves_the_state_untouched() -> None:
+    cluster, _, runner, consumer, stage = setup()
+    cluster.produce(IN, [b"x1"])
+    await owning(runner, consumer)
+    await turn(runner)
+    assert runner.state(0) == {b"n": 1, b"k": 1}
+    cluster.produce(IN, [b"x2", b"x3"])
+    cluster.faults["offsets"].append(RequestTimedOutError())  # fails after the outputs were sent
+    await runner.step()
+    assert runner.state(0) == {b"n": 1, b"k": 1}  # the failed batch changed nothing
+    assert cluster.values(OUT) == [b"x1"] and cluster.offsets[GROUP, TP] == 1
+    assert [op for _, op in cluster.calls][-2:] == ["offsets", "abort"]
+    await turn(runner)
+    assert cluster.values(OUT) == [b"x1", b"x2", b"x3"]  # retried once, exactly
+    assert runner.state(0) == {b"n": 3, b"k": 3}
+    assert stage.seen == [None, 1, 1]  # the retry started from the committed table again
+
+
+async def test_undecodable_inputs_and_rule_failures_are_dead_lettered_by_the_runtime() -> None:
+    cluster, _, runner, consumer, _ = setup()
+    cluster.produce(IN, [b"bad json", b"ok", b"boom"])
+    await owning(runner, consumer)
+    await turn(runner)
+    letters = [DeadLetter.model_validate_json(v or b"") for v in cluster.values(DLQ)]
+    assert [(d.offset, d.reason, d.stage) for d in letters] == [
+        (0, "schema_violation", "counting"),
+        (2, "processing_failure", "counting"),
+    ]
+    assert letters[1].error == "the rule refuses it" and letters[0].original_bytes() == b"bad json"
+    assert cluster.values(OUT) == [b"ok"] and cluster.offsets[GROUP, TP] == 3
+
+
+async def test_a_refused_output_goes_careful_and_dead_letters_only_its_input() -> None:
+    cluster, _, runner, consumer, _ = setup(limits={OUT: 1000, DLQ: 1 << 20, LOG: 1 << 20})
+    cluster.produce(IN, [b"a", b"b", b"x" * 2000, b"c"])
+    await owning(runner, consumer)
+    await turn(runner, 12)
+    assert cluster.values(OUT) == [b"a", b"b", b"c"]
+    [letter] = [DeadLetter.model_validate_json(v or b"") for v in cluster.values(DLQ)]
+    assert (letter.reason, letter.offset) == ("size_violation", 2)
+    assert runner.state(0) == {b"n": 3, b"k": 3}
+    assert cluster.offsets[GROUP, TP] >= 4 and not runner._careful
+
+
+async def test_a_broker_refusal_re_takes_the_partition_and_still_dead_letters_only_its_input() -> None:
+    cluster, clients, runner, consumer, _ = setup()
+    await owning(runner, consumer)
+    cluster.faults["commit"] += [MessageSizeTooLargeError(), MessageSizeTooLargeError()]  # batch, then "a"
+    cluster.produce(IN, [b"a", b"b"])
+    await turn(runner, 12)
+    assert len(clients.producers) >= 2  # re-taken with a fresh, fencing producer
+    [letter] = [DeadLetter.model_validate_json(v or b"") for v in cluster.values(DLQ)]
+    assert (letter.reason, letter.offset) == ("size_violation", 0)
+    assert cluster.values(OUT) == [b"b"] and runner.state(0) == {b"n": 1, b"k": 1}
+
+
+# --- error classes ----------------------------------------------------------------------------------
+
+
+def test_errors_are_classified_through_their_causes() -> None:
+    from aiokafka.errors import InvalidProducerEpoch, NotLeaderForPartitionError, ProducerFenced
+
+    try:
+        try:
+            raise InvalidProducerEpoch()
+        except InvalidProducerEpoch as inner:
+            raise RuntimeError("send failed") from inner
+    except RuntimeError as outer:
+        assert fenced(outer) and not transient(outer)
+    assert fenced(ProducerFenced()) and not fenced(RequestTimedOutError())
+    assert transient(RequestTimedOutError()) and transient(NotLeaderForPartitionError())
+    assert transient(KafkaTimeoutError()) and not transient(ValueError("a bug"))
+
+
+async def test_fenced_drops_the_partition_at_once_without_retrying() -> None:
+    cluster, clients, runner, consumer, _ = setup(grace=60.0)
+    cluster.produce(IN, [b"x1"])
+    await owning(runner, consumer)
+    await turn(runner)
+    before = errors("fenced")
+    usurper = FakeProducer(cluster, clients.producers[0].tid)
+    await usurper.start()  # another owner's init_transactions
+    cluster.produce(IN, [b"x2"])
+    calls = len(cluster.calls)
+    await turn(runner, 6)
+    assert errors("fenced") == before + 1
+    assert runner.partitions == [] and clients.producers[0].stopped
+    assert TP in consumer.paused  # nothing fetched for it while the rebalance is pending
+    assert [op for _, op in cluster.calls[calls:]] == ["begin"]  # one attempt: no abort, no retry
+    assert len(clients.producers) == 1  # and no re-take within the grace
+    await consumer.rebalance(set())  # the rebalance takes it away: nothing left behind
+    assert not runner._opening and runner.partitions == []
+    assert cluster.values(OUT) == [b"x1"]
+
+
+async def test_fenced_by_a_timeout_re_takes_the_partition_after_the_grace_if_still_ours() -> None:
+    cluster, clients, runner, consumer, _ = setup(grace=0.0)
+    await owning(runner, consumer)
+    cluster.epochs[clients.producers[0].tid] += 1  # the broker bumped the epoch (transaction timeout)
+    cluster.produce(IN, [b"x1"])
+    await turn(runner, 10)
+    assert len(clients.producers) == 2 and runner.partitions == [0]
+    assert cluster.values(OUT) == [b"x1"] and cluster.offsets[GROUP, TP] == 1
+
+
+async def test_a_transient_error_aborts_and_retries_from_the_committed_offset_with_backoff() -> None:
+    cluster, clients, runner, consumer, _ = setup(backoff=Backoff(base=0.05, cap=0.05, attempts=3))
+    await owning(runner, consumer)
+    before = errors("transient")
+    cluster.faults["send"].append(RequestTimedOutError())
+    cluster.produce(IN, [b"x1", b"x2"])
+    await runner.step()
+    assert errors("transient") == before + 1
+    assert consumer.positions[TP] == 0 and TP in consumer.paused  # back at the committed offset, waiting
+    assert ("counting", "abort") in [(tid.split("-")[1], op) for tid, op in cluster.calls]
+    await turn(runner, 2)
+    assert cluster.values(OUT) == []  # still backing off
+    await asyncio.sleep(0.06)
+    await turn(runner, 3)
+    assert cluster.values(OUT) == [b"x1", b"x2"] and len(clients.producers) == 1  # same producer
+
+
+async def test_transient_errors_past_the_attempts_re_take_the_partition() -> None:
+    cluster, clients, runner, consumer, _ = setup(backoff=Backoff(base=0.0, cap=0.0, attempts=2))
+    await owning(runner, consumer)
+    cluster.faults["send"] += [RequestTimedOutError()] * 3
+    cluster.produce(IN, [b"x1"])
+    await turn(runner, 12)
+    assert len(clients.producers) == 2  # bounded: the third failure re-took the partition
+    assert cluster.values(OUT) == [b"x1"]
+
+
+async def test_an_unknown_commit_outcome_re_takes_the_partition_and_restores_what_landed() -> None:
+    cluster, clients, runner, consumer, stage = setup()
+    await owning(runner, consumer)
+    before = errors("unknown_outcome")
+    cluster.faults["commit_landed"].append(KafkaTimeoutError())  # committed, but we cannot know
+    cluster.produce(IN, [b"x1", b"x2"])
+    await runner.step()
+    assert errors("unknown_outcome") == before + 1 and runner.partitions == []
+    await turn(runner, 8)
+    assert len(clients.producers) == 2 and runner.partitions == [0]
+    assert runner.state(0) == {b"n": 2, b"k": 2}  # restored from the changelog that landed
+    cluster.produce(IN, [b"x3"])
+    await turn(runner)
+    assert cluster.values(OUT) == [b"x1", b"x2", b"x3"]  # nothing done twice
+    assert stage.seen == [None, 2]
+
+
+# --- offset continuity ---------------------------------------------------------------------------------
+
+
+async def test_markers_between_transactions_are_not_gaps() -> None:
+    cluster, _, runner, consumer, _ = setup()
+    await owning(runner, consumer)
+    before = gaps()
+    for i in range(4):
+        cluster.produce(IN, [b"x%d" % i, b"y%d" % i])
+        await turn(runner, 2)
+    assert gaps() == before
+    assert len(cluster.values(OUT)) == 8 and cluster.offsets[GROUP, TP] == 11
+
+
+@pytest.mark.parametrize("moved_to", [0, 7], ids=["replayed", "skipped"])
+async def test_a_fetch_from_elsewhere_is_not_processed_and_the_partition_seeks_back(moved_to: int) -> None:
+    cluster, _, runner, consumer, _ = setup()
+    cluster.produce(IN, [b"a", b"b"])
+    await owning(runner, consumer)
+    await turn(runner)
+    cluster.produce(IN, [b"c", b"d"])
+    cluster.produce(IN, [b"e", b"f"])
+    before = gaps()
+    consumer.positions[TP] = moved_to  # an offset reset, a stray seek
+    await runner.step()
+    assert gaps() == before + 1
+    assert consumer.positions[TP] == 2 and cluster.values(OUT) == [b"a", b"b"]  # nothing processed
+    await turn(runner)
+    assert cluster.values(OUT) == [b"a", b"b", b"c", b"d", b"e", b"f"]  # each once, none skipped
+
+
+# --- assignment, restore, revocation ---------------------------------------------------------------
+
+
+async def test_assignment_pauses_restores_in_the_loop_then_resumes() -> None:
+    cluster, _, runner, consumer, _ = setup()
+    cluster.append(TopicPartition(LOG, 0), b"n", b"5")
+    cluster.append(TopicPartition(LOG, 0), b"gone", b"1")
+    cluster.append(TopicPartition(LOG, 0), b"gone", None)
+    cluster.offsets[GROUP, TP] = 2
+    cluster.produce(IN, [b"old", b"older", b"new"])
+    await consumer.rebalance({TP})
+    assert TP in consumer.paused and runner.partitions == [] and not runner.ready.is_set()
+    await turn(runner, 3)
+    assert TP not in consumer.paused and runner.ready.is_set()
+    await turn(runner)
+    assert runner.state(0) == {b"n": 6, b"k": 1}  # restored (tombstone applied), then one more
+    assert cluster.values(OUT) == [b"new"]  # from the committed offset
+
+
+async def test_a_revocation_during_restore_cancels_it_cleanly() -> None:
+    cluster, clients, runner, consumer, _ = setup()
+    cluster.changelog_gate = asyncio.Event()  # restores wait
+    cluster.produce(IN, [b"x"])
+    await consumer.rebalance({TP})
+    await turn(runner, 3)
+    assert runner.partitions == [] and TP in runner._opening  # restoring
+    await consumer.rebalance(set())
+    assert not runner._opening and runner.partitions == []
+    assert clients.producers[0].stopped  # its fencing producer closed
+    cluster.changelog_gate.set()
+    await turn(runner, 3)
+    assert runner.partitions == [] and cluster.values(OUT) == []
+    await consumer.rebalance({TP})  # handed back later: taken afresh
+    await turn(runner, 6)
+    assert runner.partitions == [0] and cluster.values(OUT) == [b"x"]
+
+
+async def test_a_failing_restore_is_tried_again() -> None:
+    cluster, clients, runner, consumer, _ = setup()
+    cluster.produce(IN, [b"x"])
+    original = clients.changelog
+    failures = [RequestTimedOutError()]
+
+    async def flaky(tp: TopicPartition) -> Any:
+        if failures:
+            raise failures.pop()
+        async for batch in original(tp):
+            yield batch
+
+    clients.changelog = flaky  # type: ignore[method-assign]
+    await consumer.rebalance({TP})
+    await turn(runner, 3)
+    assert runner.partitions == [] and clients.producers[0].stopped  # the failed open let go of it
+    runner._not_before.clear()  # skip the 1 s wait
+    await turn(runner, 6)
+    assert runner.partitions == [0] and cluster.values(OUT) == [b"x"]
+
+
+async def test_stop_closes_every_producer() -> None:
+    _, clients, runner, consumer, _ = setup()
+    await owning(runner, consumer)
+    await runner.stop()
+    assert all(p.stopped for p in clients.producers) and runner.partitions == []
+
+
+def test_dead_letters_through_the_real_tx_carry_the_reason() -> None:
+    async def go() -> list[DeadLetter]:
+        cluster = Cluster()
+        producer = FakeProducer(cluster, "t")
+        await producer.start()
+        await producer.begin_transaction()
+        tx = Tx(producer, stage="s", dlq=DLQ)
+        cluster.produce(IN, [b"bad", b"boom"])
+        bad, boom = cluster.records(IN)
+        assert await tx.decode(bad, decode) is None
+        assert await tx.attempt(boom, rule, b"boom") is None
+        assert await tx.attempt(boom, rule, b"fine") == b"fine"
+        await producer.commit_transaction()
+        return [DeadLetter.model_validate_json(v or b"") for v in cluster.values(DLQ)]
+
+    letters = asyncio.run(go())
+    assert [(d.reason, d.offset, d.error_type) for d in letters] == [
+        ("schema_violation", 0, "ValueError"),
+        ("processing_failure", 1, "ArithmeticError"),
+    ]
+    assert orjson.loads(letters[0].model_dump_json())["stage"] == "s"
