@@ -24,6 +24,7 @@ from pipeline.settings import Settings, get_settings
 from pipeline.store.sql import Database, describe, open_database
 from pipeline.stream.count import CountStage
 from pipeline.stream.expand import ExpandStage
+from pipeline.stream.partitions import Clients
 from pipeline.stream.runtime import StageRunner
 from pipeline.stream.store import StoreRunner
 from pipeline.tenants import load_tenants
@@ -35,8 +36,11 @@ def faust_broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip()]
 
 
-def build_runners(settings: Settings, bootstrap: str) -> tuple[StageRunner[Any], StageRunner[Any]]:
-    """The two stages wired to their topics (also used by the benchmark and tests)."""
+def build_runners(
+    settings: Settings, bootstrap: str, clients: Clients | None = None
+) -> tuple[StageRunner[Any], StageRunner[Any]]:
+    """The two stages wired to their topics (also used by the benchmark and tests; ``clients``: the
+    Kafka clients, aiokafka on ``bootstrap`` by default, an in-memory Kafka in unit tests)."""
     names = topics.topic_names(settings)
     registry = load_tenants(settings.tenants_file)
 
@@ -56,6 +60,7 @@ def build_runners(settings: Settings, bootstrap: str) -> tuple[StageRunner[Any],
         dlq_topic=names.dlq,
         limits=sizes,
         max_batch=settings.take_batch,
+        clients=clients,
     )
     count = StageRunner(
         CountStage(names, threshold_for),
@@ -66,6 +71,7 @@ def build_runners(settings: Settings, bootstrap: str) -> tuple[StageRunner[Any],
         dlq_topic=names.dlq,
         limits=sizes,
         max_batch=settings.take_batch,
+        clients=clients,
     )
     return expand, count
 

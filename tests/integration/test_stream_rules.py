@@ -1,7 +1,10 @@
-"""The stream's rules on the real broker: flatten, triplets, counters, triggers, modes, DLQ.
+"""The stream on the real broker where it needs Kafka: a seed flow end to end, the ingest's answers
+(signal ids, manual train), the DLQ of bad bytes, bodies near the size limits.
 
 Feedback goes in through the publisher library (the Kafka path) and over HTTP (the ingest path);
-results are read back from the output topics as trainers and dashboards read them.
+results are read back from the output topics as trainers and dashboards read them. The rules
+themselves (pairing one at a time, threshold ranges, feedback modes, scored entries) are tested in
+process on the stage runtime: tests/unit/test_stream_stages.py.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
-from pipeline.wire.records import deterministic_id
 from tests.conftest import TEST_TENANTS
 from tests.http_helpers import domain_state, post
 from tests.kafka_helpers import produce, read_until
@@ -75,34 +77,6 @@ async def test_seed_000_batch_expands_into_weighted_triplets(
     assert len({u["unit_id"] for u in units}) == 3
 
 
-async def test_outcomes_one_at_a_time_pair_with_the_seekers_history(
-    publisher: FeedbackPublisher, broker: Broker, names: TopicNames
-) -> None:
-    seeker = f"solo-{uuid.uuid4().hex[:6]}"
-    ids: list[str] = []
-    for cand, label in (
-        ("bob", "accepted"),
-        ("carl", "rejected"),
-        ("dan", "interview_passed"),
-        ("erin", "ghosted"),
-    ):
-        ids += (
-            await publisher.publish({"domain": "s_llm", "items": [outcome(seeker, cand, label)]})
-        ).event_ids
-    # bob/carl; dan(2.5) beats bob(2), carl(0); bob and dan beat erin(0.5)
-    units = await units_of(broker, names, set(ids), 5, settle_s=1.0)
-    pairs = sorted((u["positive"], u["negative"]) for u in units)
-    assert pairs == [("bob", "carl"), ("bob", "erin"), ("dan", "bob"), ("dan", "carl"), ("dan", "erin")]
-    weights = {(u["positive"], u["negative"]): u["weight"] for u in units}
-    assert weights[("dan", "bob")] == pytest.approx(0.5 / 3)
-    assert weights[("bob", "erin")] == pytest.approx(1.5 / 3)
-    # a newer outcome for bob supersedes the old one: now a negative, paired under dan only
-    later = await publisher.publish({"domain": "s_llm", "items": [outcome(seeker, "bob", "rejected")]})
-    new = await units_of(broker, names, set(later.event_ids), 1, settle_s=1.0)
-    assert [(u["positive"], u["negative"]) for u in new] == [("dan", "bob")]
-    assert new[0]["weight"] == pytest.approx(2.5 / 3)
-
-
 async def test_nested_feedback_becomes_typed_signals_with_the_answered_ids(
     ingest: Service, broker: Broker, names: TopicNames
 ) -> None:
@@ -144,48 +118,6 @@ async def test_nested_feedback_becomes_typed_signals_with_the_answered_ids(
     assert all(s["domain"] == "s_llm" and s["contract"] == "inference_feedback" for s in signals.values())
 
 
-async def test_threshold_crossing_emits_one_trigger_with_the_exact_range(
-    publisher: FeedbackPublisher, ingest: Service, broker: Broker, names: TopicNames
-) -> None:
-    seeker = f"t-{uuid.uuid4().hex[:6]}"
-    # 2 + 1 = 3 units reach s_three's threshold 3 exactly once; 1 more stays pending
-    first = await publisher.publish(
-        {
-            "domain": "s_three",
-            "items": [
-                outcome(seeker, "a", "converted"),
-                outcome(seeker, "b", "accepted"),
-                outcome(seeker, "c", "accepted"),
-            ],
-        }
-    )
-    second = await publisher.publish({"domain": "s_three", "items": [outcome(seeker, "d", "expired")]})
-    ids = set(first.event_ids + second.event_ids)
-    units = await read_until(
-        broker.bootstrap, names.triplets, lambda r: _json(r)["event_id"] in ids, count=5, settle_s=1.0
-    )
-    triggers = await read_until(
-        broker.bootstrap, names.triggers, lambda r: _json(r)["domain"] == "s_three", count=1, settle_s=1.5
-    )
-    assert len(units) == 5  # a>b, a>c (b,c tie); then a>d, b>d, c>d
-    assert len(triggers) == 1
-    trig = _json(triggers[0])
-    assert trig["reason"] == "threshold" and trig["count"] == 3 and trig["threshold"] == 3
-    assert trig["sequence"] == 1
-    rng = trig["range"]
-    assert rng["topic"] == names.triplets
-    covered = [
-        r
-        for r in units
-        if r.partition == rng["partition"] and rng["start_offset"] <= r.offset <= rng["end_offset"]
-    ]
-    assert len(covered) == 3
-    assert all(r.partition == rng["partition"] for r in units)
-    state = await domain_state(ingest, "s_three", key="fs_stream_key", until=lambda st: st["total"] >= 5)
-    assert state["pending"] == 2 and state["threshold"] == 3 and state["total"] == 5
-    assert state["last_trigger"]["trigger_id"] == trig["trigger_id"]
-
-
 async def post_get(svc: Service, path: str, key: str) -> tuple[int, Any, dict[str, str]]:
     import aiohttp
 
@@ -225,77 +157,6 @@ async def test_manual_train_is_ordered_with_counts_and_says_when_nothing_is_pend
     assert body["triggered"] is False
     status, body, _ = await post(ingest, "/v1/train", {"domain": "dating"}, key="fs_stream_key")
     assert status == 403
-
-
-async def test_feedback_modes_of_corrections(ingest: Service, broker: Broker, names: TopicNames) -> None:
-    case = f"case-{uuid.uuid4().hex[:6]}"
-    body = {
-        "case_id": case,
-        "module": "intent",
-        "original_output": {"intent": "refund"},
-        "corrected_output": {"intent": "cancel"},
-        "actor": {"id": "rep-1"},
-    }
-    answers = {}
-    for key in ("fs_mode_off", "fs_mode_audit", "fs_mode_shared", "fs_stream_key"):
-        status, answer, _ = await post(ingest, "/v1/feedback", body, key=key)
-        assert status == 200, answer
-        answers[key] = answer["feedback_id"]
-    # the shared pool's copy is anonymized: an opaque event id (derived, so a replay repeats it)
-    pooled_id = deterministic_id("pooled-event", answers["fs_mode_shared"])
-    units = await read_until(
-        broker.bootstrap,
-        names.triplets,
-        lambda r: _json(r)["event_id"] in {*answers.values(), pooled_id},
-        count=3,
-        settle_s=1.5,
-    )
-    by_domain = sorted((_json(r)["domain"], _json(r)["event_id"]) for r in units)
-    assert by_domain == sorted(
-        [
-            ("m_shared", answers["fs_mode_shared"]),
-            ("__shared__", pooled_id),
-            ("s_corrections", answers["fs_stream_key"]),
-        ]
-    )
-    pooled = next(_json(r) for r in units if _json(r)["domain"] == "__shared__")
-    assert pooled["tenant"] is None and pooled["kind"] == "preference"
-    assert pooled["anchor"] == "intent" and case not in orjson.dumps(pooled).decode()
-    assert pooled["chosen"] == {"intent": "cancel"} and pooled["rejected"] == {"intent": "refund"}
-    signals = await read_until(
-        broker.bootstrap, names.signals, lambda r: _json(r)["subject"] == case, count=3, settle_s=1.0
-    )
-    assert sorted(_json(r)["tags"]["feedback_mode"] for r in signals) == [
-        "audit_only",
-        "shared_improvement",
-        "tenant_tuning",
-    ]  # off: discarded, no signal
-
-
-async def test_scored_entries_count_except_seed_source(
-    ingest: Service, broker: Broker, names: TopicNames
-) -> None:
-    task = "7d444840-9dc0-11d1-b245-5ffdce74fad2"
-    ids = []
-    for source in ("seed", "seed", "sdk", "user_rating"):
-        status, answer, _ = await post(
-            ingest, "/api/v1/feedback", {"task_id": task, "score": 0.5, "source": source}, key="fs_stream_key"
-        )
-        assert status == 201
-        ids.append(answer["id"])
-    units = await read_until(
-        broker.bootstrap, names.triplets, lambda r: _json(r)["event_id"] in set(ids), count=4
-    )
-    assert sorted((_json(r)["source"], _json(r)["counts"]) for r in units) == [
-        ("sdk", True),
-        ("seed", False),
-        ("seed", False),
-        ("user_rating", True),
-    ]
-    triggers = await read_until(
-        broker.bootstrap, names.triggers, lambda r: _json(r)["domain"] == task, count=1, settle_s=1.0
-    )
-    assert len(triggers) == 1 and _json(triggers[0])["count"] == 2
 
 
 async def test_bad_messages_go_to_the_dlq_and_the_stream_keeps_going(
