@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from prometheus_client import Counter
 
@@ -383,8 +384,12 @@ class PartitionRunner(ABC, Generic[H]):
         self._start_opens()
         await self._finish_opens()
         self._resume_due()
-        active = [tp for tp in self._owned if tp not in self._paused]
-        before = {tp: await consumer.position(tp) for tp in active}
+        assigned = consumer.assignment()
+        active = [tp for tp in self._owned if tp not in self._paused and tp in assigned]
+        before: dict[TopicPartition, int] = {}
+        for tp in active:
+            with contextlib.suppress(IllegalStateError):  # revoked meanwhile: its fetch is dropped
+                before[tp] = await consumer.position(tp)
         fetched = await consumer.getmany(
             timeout_ms=self.poll_ms, max_records=self.max_batch * max(1, len(active))
         )
@@ -392,12 +397,17 @@ class PartitionRunner(ABC, Generic[H]):
         if not fetched:
             await self._idle()
             return
-        after = {tp: await consumer.position(tp) for tp in fetched}
+        after: dict[TopicPartition, int] = {}
+        for tp in list(fetched):
+            try:
+                after[tp] = await consumer.position(tp)
+            except IllegalStateError:  # revoked meanwhile
+                del fetched[tp]
         async with self._lock:
             work: dict[TopicPartition, tuple[list[Record], int]] = {}
             for tp, records in fetched.items():
                 place = self._places.get(tp)
-                if tp not in self._owned or place is None or tp in self._paused:
+                if tp not in self._owned or place is None or tp in self._paused or tp not in before:
                     continue  # revoked, dropped or paused while the fetch was in flight
                 if before.get(tp) != place.expected:
                     self._gap(tp, place, before.get(tp), records)
