@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.kafka.io import OutRecord
+from pipeline.tenants import hash_api_key
 from tests.http_helpers import DEV_KEY, KAIZEN_KEY, OTHER_KEY
-from tests.inprocess import Edge
+from tests.inprocess import Edge, start_edge
 
 TASK_ID = "550e8400-e29b-41d4-a716-446655440000"
 CORRECTION = {
@@ -497,3 +502,288 @@ async def test_headers_that_are_not_utf8_never_cause_a_500(edge: Edge) -> None:
         edge, b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nX-API-Key: fs_dev_key_12\xff\r\n", body
     )
     assert (status, answer["error"]["code"]) == (401, "UNAUTHENTICATED")
+
+
+# --- limits: 413 for big bodies and too many items, 429 past a tenant's rate ---------------------------
+# (were tests/integration/test_ingest_limits.py on dedicated subprocess ingests)
+
+MAX_BODY = 2048
+MAX_ITEMS = 3
+RATE_KEY = "fs_rate_key_2rps"
+RATE_KEY_B = "fs_rate_key_2rps_b"  # same tenant, its own bucket
+
+
+@pytest.fixture
+async def small() -> AsyncIterator[Edge]:
+    e, client = await start_edge(max_body_bytes=MAX_BODY, max_items_per_request=MAX_ITEMS)
+    try:
+        yield e
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def rate_limited(tmp_path: Path) -> AsyncIterator[Edge]:
+    """An ingest whose tenants file has the dev tenant under a key limited to 2 requests/s."""
+    tenants = {
+        "tenants": [
+            {
+                "id": "dev",
+                "api_keys": [hash_api_key(RATE_KEY), hash_api_key(RATE_KEY_B)],
+                "tier": "metered",
+                "rate_limit_rps": 2,
+                "feedback_mode": "tenant_tuning",
+                "default_domains": {
+                    "correction": "support",
+                    "inference_feedback": "llm",
+                    "search_event": "search",
+                },
+                "domains": {d: {"threshold": 1000} for d in ("dating", "support", "llm", "search")},
+            }
+        ]
+    }
+    path = tmp_path / "tenants.rate.yaml"
+    path.write_text(yaml.safe_dump(tenants))
+    e, client = await start_edge(tenants=path)
+    try:
+        yield e
+    finally:
+        await client.close()
+
+
+def padded_events(size: int) -> bytes:
+    """A valid seed 002 body of exactly ``size`` bytes."""
+    event: dict[str, Any] = {"id": str(uuid.uuid4()), "feedback": {"note": ""}}
+    base = len(orjson.dumps([event]))
+    event["feedback"]["note"] = "n" * (size - base)
+    raw = orjson.dumps([event])
+    assert len(raw) == size
+    return raw
+
+
+async def test_body_at_the_limit_is_accepted_one_byte_more_is_413(small: Edge) -> None:
+    ok, too_big = cid("lim-ok"), cid("lim-big")
+    status, answer, _ = await small.send("/v1/feedback", raw=padded_events(MAX_BODY), correlation_id=ok)
+    assert status == 200 and answer[0]["error"] is None, answer
+    status, answer, headers = await small.send(
+        "/v1/feedback", raw=padded_events(MAX_BODY + 1), correlation_id=too_big
+    )
+    assert status == 413
+    assert answer == {
+        "error": {"code": "PAYLOAD_TOO_LARGE", "message": f"Body exceeds {MAX_BODY} bytes.", "details": None},
+        "correlation_id": too_big,
+        "request_id": headers["x-request-id"],
+    }
+    assert len(small.writer.of(ok)) == 1 and small.writer.of(too_big) == []
+
+
+@pytest.mark.parametrize("path", ["/v1/feedback", "/api/v1/feedback"])
+async def test_big_chunked_body_without_length_is_413(small: Edge, path: str) -> None:
+    """No Content-Length to trust: the ingest stops reading past the limit."""
+    raw = padded_events(MAX_BODY * 4)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(raw), 1000):
+            yield raw[i : i + 1000]
+
+    correlation_id = cid("lim-chunked")
+    headers = {"Authorization": f"Bearer {DEV_KEY}", "X-Correlation-Id": correlation_id}
+    async with small.client.post(path, data=chunks(), headers=headers) as resp:
+        assert resp.status == 413
+        assert "Content-Length" not in resp.request_info.headers
+        answer = orjson.loads(await resp.read())
+    assert answer["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert answer["correlation_id"] == correlation_id
+    assert small.writer.records == []
+
+
+def _items(n: int) -> dict[str, Any]:
+    seeker = f"lim-{uuid.uuid4().hex[:6]}"
+    return {
+        "domain": "search",
+        "items": [{"seeker_id": seeker, "candidate_id": f"c{i}", "outcome": "accepted"} for i in range(n)],
+    }
+
+
+def _events(n: int) -> list[dict[str, Any]]:
+    return [{"id": str(uuid.uuid4()), "feedback": {"ok": True}} for _ in range(n)]
+
+
+@pytest.mark.parametrize("make", [_items, _events], ids=["000", "002"])
+async def test_too_many_items_is_413_and_the_limit_itself_is_fine(
+    small: Edge, make: Callable[[int], Any]
+) -> None:
+    ok, too_many = cid("lim-items-ok"), cid("lim-items")
+    status, answer, _ = await small.send("/v1/feedback", make(MAX_ITEMS), correlation_id=ok)
+    assert status in (200, 202), answer  # seed 000: 202 without a stream behind
+    status, answer, _ = await small.send("/v1/feedback", make(MAX_ITEMS + 1), correlation_id=too_many)
+    assert status == 413
+    assert answer["error"]["code"] == "TOO_MANY_ITEMS"
+    assert answer["error"]["message"] == f"{MAX_ITEMS + 1} items exceed the limit of {MAX_ITEMS} per request."
+    expected = 1 if make is _items else MAX_ITEMS  # seed 000: one event per seeker
+    assert len(small.writer.of(ok)) == expected and small.writer.of(too_many) == []
+
+
+HELPFUL = {"event_type": "result_helpful"}
+
+
+async def test_past_the_rate_429_with_retry_after_and_seed_004_rate_state(rate_limited: Edge) -> None:
+    cids = [cid(f"rate-{i}") for i in range(8)]
+    answers = await asyncio.gather(
+        *(
+            rate_limited.send(
+                "/v1/feedback", {"event_type": "result_helpful"}, key=RATE_KEY, correlation_id=c
+            )
+            for c in cids
+        )
+    )
+
+    ok = [(c, a) for c, a in zip(cids, answers, strict=True) if a[0] == 200]
+    limited = [(c, a) for c, a in zip(cids, answers, strict=True) if a[0] == 429]
+    assert len(ok) + len(limited) == len(cids), [a[0] for a in answers]
+    assert len(ok) >= 2  # the burst is the rate
+    assert limited
+    for _, (_, body, headers) in ok:
+        rate = body["access"]["rate_limit"]
+        assert rate["limit_rps"] == 2
+        assert rate["remaining"] in (0, 1)
+        assert body["access"]["tier"] == "metered"
+        assert headers["x-ratelimit-limit"] == "2"
+    for c, (_, body, headers) in limited:
+        assert body["error"]["code"] == "RATE_LIMITED"
+        assert body["error"]["message"] == "Rate limit of 2 requests/s exceeded."
+        assert body["correlation_id"] == c
+        assert int(headers["retry-after"]) >= 1
+        assert headers["x-ratelimit-limit"] == "2"
+        assert headers["x-ratelimit-remaining"] == "0"
+    assert sorted(c for c in cids if rate_limited.writer.of(c)) == sorted(c for c, _ in ok)
+
+
+async def test_rate_limited_correction_answers_in_seed_001_shape(rate_limited: Edge) -> None:
+    correction = {"case_id": "c", "module": "m", "original_output": {}, "corrected_output": {}, "actor": {}}
+    answers = await asyncio.gather(
+        *(
+            rate_limited.send("/v1/feedback", correction, key=RATE_KEY, correlation_id="rate-001")
+            for _ in range(6)
+        )
+    )
+    limited = [a for a in answers if a[0] == 429]
+    assert limited, [a[0] for a in answers]
+    for _, body, headers in limited:
+        assert body == {
+            "error_code": "RATE_LIMITED",
+            "message": "Rate limit of 2 requests/s exceeded.",
+            "correlation_id": "rate-001",
+            "request_id": headers["x-request-id"],
+        }
+        assert int(headers["retry-after"]) >= 1
+
+
+async def test_the_rate_is_per_key(rate_limited: Edge) -> None:
+    search = {"event_type": "stale_result"}
+    answers = await asyncio.gather(
+        *(rate_limited.send("/v1/feedback", search, key=RATE_KEY) for _ in range(6))
+    )
+    assert 429 in [a[0] for a in answers]
+    status, body, _ = await rate_limited.send("/v1/feedback", search, key=RATE_KEY_B)
+    assert status == 200, body
+    assert body["access"]["rate_limit"]["remaining"] == 1  # a full bucket of 2, minus this request
+    status, body, _ = await rate_limited.send("/v1/feedback", search)  # the dev key is not in this file
+    assert status == 401
+
+
+async def test_large_body_under_the_default_limit_is_read_whole(edge: Edge) -> None:
+    """~600 KB arrives in many TCP reads; the ingest must read all of it (it once parsed the first one)."""
+    events = [{"id": str(uuid.uuid4()), "feedback": {"note": "n" * 2000}} for _ in range(300)]
+    raw = orjson.dumps(events)
+    assert 500_000 < len(raw) < 1_048_576
+    status, answer, _ = await edge.send("/v1/feedback", raw=raw)
+    assert status == 200, answer
+    assert [list(a["feedback_ids"]) for a in answer] == [["note"]] * 300
+
+
+# --- what operators see: GET /metrics reflects the traffic ----------------------------------------------
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(edge: Edge) -> Samples:
+    async with edge.client.get("/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def delta(before: Samples, after: Samples) -> Callable[..., float]:
+    def of(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    return of
+
+
+def batch(valid: int, invalid: int) -> list[dict[str, Any]]:
+    good = [{"id": str(uuid.uuid4()), "feedback": {"ok": True}} for _ in range(valid)]
+    bad = [{"id": "nope", "feedback": {"ok": [1]}} for _ in range(invalid)]
+    return [*good, *bad]
+
+
+async def test_metrics_count_requests_latency_and_items_by_contract_and_reason(edge: Edge) -> None:
+    """GET /metrics reflects the traffic (the process's registry: deltas, as on a long-lived ingest)."""
+    before = await scrape(edge)
+    scored = {"task_id": "550e8400-e29b-41d4-a716-446655440000", "score": 0.4}
+    seeker = f"m-{uuid.uuid4().hex[:6]}"
+    outcomes = {
+        "domain": "search",
+        "items": [
+            {"seeker_id": seeker, "candidate_id": "a", "outcome": "accepted"},
+            {"seeker_id": seeker, "candidate_id": "b", "outcome": "no_such_label"},
+        ],
+    }
+    answers = [
+        await edge.send("/v1/feedback", batch(2, 1)),
+        await edge.send("/v1/feedback", batch(2, 1)),
+        await edge.send("/v1/feedback", outcomes),
+        await edge.send("/v1/feedback", {}),
+        await edge.send("/v1/feedback", {"event_type": "result_helpful"}, key="fs_not_a_key"),
+        await edge.send("/api/v1/feedback", scored),
+        await edge.send("/api/v1/feedback", {**scored, "score": 1.5}),
+    ]
+    assert [a[0] for a in answers] == [200, 200, 202, 400, 401, 201, 422]  # 202: no stream behind
+    d = delta(before, await scrape(edge))
+
+    requests = "feedstream_http_requests_total"
+    assert d(requests, route="/v1/feedback", method="POST", status="200") == 2
+    assert d(requests, route="/v1/feedback", method="POST", status="202") == 1
+    assert d(requests, route="/v1/feedback", method="POST", status="400") == 1
+    assert d(requests, route="/v1/feedback", method="POST", status="401") == 1
+    assert d(requests, route="/api/v1/feedback", method="POST", status="201") == 1
+    assert d(requests, route="/api/v1/feedback", method="POST", status="422") == 1
+
+    latency = "feedstream_http_request_duration_seconds"
+    assert d(f"{latency}_count", route="/v1/feedback") == 5
+    assert d(f"{latency}_bucket", route="/v1/feedback", le="+Inf") == 5
+    assert d(f"{latency}_count", route="/api/v1/feedback") == 2
+    assert d(f"{latency}_sum", route="/v1/feedback") > 0
+    after = await scrape(edge)
+    buckets = sorted(
+        (float(dict(labels)["le"]), value)
+        for (name, labels), value in after.items()
+        if name == f"{latency}_bucket" and dict(labels)["route"] == "/v1/feedback"
+    )
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+
+    accepted, rejected = "feedstream_items_accepted_total", "feedstream_items_rejected_total"
+    assert d(accepted, contract="inference_feedback") == 4
+    assert d(accepted, contract="ranking_outcome") == 1
+    assert d(accepted, contract="scored_output") == 1
+    assert d(rejected, contract="inference_feedback", reason="invalid") == 2
+    assert d(rejected, contract="ranking_outcome", reason="unknown_label") == 1
+    assert d(rejected, contract="unknown", reason="no_contract") == 1
+    assert d(rejected, contract="scored_output", reason="invalid") == 1
+    assert d("feedstream_raw_events_published_total", origin="http") == 4 + 1 + 1
