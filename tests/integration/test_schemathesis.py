@@ -128,6 +128,7 @@ def test_schemathesis_finds_no_failure(st_ingest: Service, tmp_path: Path) -> No
         text=True,
         timeout=240,
         check=False,
+        cwd=tmp_path,  # schemathesis keeps state in .schemathesis/ of its working directory
     )
     elapsed = time.monotonic() - started
     output = proc.stdout + proc.stderr
