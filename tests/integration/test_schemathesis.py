@@ -30,7 +30,7 @@ from tests.inprocess import in_process
 pytestmark = pytest.mark.usefixtures("worker")
 
 SEED = 20240817
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = 8
 #: schemathesis' own default for positive_data_acceptance (schemathesis.config._checks)
 POSITIVE_OK = ("2xx", "3xx", "401", "403", "404", "409", "429", "5xx")
 
@@ -80,7 +80,7 @@ def config_toml() -> str:
 
 @pytest.fixture(scope="module")
 def st_ingest(ingest_factory: Callable[..., Service]) -> Service:
-    return ingest_factory("ingest-schemathesis", result_wait_s=0.2)
+    return ingest_factory("ingest-schemathesis", result_wait_s=0.1)
 
 
 def web_app() -> web.Application:
