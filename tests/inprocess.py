@@ -38,6 +38,11 @@ class FakeWriter:
     def envelopes(self) -> list[dict[str, Any]]:
         return [orjson.loads(r.value) for r in self.records]
 
+    def of(self, correlation_id: str) -> list[OutRecord]:
+        """The records a request wrote, by the correlation id header every raw record carries."""
+        wanted = correlation_id.encode()
+        return [r for r in self.records if dict(r.headers).get("correlation_id") == wanted]
+
 
 class FakeView:
     """No stream behind it: seed 000 and train answer 202 at once (``result_wait_s=0``)."""
@@ -91,10 +96,42 @@ class Edge:
     async def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any, dict[str, str]]:
         return await self.call("POST", path, body, **kw)
 
+    async def send(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        key: str | None = DEV_KEY,
+        header: str = "bearer",
+        correlation_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        method: str = "POST",
+    ) -> tuple[int, Any, dict[str, str]]:
+        """As ``tests.http_helpers.post`` does over the network: the key as a bearer token or in
+        X-API-Key, header names in lower case, a body that is not JSON as text."""
+        h = {"Content-Type": "application/json", **(headers or {})}
+        if key is not None:
+            h["Authorization" if header == "bearer" else "X-API-Key"] = (
+                f"Bearer {key}" if header == "bearer" else key
+            )
+        if correlation_id:
+            h["X-Correlation-Id"] = correlation_id
+        data = raw if raw is not None else orjson.dumps(body)
+        async with self.client.request(method, path, data=data, headers=h) as resp:
+            text = await resp.read()
+            try:
+                parsed = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                parsed = text.decode(errors="replace")
+            return resp.status, parsed, {k.lower(): v for k, v in resp.headers.items()}
 
-async def start_edge(**overrides: Any) -> tuple[Edge, TestClient[web.Request, web.Application]]:
+
+async def start_edge(
+    *, tenants: Path = TENANTS, **overrides: Any
+) -> tuple[Edge, TestClient[web.Request, web.Application]]:
     settings = make_settings(**overrides)
-    ingest = Ingest(settings, load_tenants(TENANTS), FakeWriter(), FakeView())  # type: ignore[arg-type]
+    ingest = Ingest(settings, load_tenants(tenants), FakeWriter(), FakeView())  # type: ignore[arg-type]
     client: TestClient[web.Request, web.Application] = TestClient(TestServer(ingest.app()))
     await client.start_server()
     return Edge(client, ingest), client

@@ -140,6 +140,19 @@ def error_body(call: Call, err: ApiError) -> dict[str, Any]:
     }
 
 
+#: aiohttp's own answers (unknown path, method not allowed...) by status; others are HTTP_ERROR.
+HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+#: Headers of an aiohttp exception that describe its text body, which the JSON body replaces.
+BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
+
+
+def http_error(call: Call, exc: web.HTTPException) -> web.Response:
+    """aiohttp's HTTP exception as a JSON error, keeping its headers (405's ``Allow``, RFC 9110)."""
+    err = ApiError(exc.status, HTTP_CODES.get(exc.status, "HTTP_ERROR"), exc.reason)
+    headers = {k: v for k, v in exc.headers.items() if k.lower() not in BODY_HEADERS}
+    return json_response(exc.status, error_body(call, err), headers)
+
+
 CORRECTION_CODES = {
     401: "UNAUTHENTICATED",
     403: "SCOPE_INSUFFICIENT",
@@ -290,8 +303,7 @@ class Ingest:
             if close:  # the body was left unread: do not keep the connection (nor drain it)
                 response.force_close()
         except web.HTTPException as exc:
-            code = "NOT_FOUND" if exc.status == 404 else "HTTP_ERROR"
-            response = json_response(exc.status, error_body(call, ApiError(exc.status, code, exc.reason)))
+            response = http_error(call, exc)
         except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError too)
             log.debug("client went away (request %s)", call.request_id)
             metrics.HTTP_REQUESTS.labels(route, request.method, str(CLIENT_GONE)).inc()
@@ -481,9 +493,9 @@ class Ingest:
         return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        from pipeline.api.openapi import openapi_document
+        from pipeline.api.openapi import openapi_document, router_operations
 
-        return json_response(200, openapi_document())
+        return json_response(200, openapi_document(router_operations(request.app.router)))
 
     async def post_feedback(self, request: web.Request) -> web.Response:
         call: Call = request["call"]

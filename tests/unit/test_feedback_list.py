@@ -179,10 +179,11 @@ def test_openapi_documents_the_list_and_the_erasure() -> None:
 
     paths = openapi_document()["paths"]
     listing = paths["/api/v1/feedback"]["get"]
-    assert {p["name"] for p in listing["parameters"]} == {"task_id", "limit", "offset"}
-    assert set(listing["responses"]) == {"200", "401", "422", "429", "503"}
+    assert {p["name"] for p in listing["parameters"]} == {"X-Correlation-Id", "task_id", "limit", "offset"}
+    assert set(listing["responses"]) == {"200", "401", "422", "429", "500", "503"}
     example = listing["responses"]["200"]["content"]["application/json"]["examples"]["seed_003"]["value"]
     assert [list(item) for item in example] == [
         ["id", "task_id", "inputs", "output", "score", "source", "metadata", "created_at"]
     ]
-    assert set(paths["/api/v1/feedback/{id}"]["delete"]["responses"]) == {"204", "401", "404", "429", "503"}
+    erase = paths["/api/v1/feedback/{entry_id}"]["delete"]["responses"]
+    assert set(erase) == {"204", "401", "404", "429", "500", "503"}

@@ -1,8 +1,10 @@
-"""Hostile bodies, thrown by hypothesis at POST /v1/feedback and /api/v1/feedback on the real ingest.
+"""Hostile bodies, thrown by hypothesis at POST /v1/feedback and /api/v1/feedback of the real app,
+in process (tests/inprocess.py; was on a subprocess ingest and the broker).
 
 Whatever comes in: never a 500, always JSON in the contract's error shape with the caller's
-correlation id, and exactly what was accepted (nothing of a rejected request or item) on
-``feedback.raw``, checked once at the end by correlation id.
+correlation id, and exactly what was accepted (nothing of a rejected request or item) written,
+checked once at the end by correlation id on the in-memory writer. That nothing refused reaches the
+real ``feedback.raw`` is tests/integration/test_ingest_errors.py's.
 """
 
 from __future__ import annotations
@@ -15,17 +17,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.kafka.broker import Broker
-from pipeline.kafka.topics import TopicNames
-from pipeline.procs import Service
-from tests.http_helpers import DEV_KEY, post
-from tests.kafka_helpers import read_until
-
-pytestmark = pytest.mark.usefixtures("worker")
+from tests.inprocess import DEV_KEY, Edge, start_edge
 
 TASK_ID = "550e8400-e29b-41d4-a716-446655440000"
 RANKING_KEYS = {"domain", "items"}
@@ -244,16 +239,20 @@ def events_expected(path: str, status: int, answer: Any, body: Any) -> int:
     return 1  # seed 001 or 004
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
+@pytest.fixture
+def loop_edge() -> Iterator[tuple[asyncio.AbstractEventLoop, Edge]]:
+    """An edge on a loop of its own: hypothesis drives each example synchronously."""
     loop = asyncio.new_event_loop()
-    yield loop
+    edge, client = loop.run_until_complete(start_edge())
+    yield loop, edge
+    loop.run_until_complete(client.close())
     loop.close()
 
 
 def test_hostile_bodies_never_500_always_shaped_and_nothing_rejected_is_written(
-    ingest: Service, broker: Broker, names: TopicNames, loop: asyncio.AbstractEventLoop
+    loop_edge: tuple[asyncio.AbstractEventLoop, Edge],
 ) -> None:
+    loop, edge = loop_edge
     expected: dict[str, int] = {}
 
     @settings(
@@ -270,7 +269,7 @@ def test_hostile_bodies_never_500_always_shaped_and_nothing_rejected_is_written(
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
         key, header = (DEV_KEY, "bearer") if path == "/v1/feedback" else ("kaizen_abc123", "x-api-key")
         status, answer, headers = loop.run_until_complete(
-            post(ingest, path, None, raw=raw, key=key, header=header, correlation_id=correlation_id)
+            edge.send(path, raw=raw, key=key, header=header, correlation_id=correlation_id)
         )
         assert status < 500, (status, answer)
         assert status in (200, 201, 202, 400, 403, 404, 413, 422), (status, answer)
@@ -299,20 +298,8 @@ def test_hostile_bodies_never_500_always_shaped_and_nothing_rejected_is_written(
 
     assert len(expected) >= 150
     assert any(n == 0 for n in expected.values()) and any(n > 0 for n in expected.values())
-    seen: collections.Counter[str] = collections.Counter()
-
-    def match(r: ConsumerRecord[bytes, bytes]) -> bool:
-        c = dict(r.headers).get("correlation_id", b"").decode()
-        if c in expected:
-            seen[c] += 1
-            return True
-        return False
-
-    loop.run_until_complete(
-        read_until(
-            broker.bootstrap, names.raw, match, count=sum(expected.values()), settle_s=2.0, timeout_s=60
-        )
-    )
+    seen = collections.Counter(dict(r.headers)["correlation_id"].decode() for r in edge.writer.records)
+    assert set(seen) <= set(expected)
     rejected_but_written = {c: n for c, n in seen.items() if expected[c] == 0}
     assert rejected_but_written == {}
     assert {c: n for c, n in seen.items()} == {c: n for c, n in expected.items() if n}
