@@ -1,4 +1,4 @@
-"""Turning outcomes into training units: pure, deterministic rules the stream agents only call.
+"""Turning outcomes into training units: pure, deterministic rules the expand stage only calls.
 
 Nothing here reads the clock or a random source; time is always an event's ``received_at``, so
 replaying ``feedback.raw`` yields the same units with the same ids.
@@ -70,7 +70,7 @@ class Observation(BaseModel):
 
 
 class SeekerHistory(BaseModel):
-    """Per-(domain, anchor) state of the faust table: bounded, oldest first, one row per candidate.
+    """Per-(domain, anchor) state in the expand stage's table: bounded, oldest first, one row per candidate.
 
     Domain and anchor live in the table key, not in each row, to keep the JSON small.
     """

@@ -1,20 +1,22 @@
-"""The stream worker: a faust app hosting the two exactly-once stages and the store stage
-(``pipeline.stream.store``: feedback.raw into the SQL feedback store), web and metrics.
+"""The stream worker: a faust app hosting the stages (expand and count, exactly once on Kafka
+transactions; the store stage, exactly once into the SQL feedback store), ``/ready`` and ``/metrics``.
 
-Run with ``python -m pipeline.stream.worker worker`` (faust's CLI). The stages (``pipeline.stream.expand``,
-``pipeline.stream.count``) run on :mod:`pipeline.stream.runtime` rather than faust agents under faust's
-``exactly_once``: see the module docstring of ``pipeline.stream.runtime`` for why. faust provides the
-process: CLI, lifecycle, the web server (``/ready``, ``/metrics``, ``/v1/domains/{domain}``).
+Run with ``python -m pipeline.stream.worker worker`` (faust's CLI; ``... ensure-topics`` is an operator
+command). The stages run on :mod:`pipeline.stream.runtime` rather than faust agents under faust's
+``exactly_once`` (its module docstring says why); faust gives the process its CLI, lifecycle
+(``@app.service``), web server and views (``@app.page``), and starts none of its own Kafka clients.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
 import faust
+import mode
+from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
 
 from pipeline import memtrace, metrics
@@ -89,25 +91,11 @@ def build_store_runner(settings: Settings, bootstrap: str, db: Database) -> Stor
     )
 
 
-class WorkerApp(faust.App):
-    """A faust app that starts the stages as soon as it starts.
-
-    faust runs ``@app.task`` only after its own consumer group settled, which after a crash
-    waits for the dead member's session to expire; the stages have groups of their own and
-    need not wait for faust's.
-    """
-
-    stage_starter: Any = None
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        if self.stage_starter is not None:
-            self.add_future(self.stage_starter())
-
-
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
-    """Build the faust app; one function so tests and the CLI build it the same way."""
-    app = WorkerApp(
+    """The worker: a faust app whose extension points host our parts (one function, so tests and the
+    CLI build it the same way): ``@app.service`` the stages, ``@app.page`` the views,
+    ``@app.command`` operator commands."""
+    app = faust.App(
         settings.worker_id,
         broker=faust_broker_urls(bootstrap),
         store="memory://",
@@ -116,29 +104,51 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         web_host=settings.worker_host,
         web_port=settings.worker_port,
         datadir=str(settings.worker_data_dir),
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.0,
-        broker_rebalance_timeout=20.0,
     )
-    runners: list[StageRunner[Any] | StoreRunner] = []
+    # faust starts its web server and sensors, not its own Kafka clients: the stages consume, produce
+    # and commit on their own (pipeline.stream.runtime), so faust's consumer would only join a group of
+    # its own (with a leader topic) that nothing reads: an idle member to rebalance, and after a crash
+    # a dead one whose session must expire before faust calls the app started.
+    app.boot_strategy = BootStrategy(app, enable_kafka=False)
 
-    async def run_stages() -> None:
-        await topics.ensure_topics(bootstrap, settings)
-        db = await open_database(settings)
-        log.info("feedback store: %s", describe(settings))
-        runners.extend(build_runners(settings, bootstrap))
-        runners.append(build_store_runner(settings, bootstrap, db))
-        try:
-            for runner in runners:
+    running: list[Stages] = []
+
+    @app.service
+    class Stages(mode.Service):
+        """The three stages, started and stopped with the app. Topics are ensured first (the stages'
+        producers need their partitions); the store stage's database is closed after it stops."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.runners: list[StageRunner[Any] | StoreRunner] = []
+            self.db: Database | None = None
+            running.append(self)
+
+        async def on_start(self) -> None:
+            await topics.ensure_topics(bootstrap, settings)
+            self.db = await open_database(settings)
+            log.info("feedback store: %s", describe(settings))
+            self.runners = [
+                *build_runners(settings, bootstrap),
+                build_store_runner(settings, bootstrap, self.db),
+            ]
+            for runner in self.runners:
                 await runner.start()
-            await asyncio.Event().wait()
-        finally:
-            for runner in runners:
+
+        async def on_stop(self) -> None:
+            for runner in reversed(self.runners):
                 with contextlib.suppress(Exception):
                     await runner.stop()
-            await db.close()
+            if self.db is not None:
+                await self.db.close()
 
-    app.stage_starter = run_stages
+        def readiness(self) -> tuple[bool, dict[str, list[int]]]:
+            """Ready once every stage owns its share of partitions (their state restored)."""
+            ready = len(self.runners) == 3 and all(r.ready.is_set() for r in self.runners)
+            owned = {
+                r.stage.name if isinstance(r, StageRunner) else r.name: r.partitions for r in self.runners
+            }
+            return ready, owned
 
     @app.page("/metrics")
     class Metrics(View):
@@ -148,12 +158,15 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     @app.page("/ready")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            ready = len(runners) == 3 and all(r.ready.is_set() for r in runners)
-            body = {
-                "ready": ready,
-                **{r.stage.name if isinstance(r, StageRunner) else r.name: r.partitions for r in runners},
-            }
-            return self.json(body, status=200 if ready else 503)
+            ready, owned = running[0].readiness() if running else (False, {})
+            return self.json({"ready": ready, **owned}, status=200 if ready else 503)
+
+    @app.command()
+    async def ensure_topics() -> None:
+        """Create the pipeline's topics, or bring their partitions and size limits up to date."""
+        await topics.ensure_topics(bootstrap, settings)
+        for name in dataclasses.astuple(topics.topic_names(settings)):
+            print(name)
 
     return app
 
