@@ -22,12 +22,12 @@ from datetime import datetime, timedelta
 
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline import metrics
+from pipeline import contracts, metrics
+from pipeline.contracts import expand_event
 from pipeline.kafka.topics import UNITS_CHUNK_BYTES, TopicNames
-from pipeline.rules.expansion import ExpandState, expand_event
+from pipeline.rules.expansion import ExpandState
 from pipeline.rules.triplets import Limits, SeekerHistory, StreamClock, expired
 from pipeline.stream.runtime import PROCESSING_FAILURE, SCHEMA_VIOLATION, Record, Tx
-from pipeline.wire import envelope
 from pipeline.wire.records import TrainingUnit, UnitsBatch, to_json
 
 _STATE: TypeAdapter[ExpandState] = TypeAdapter(ExpandState)
@@ -100,7 +100,7 @@ class ExpandStage:
         latency = metrics.PROCESSING_LATENCY.labels(self.name)
         for rec in records:
             try:
-                event = envelope.decode(rec.value or b"")
+                event = contracts.decode(rec.value or b"")
             except (ValidationError, ValueError) as exc:  # undecodable or off the contract: park it
                 await tx.dead_letter(rec, exc, SCHEMA_VIOLATION)
                 continue

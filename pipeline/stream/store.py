@@ -31,6 +31,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
+from pipeline import contracts
 from pipeline.api.contracts import ScoredOutputResponse
 from pipeline.kafka.io import OutRecord, bootstrap_list
 from pipeline.store.sql import (
@@ -84,7 +85,7 @@ def entry_doc(event: envelope.ScoredOutputEnvelope) -> bytes:
 
 def raw_rows(value: bytes, partition: int, offset: int) -> tuple[EventRow, EntryRow | None]:
     """The rows of one ``feedback.raw`` record (raises ValidationError for a non-envelope)."""
-    event = envelope.decode(value)
+    event = contracts.decode(value)
     row = EventRow(
         event_id=event.event_id,
         tenant=event.tenant,

@@ -28,7 +28,7 @@ from pipeline.rules.counters import DomainCounter
 from pipeline.rules.triplets import SeekerHistory, StreamClock
 from pipeline.settings import REPO_ROOT
 from pipeline.wire import records
-from pipeline.wire.envelope import RAW_EVENT
+from pipeline.wire.envelope import RAW_TYPES, RawCodec
 
 __all__ = [
     "DIALECT",
@@ -83,7 +83,7 @@ _RECORDS = records.record_json_schemas
 TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
     TopicSchema(
         topics.RAW,
-        RAW_EVENT.json_schema,
+        RawCodec(RAW_TYPES).json_schema,
         "one canonical envelope (pipeline.wire.envelope, schema_version 1): event id (UUIDv7), tenant, "
         "domain, received_at, correlation and request ids, origin (http or publisher) and the "
         "validated payload, discriminated by `contract` (ranking_outcome, correction, "
