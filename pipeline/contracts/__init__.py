@@ -115,7 +115,7 @@ def accept(
                 if found.outcome is ClassifyOutcome.NO_CONTRACT
                 else "AMBIGUOUS_CONTRACT"
             )
-            details = {"tried": dict(found.reasons)}
+            details = {"tried": {str(c): why for c, why in found.reasons.items()}}
             raise Refused(400, code, found.message, details, reason=found.outcome.value)
         spec = spec_named(found.contract)
         if contract is not None and spec.name != contract:
