@@ -29,9 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.api.contracts import Contract
 from pipeline.ids import canonical_uuid
 from pipeline.limits import DOMAIN_PATTERN
+from pipeline.wire.names import Contract
 
 __all__ = [
     "BUILTIN_LABELS",

@@ -72,11 +72,11 @@ from pipeline.api.contracts import (
     ScoredOutputRequest,
     SearchEventRequest,
 )
+from pipeline.contracts import expand_event, kafka_key
 from pipeline.ids import new_request_id
 from pipeline.kafka.broker import find_broker
 from pipeline.kafka.topics import TopicNames, ensure_topics, topic_names
 from pipeline.procs import Service, free_port, worker_service
-from pipeline.rules.expansion import expand_event
 from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.settings import REPO_ROOT, Settings
 from pipeline.tenants import Tenant, TenantRegistry, hash_api_key, parse_tenants
@@ -294,7 +294,7 @@ def envelopes(req: Request, tenant: Tenant, received_at: datetime) -> list[RawEv
     if req.kind.startswith("ranking"):
         result = intake.ranking_outcomes(ctx, req.model)
     elif req.kind == "inference":
-        result, _ = intake.inference_feedback(ctx, req.model)
+        result = intake.inference_feedback(ctx, req.model)
     elif req.kind == "correction":
         result = intake.correction(ctx, req.model)
     elif req.kind == "scored":
@@ -420,7 +420,7 @@ async def produce_all(bootstrap: str, topic: str, events: list[RawEvent]) -> flo
         for e in events:
             pending.append(
                 await producer.send(
-                    topic, envelope.encode(e), key=envelope.kafka_key(e), headers=envelope.kafka_headers(e)
+                    topic, envelope.encode(e), key=kafka_key(e), headers=envelope.kafka_headers(e)
                 )
             )
             if len(pending) >= 5000:
@@ -712,7 +712,7 @@ async def paced(
                     await producer.send(
                         topic,
                         envelope.encode(e),
-                        key=envelope.kafka_key(e),
+                        key=kafka_key(e),
                         headers=envelope.kafka_headers(e),
                     )
                 )

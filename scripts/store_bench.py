@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from pipeline import contracts
 from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import find_broker
@@ -98,7 +99,7 @@ async def stage_rate(bootstrap: str, kind: str, pg_url: str | None, tmp: Path, n
     await writer.start()
     try:
         for i in range(0, len(events), 500):
-            await writer.write(envelope.raw_records(names.raw, events[i : i + 500]))
+            await writer.write(contracts.raw_records(names.raw, events[i : i + 500]))
     finally:
         await writer.stop()
     scored = sum(isinstance(e, envelope.ScoredOutputEnvelope) for e in events)

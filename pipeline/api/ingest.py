@@ -19,26 +19,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
 
-from pipeline import memtrace, metrics
-from pipeline.api import intake
-from pipeline.api.contracts import (
-    SIGNATURE_KEYS,
-    ClassifyOutcome,
-    Contract,
-    CorrectionRequest,
-    CorrectionResponse,
-    RankingOutcomeRequest,
-    ScoredOutputRequest,
-    ScoredOutputResponse,
-    SearchEventRequest,
-    classify,
-    correction_error_code,
-    describe_validation_error,
-    is_score_range_error,
-)
+from pipeline import contracts, memtrace, metrics
+from pipeline.api import answers, intake
 from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
+from pipeline.api.intake import erasure_record
 from pipeline.api.stream_view import StreamView
 from pipeline.ids import canonical_uuid, new_request_id
 from pipeline.kafka.io import OutRecord, PublishError, TransactionalWriter
@@ -48,10 +33,8 @@ from pipeline.rules.counters import DomainCounter
 from pipeline.settings import Settings, get_settings
 from pipeline.store import sql as store_sql
 from pipeline.store.sql import Database, ErasureRow, open_database
-from pipeline.stream.store import erasure_record
 from pipeline.tenants import Tenant, TenantRegistry, load_tenants
-from pipeline.wire import envelope
-from pipeline.wire.envelope import RankingOutcomePayload
+from pipeline.wire.envelope import Contract, Envelope
 from pipeline.wire.records import TrainRequest
 
 log = logging.getLogger("pipeline.api.ingest")
@@ -93,7 +76,7 @@ class Call:
     request_id: str
     correlation_id: str
     received_at: datetime
-    contract: Contract | None = None
+    contract: str | None = None
     tenant: Tenant | None = None
     rate: RateState | None = None
 
@@ -110,23 +93,10 @@ def header_text(request: web.Request, name: str) -> str:
     return request.headers.get(name, "").encode("utf-8", "replace").decode("utf-8")
 
 
-def validation_details(err: ValidationError) -> list[dict[str, Any]]:
-    """pydantic's errors as JSON: a validator's ``ctx`` holds the exception it raised, which orjson
-    cannot serialize (the answer was a bare 500); it is given as its message instead."""
-    details: list[dict[str, Any]] = []
-    for error in err.errors(include_url=False, include_input=False):
-        detail: dict[str, Any] = dict(error)
-        ctx: dict[str, Any] = detail.get("ctx") or {}
-        if ctx:
-            detail["ctx"] = {
-                k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in ctx.items()
-            }
-        details.append(detail)
-    return details
-
-
 def error_body(call: Call, err: ApiError) -> dict[str, Any]:
-    if call.contract is Contract.CORRECTION:
+    """The error answer in the shape of the request's contract (seed 001's flat one for corrections)."""
+    spec = contracts.CONTRACTS.get(call.contract) if call.contract else None
+    if spec is not None and spec.error_shape == "seed001":
         return {
             "error_code": err.code,
             "message": err.message,
@@ -153,14 +123,26 @@ def http_error(call: Call, exc: web.HTTPException) -> web.Response:
     return json_response(exc.status, error_body(call, err), headers)
 
 
-CORRECTION_CODES = {
-    401: "UNAUTHENTICATED",
-    403: "SCOPE_INSUFFICIENT",
-    413: "PAYLOAD_TOO_LARGE",
-    429: "RATE_LIMITED",
-    503: "UNAVAILABLE",
-    500: "INTERNAL_ERROR",
-}
+def in_contract_shape(call: Call, err: ApiError) -> ApiError:
+    """The error with the code the request's contract uses (seed 001 names its own codes)."""
+    spec = contracts.CONTRACTS.get(call.contract) if call.contract else None
+    if spec is not None:
+        err.code = spec.error_code(err.status, err.code)
+    return err
+
+
+def refusal(call: Call, refused: intake.Refused) -> ApiError:
+    """The one place an intake refusal becomes an HTTP error: in its contract's shape and codes,
+    counted in ``items_rejected`` when it rejects items."""
+    if refused.contract is not None:
+        call.contract = refused.contract
+    label = call.contract or "unknown"
+    for rej in refused.rejected:
+        metrics.ITEMS_REJECTED.labels(label, rej.reason).inc()
+    if refused.reason is not None:
+        metrics.ITEMS_REJECTED.labels(label, refused.reason).inc()
+    err = ApiError(refused.status, refused.code, refused.message, details=refused.details)
+    return in_contract_shape(call, err)
 
 
 class ConnectionCap:
@@ -361,12 +343,11 @@ class Ingest:
         try:
             intake.check_edge(body)
         except intake.Refused as r:
-            code = "INVALID_FIELD" if call.contract is Contract.CORRECTION else r.code
-            raise ApiError(r.status, code, r.message, details=r.details) from None
+            raise refusal(call, r) from None
 
-    async def sniff_contract(self, request: web.Request) -> Contract | None:
-        """Which contract an unauthenticated POST /v1/feedback body is, only to answer in its error
-        shape: read only if it declares at most SHAPE_SNIFF_BYTES, never validated, never written."""
+    async def sniff_contract(self, request: web.Request, route: str) -> str | None:
+        """Which contract an unauthenticated POST body is, only to answer in its error shape: read
+        only if it declares at most SHAPE_SNIFF_BYTES, never validated, never written."""
         length = request.content_length
         if length is None or length > SHAPE_SNIFF_BYTES:
             return None
@@ -374,12 +355,7 @@ class Ingest:
             body = orjson.loads(await self.read_body(request, SHAPE_SNIFF_BYTES))
         except (ApiError, orjson.JSONDecodeError):
             return None
-        if isinstance(body, list):
-            return Contract.INFERENCE_FEEDBACK
-        if not isinstance(body, dict):
-            return None
-        signalled = [c for c, keys in SIGNATURE_KEYS.items() if keys & body.keys()]
-        return signalled[0] if len(signalled) == 1 else None
+        return contracts.sniff(body, contracts.on_route(route))
 
     def authenticate(self, request: web.Request, call: Call) -> Tenant:
         """From the headers only (no body is read before this). 401s are throttled per client
@@ -414,20 +390,12 @@ class Ingest:
             )
         return tenant
 
-    def check_items(self, n: int) -> None:
-        if n > self.settings.max_items_per_request:
-            raise ApiError(
-                413,
-                "TOO_MANY_ITEMS",
-                f"{n} items exceed the limit of {self.settings.max_items_per_request} per request.",
-            )
-
     def context(self, call: Call) -> intake.Context:
         assert call.tenant is not None
         return intake.Context(call.tenant, call.request_id, call.correlation_id, call.received_at)
 
-    async def write(self, events: list[envelope.RawEvent]) -> None:
-        records = envelope.raw_records(self.topics.raw, events)
+    async def write(self, events: list[Envelope]) -> None:
+        records = contracts.raw_records(self.topics.raw, events)
         await self.write_records(records)
         metrics.RAW_PUBLISHED.labels("http").inc(len(records))
 
@@ -498,107 +466,60 @@ class Ingest:
         return json_response(200, openapi_document(router_operations(request.app.router)))
 
     async def post_feedback(self, request: web.Request) -> web.Response:
+        """``POST /v1/feedback`` (seeds 000, 001, 002, 004, told apart by the registry)."""
+        return await self.post_contract(request, contracts.FEEDBACK_ROUTE)
+
+    async def post_scored(self, request: web.Request) -> web.Response:
+        """``POST /api/v1/feedback`` (seed 003)."""
+        return await self.post_contract(request, contracts.SCORED_ROUTE)
+
+    async def post_contract(self, request: web.Request, route: str) -> web.Response:
+        """Every contract's POST alike: authenticate, accept (the registry's one intake), then write
+        and answer as the contract says; errors take the contract's shape once it is known."""
         call: Call = request["call"]
+        on_route = contracts.on_route(route)
+        if len(on_route) == 1:
+            call.contract = on_route[0].name
         try:
             self.authenticate(request, call)
         except ApiError as err:
-            if err.code != "TOO_MANY_AUTH_FAILURES":
-                call.contract = await self.sniff_contract(request)
-            raise self.in_contract_shape(call, err) from None
+            if call.contract is None and err.code != "TOO_MANY_AUTH_FAILURES":
+                call.contract = await self.sniff_contract(request, route)
+            raise in_contract_shape(call, err) from None
         raw, body = await self.read_json(request)
-        found = classify(body)
-        call.contract = found.contract
-        self.check_edge(call, body)
-        if found.outcome is not ClassifyOutcome.MATCHED:
-            metrics.ITEMS_REJECTED.labels("unknown", found.outcome.value).inc()
-            raise ApiError(
-                400,
-                "NO_MATCHING_CONTRACT"
-                if found.outcome is ClassifyOutcome.NO_CONTRACT
-                else "AMBIGUOUS_CONTRACT",
-                found.message,
-                details={"tried": {str(c): why for c, why in found.reasons.items()}},
-            )
-        if found.contract is Contract.INFERENCE_FEEDBACK:
-            return await self.idempotent(request, call, raw, lambda: self.inference_feedback(call, body))
-        if found.error is not None:
-            contract = str(found.contract)
-            metrics.ITEMS_REJECTED.labels(contract, "invalid").inc()
-            if found.contract is Contract.CORRECTION:
-                raise ApiError(
-                    400, correction_error_code(found.error).value, describe_validation_error(found.error)
-                )
-            raise ApiError(
-                400,
-                "INVALID_REQUEST",
-                describe_validation_error(found.error),
-                details=validation_details(found.error),
-            )
-        model = found.model
+        hints = intake.Hints(
+            headers={"X-Session-ID": header_text(request, "X-Session-ID")},
+            max_items=self.settings.max_items_per_request,
+        )
         try:
-            if isinstance(model, RankingOutcomeRequest):
-                return await self.idempotent(request, call, raw, lambda: self.ranking(call, model))
-            if isinstance(model, CorrectionRequest):
-                return await self.idempotent(request, call, raw, lambda: self.correction(call, model))
-            if isinstance(model, SearchEventRequest):
-                session = header_text(request, "X-Session-ID").strip() or None
-                if session is not None and len(session) > MAX_ID_CHARS:  # it may become the Kafka key
-                    raise ApiError(
-                        400, "INVALID_REQUEST", f"X-Session-ID is longer than {MAX_ID_CHARS} characters."
-                    )
-                return await self.idempotent(request, call, raw, lambda: self.search(call, model, session))
-        except ApiError as err:
-            raise self.in_contract_shape(call, err) from None
-        raise ApiError(500, "INTERNAL_ERROR", "Unhandled contract.")
-
-    @staticmethod
-    def in_contract_shape(call: Call, err: ApiError) -> ApiError:
-        """Seed 001 names its own error codes; map ours onto them for corrections."""
-        if (
-            call.contract is Contract.CORRECTION
-            and err.status in CORRECTION_CODES
-            and err.code not in ("IDEMPOTENCY_CONFLICT",)
-        ):
-            err.code = CORRECTION_CODES[err.status]
-        return err
-
-    async def ranking(self, call: Call, model: RankingOutcomeRequest) -> web.Response:
-        self.check_items(len(model.items))
-        try:
-            result = intake.ranking_outcomes(self.context(call), model)
+            accepted = contracts.accept(self.context(call), body, route=route, hints=hints)
         except intake.Refused as r:
-            raise ApiError(r.status, r.code, r.message) from None
-        rejected = [{"index": r.index, "message": r.message} for r in result.rejected]
-        for rej in result.rejected:
-            metrics.ITEMS_REJECTED.labels(Contract.RANKING_OUTCOME.value, rej.reason).inc()
-        if not result.events:
-            raise ApiError(
-                400, "NO_VALID_ITEMS", "No item of the request is valid.", details={"rejected": rejected}
-            )
-        waiting = self.view.expect(call.request_id, len(result.events))
+            raise refusal(call, r) from None
+        call.contract = accepted.contract.name
+        try:
+            return await self.idempotent(request, call, raw, lambda: self.deliver(call, accepted))
+        except ApiError as err:
+            raise in_contract_shape(call, err) from None
+
+    async def deliver(self, call: Call, accepted: contracts.Accepted) -> web.Response:
+        """Write an accepted request's events, then answer as its contract says (seed 000 waits,
+        bounded, for the stream's counts)."""
+        spec, result = accepted.contract, accepted.intake
+        waiting = self.view.expect(call.request_id, len(result.events)) if spec.waits_for_results else None
         try:
             await self.write(result.events)
         except ApiError:
-            self.view.forget(call.request_id)
+            if waiting is not None:
+                self.view.forget(call.request_id)
             raise
-        accepted = sum(
-            len(e.payload.items) for e in result.events if isinstance(e.payload, RankingOutcomePayload)
-        )
-        metrics.ITEMS_ACCEPTED.labels(Contract.RANKING_OUTCOME.value).inc(accepted)
-        data: dict[str, Any] = {"accepted": accepted}
-        results = await self.view.wait(call.request_id, waiting, self.settings.result_wait_s)
-        status = 200
-        if results is None:  # the stream has not answered in time: say where to look, never estimate
-            status = 202
-            data["status"] = "processing"
-            data["results_url"] = f"/v1/requests/{call.request_id}"
-        else:
-            data["triplets_generated"] = sum(r.units_generated for r in results)
-            data["triplets_pending_train"] = results[-1].pending
-        data["request_id"] = call.request_id
-        if rejected:
-            data["rejected"] = rejected
-        return json_response(status, data)
+        metrics.ITEMS_ACCEPTED.labels(spec.name).inc(result.accepted_count())
+        for rej in result.rejected:
+            metrics.ITEMS_REJECTED.labels(spec.name, rej.reason).inc()
+        results = None
+        if waiting is not None:
+            results = await self.view.wait(call.request_id, waiting, self.settings.result_wait_s)
+        answer = spec.answer(answers.Answering(self.context(call), result, results, call.rate))
+        return json_response(answer.status, answer.body)
 
     async def post_train(self, request: web.Request) -> web.Response:
         """Force a trigger (seed 000's ``POST /train``), ordered with the domain's counts."""
@@ -714,90 +635,6 @@ class Ingest:
                 "results": [r.model_dump(mode="json") for r in results],
             },
         )
-
-    async def correction(self, call: Call, model: CorrectionRequest) -> web.Response:
-        try:
-            result = intake.correction(self.context(call), model)
-        except intake.Refused as r:
-            raise ApiError(r.status, r.code, r.message) from None
-        await self.write(result.events)
-        metrics.ITEMS_ACCEPTED.labels(Contract.CORRECTION.value).inc()
-        event = result.events[0]
-        return json_response(
-            200,
-            CorrectionResponse(feedback_id=event.event_id, received_at=event.received_at).model_dump(
-                mode="json"
-            ),
-        )
-
-    async def inference_feedback(self, call: Call, body: list[Any]) -> web.Response:
-        self.check_items(len(body))
-        try:
-            result, pending = intake.inference_feedback(self.context(call), body)
-        except intake.Refused as r:
-            raise ApiError(r.status, r.code, r.message) from None
-        await self.write(result.events)
-        metrics.ITEMS_ACCEPTED.labels(Contract.INFERENCE_FEEDBACK.value).inc(len(result.events))
-        for rej in result.rejected:
-            metrics.ITEMS_REJECTED.labels(Contract.INFERENCE_FEEDBACK.value, rej.reason).inc()
-        answers = intake.inference_results(result, pending)
-        return json_response(200, [a.model_dump(mode="json") for a in answers])
-
-    async def search(self, call: Call, model: SearchEventRequest, session: str | None) -> web.Response:
-        assert call.rate is not None and call.tenant is not None
-        try:
-            result = intake.search_event(self.context(call), model, session)
-        except intake.Refused as r:
-            raise ApiError(r.status, r.code, r.message) from None
-        await self.write(result.events)
-        metrics.ITEMS_ACCEPTED.labels(Contract.SEARCH_EVENT.value).inc()
-        event = result.events[0]
-        data = {
-            "accepted": True,
-            "access": {
-                "rate_limit": {
-                    "limit_rps": call.rate.limit_rps,
-                    "remaining": call.rate.remaining,
-                    "reset_at": call.rate.reset_at,
-                },
-                "tier": call.tenant.tier,
-            },
-            "feedback_id": event.event_id,
-            "request_id": call.request_id,
-            "session_id": event.payload.session_id,  # type: ignore[union-attr]
-            "usage": {"approx_tokens": 0, "bytes_returned": 0, "requests": 1},
-        }
-        return json_response(200, data)
-
-    async def post_scored(self, request: web.Request) -> web.Response:
-        call: Call = request["call"]
-        call.contract = Contract.SCORED_OUTPUT
-        self.authenticate(request, call)
-        raw, body = await self.read_json(request)
-        self.check_edge(call, body)
-        try:
-            model = ScoredOutputRequest.model_validate(body)
-        except ValidationError as err:
-            metrics.ITEMS_REJECTED.labels(Contract.SCORED_OUTPUT.value, "invalid").inc()
-            raise ApiError(
-                422,
-                "INVALID_SCORE" if is_score_range_error(err) else "INVALID_REQUEST",
-                describe_validation_error(err),
-                details=validation_details(err),
-            ) from None
-        return await self.idempotent(request, call, raw, lambda: self.scored(call, model))
-
-    async def scored(self, call: Call, model: ScoredOutputRequest) -> web.Response:
-        try:
-            result = intake.scored_output(self.context(call), model)
-        except intake.Refused as r:
-            metrics.ITEMS_REJECTED.labels(Contract.SCORED_OUTPUT.value, r.code.lower()).inc()
-            raise ApiError(r.status, r.code, r.message) from None
-        await self.write(result.events)
-        metrics.ITEMS_ACCEPTED.labels(Contract.SCORED_OUTPUT.value).inc()
-        event = result.events[0]
-        answer = ScoredOutputResponse.from_request(model, id=event.event_id, created_at=event.received_at)
-        return json_response(201, answer.model_dump(mode="json"))
 
     # -- the feedback store (seed 003's list; issue 10) ---------------------------------------------
 

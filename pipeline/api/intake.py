@@ -1,46 +1,74 @@
-"""Pure intake rules: a validated request of a tenant becomes raw envelopes and an answer.
+"""Pure intake rules: a validated request of a tenant becomes wire events of ``feedback.raw``.
 
-Shared by the HTTP ingest and the publisher library, so both paths validate alike. No I/O here:
-the caller writes the envelopes and answers only after the broker acknowledged them.
+One function per contract turns the API model (:mod:`pipeline.api.contracts`) into wire events
+(:mod:`pipeline.wire.envelope`) with explicit conversions, so no API type reaches the wire. The
+contract registry (:func:`pipeline.contracts.accept`, the one entry point of the HTTP ingest and
+the publisher library) classifies and validates a body, then calls these. No I/O here: the caller
+writes the events and answers only after the broker acknowledged them.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
 
 from pipeline.api.contracts import (
-    Contract,
     CorrectionRequest,
     InferenceFeedbackEvent,
-    InferenceFeedbackResult,
+    ItemError,
     RankingOutcomeRequest,
     ScoredOutputRequest,
     SearchEventRequest,
-    validate_inference_item,
 )
+from pipeline.api.wording import describe_validation_error
 from pipeline.ids import canonical_uuid, new_event_id
-from pipeline.limits import MAX_DEPTH, MAX_KEYS_PER_REQUEST, DepthExceeded, deepest_path
-from pipeline.rules.flatten import feedback_id
-from pipeline.tenants import BUILTIN_LABELS, Tenant
+from pipeline.kafka.io import OutRecord
+from pipeline.limits import MAX_DEPTH, MAX_ID_CHARS, MAX_KEYS_PER_REQUEST, DepthExceeded, deepest_path
+from pipeline.rules.flatten import flatten_feedback
+from pipeline.tenants import BUILTIN_LABELS, FeedbackMode, Tenant
 from pipeline.wire.envelope import (
+    Contract,
     CorrectionEnvelope,
     CorrectionPayload,
+    Envelope,
     InferenceFeedbackEnvelope,
+    InferenceFeedbackPayload,
+    Origin,
     RankingOutcomeEnvelope,
     RankingOutcomePayload,
-    RawEvent,
     ResolvedOutcome,
     ScoredOutputEnvelope,
     ScoredOutputPayload,
     SearchEventEnvelope,
     SearchEventPayload,
 )
+from pipeline.wire.records import Erasure, erasure_id
 
-Origin = Literal["http", "publisher"]
+__all__ = [
+    "Context",
+    "Hints",
+    "Intake",
+    "ItemRejection",
+    "Origin",
+    "Refused",
+    "base_fields",
+    "canonical_domain",
+    "check_edge",
+    "correction",
+    "default_domain",
+    "inference_feedback",
+    "ranking_outcomes",
+    "require_domain",
+    "scored_output",
+    "search_event",
+    "validate_inference_item",
+]
 
 
 @dataclass(frozen=True)
@@ -55,15 +83,65 @@ class Context:
     new_id: Callable[[], str] = new_event_id
 
 
-class Refused(Exception):
-    """The request as a whole is refused: ``status`` 400/403/404/413/422 with a human ``message``."""
+@dataclass(frozen=True)
+class Hints:
+    """What a request brings beside its body: headers (``X-Session-ID``) and the caller's item cap."""
 
-    def __init__(self, status: int, code: str, message: str, details: object = None) -> None:
+    headers: Mapping[str, str] = field(default_factory=dict)
+    max_items: int | None = None
+
+
+@dataclass(frozen=True)
+class ItemRejection:
+    index: int
+    message: str
+    reason: str  # metric label: unknown_label, invalid, ...
+
+
+class Refused(Exception):
+    """The request as a whole is refused: ``status`` 400/403/404/413/422 with a human ``message``.
+
+    ``contract`` is the contract the body was for (None when none fitted), so the HTTP layer answers
+    in its error shape; ``reason`` is the ``items_rejected`` metric label when the refusal counts as
+    a rejected item; ``rejected`` the per-item rejections that left nothing to write.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: object = None,
+        *,
+        contract: str | None = None,
+        reason: str | None = None,
+        rejected: Sequence[ItemRejection] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.contract = contract
+        self.reason = reason
+        self.rejected = tuple(rejected)
+
+
+@dataclass
+class Intake:
+    """What to write, and what to tell the caller about each item.
+
+    ``items`` is the number of items of an array body (seed 002), so per-item answers line up;
+    ``accepted_items`` what the ``items_accepted`` metric counts (default: one per event).
+    """
+
+    events: list[Envelope] = field(default_factory=list)
+    rejected: list[ItemRejection] = field(default_factory=list)
+    items: int | None = None
+    accepted_items: int | None = None
+
+    def accepted_count(self) -> int:
+        return len(self.events) if self.accepted_items is None else self.accepted_items
 
 
 def check_edge(body: object) -> None:
@@ -79,6 +157,11 @@ def check_edge(body: object) -> None:
         raise Refused(400, "TOO_DEEP", str(err), {"path": err.path, "limit": err.limit}) from None
 
 
+def check_items(n: int, limit: int | None) -> None:
+    if limit is not None and n > limit:
+        raise Refused(413, "TOO_MANY_ITEMS", f"{n} items exceed the limit of {limit} per request.")
+
+
 def canonical_domain(ctx: Context, domain: str) -> str:
     """A domain as the stream keys it: a task id of the tenant (any UUID spelling) becomes its
     canonical form; domain names stay as written (they are exact). 403 if not owned."""
@@ -89,33 +172,6 @@ def canonical_domain(ctx: Context, domain: str) -> str:
     return domain
 
 
-@dataclass(frozen=True)
-class ItemRejection:
-    index: int
-    message: str
-    reason: str  # metric label: unknown_label, invalid, ...
-
-
-@dataclass
-class Intake:
-    """What to write, and what to tell the caller about each item."""
-
-    events: list[RawEvent] = field(default_factory=list)
-    rejected: list[ItemRejection] = field(default_factory=list)
-
-
-def _base(ctx: Context, domain: str) -> dict[str, object]:
-    return {
-        "event_id": ctx.new_id(),
-        "tenant": ctx.tenant.id,
-        "domain": domain,
-        "received_at": ctx.received_at,
-        "correlation_id": ctx.correlation_id,
-        "request_id": ctx.request_id,
-        "origin": ctx.origin,
-    }
-
-
 def require_domain(ctx: Context, domain: str) -> None:
     if not ctx.tenant.owns_domain(domain):
         raise Refused(
@@ -123,7 +179,7 @@ def require_domain(ctx: Context, domain: str) -> None:
         )
 
 
-def default_domain(ctx: Context, contract: Contract) -> str:
+def default_domain(ctx: Context, contract: str) -> str:
     domain = ctx.tenant.default_domain(contract)
     if domain is None:
         raise Refused(
@@ -134,8 +190,25 @@ def default_domain(ctx: Context, contract: Contract) -> str:
     return domain
 
 
-def ranking_outcomes(ctx: Context, req: RankingOutcomeRequest) -> Intake:
-    """Seed 000: one envelope per seeker; an unregistered label rejects that item only."""
+def base_fields(ctx: Context, domain: str, event_id: str | None = None) -> dict[str, Any]:
+    """The envelope fields every contract's event shares (a new event id unless given)."""
+    return {
+        "event_id": event_id or ctx.new_id(),
+        "tenant": ctx.tenant.id,
+        "domain": domain,
+        "received_at": ctx.received_at,
+        "correlation_id": ctx.correlation_id,
+        "request_id": ctx.request_id,
+        "origin": ctx.origin,
+    }
+
+
+# --- seed 000 -------------------------------------------------------------------------------------
+
+
+def ranking_outcomes(ctx: Context, req: RankingOutcomeRequest, *, max_items: int | None = None) -> Intake:
+    """Seed 000: one event per seeker; an unregistered label rejects that item only (400 if all)."""
+    check_items(len(req.items), max_items)
     domain = canonical_domain(ctx, req.domain)
     out = Intake()
     by_seeker: dict[str, list[ResolvedOutcome]] = {}
@@ -162,34 +235,75 @@ def ranking_outcomes(ctx: Context, req: RankingOutcomeRequest) -> Intake:
                 weight=item.weight,
             )
         )
-    for seeker_id, items in by_seeker.items():
-        out.events.append(
-            RankingOutcomeEnvelope.model_validate(
-                {**_base(ctx, domain), "payload": RankingOutcomePayload(seeker_id=seeker_id, items=items)}
-            )
+    if not by_seeker:
+        raise Refused(
+            400,
+            "NO_VALID_ITEMS",
+            "No item of the request is valid.",
+            {"rejected": [{"index": r.index, "message": r.message} for r in out.rejected]},
+            contract=Contract.RANKING_OUTCOME,
+            rejected=out.rejected,
         )
+    for seeker_id, items in by_seeker.items():
+        payload = RankingOutcomePayload(seeker_id=seeker_id, items=items)
+        out.events.append(RankingOutcomeEnvelope(**base_fields(ctx, domain), payload=payload))
+    out.accepted_items = sum(len(items) for items in by_seeker.values())
     return out
 
 
+# --- seed 001 -------------------------------------------------------------------------------------
+
+
+def correction_payload(req: CorrectionRequest, feedback_mode: FeedbackMode) -> CorrectionPayload:
+    return CorrectionPayload(
+        case_id=req.case_id,
+        module=req.module,
+        original_output=req.original_output,
+        corrected_output=req.corrected_output,
+        actor=req.actor,
+        feedback_mode=feedback_mode,
+    )
+
+
 def correction(ctx: Context, req: CorrectionRequest) -> Intake:
-    """Seed 001: one envelope; the tenant's feedback mode is frozen into it."""
+    """Seed 001: one event; the tenant's feedback mode is frozen into it."""
     domain = default_domain(ctx, Contract.CORRECTION)
-    payload = CorrectionPayload(**req.model_dump(), feedback_mode=ctx.tenant.feedback_mode)
-    return Intake([CorrectionEnvelope.model_validate({**_base(ctx, domain), "payload": payload})])
+    payload = correction_payload(req, ctx.tenant.feedback_mode)
+    return Intake([CorrectionEnvelope(**base_fields(ctx, domain), payload=payload)])
 
 
-def inference_feedback(
-    ctx: Context, items: Sequence[object]
-) -> tuple[Intake, list[InferenceFeedbackResult | None]]:
-    """Seed 002: validate item by item; results for valid items are filled once written."""
+# --- seed 002 -------------------------------------------------------------------------------------
+
+
+def validate_inference_item(item: Any) -> InferenceFeedbackEvent | ItemError:
+    """Validate one array item; a bad item becomes a 400 :class:`ItemError`, never an exception."""
+    if not isinstance(item, Mapping):
+        return ItemError(status_code=400, message="Each feedback event must be a JSON object.")
+    try:
+        return InferenceFeedbackEvent.model_validate(item)
+    except ValidationError as err:
+        return ItemError(status_code=400, message=describe_validation_error(err))
+
+
+def inference_payload(item: InferenceFeedbackEvent) -> InferenceFeedbackPayload:
+    return InferenceFeedbackPayload(
+        id=item.id,
+        feedback=item.feedback,
+        tags=None if item.tags is None else dict(item.tags),
+        optimize=item.optimize,
+    )
+
+
+def inference_feedback(ctx: Context, items: Sequence[object], *, max_items: int | None = None) -> Intake:
+    """Seed 002: validate item by item; a bad item is rejected alone (its answer says why)."""
+    check_items(len(items), max_items)
     domain = default_domain(ctx, Contract.INFERENCE_FEEDBACK)
-    out = Intake()
-    results: list[InferenceFeedbackResult | None] = []
+    out = Intake(items=len(items))
     keys = 0
     for index, raw in enumerate(items):
         checked = validate_inference_item(raw)
         if isinstance(checked, InferenceFeedbackEvent):
-            keys += len(checked.entries())
+            keys += len(flatten_feedback(checked.feedback))
             if keys > MAX_KEYS_PER_REQUEST:  # stop here: the rest is not worth validating
                 raise Refused(
                     413,
@@ -197,48 +311,84 @@ def inference_feedback(
                     f"The request's feedback flattens to more than {MAX_KEYS_PER_REQUEST} keys "
                     f"(item {index} crosses the limit).",
                 )
-            out.events.append(
-                InferenceFeedbackEnvelope.model_validate({**_base(ctx, domain), "payload": checked})
-            )
-            results.append(None)
+            payload = inference_payload(checked)
+            out.events.append(InferenceFeedbackEnvelope(**base_fields(ctx, domain), payload=payload))
         else:
             out.rejected.append(ItemRejection(index, checked.message, "invalid"))
-            results.append(InferenceFeedbackResult.failed(checked.status_code, checked.message))
-    return out, results
+    return out
 
 
-def inference_results(
-    intake: Intake, pending: list[InferenceFeedbackResult | None]
-) -> list[InferenceFeedbackResult]:
-    """Fill the per-item answers of seed 002 with the feedback ids of the written events."""
-    written = iter(intake.events)
-    results: list[InferenceFeedbackResult] = []
-    for result in pending:
-        if result is None:
-            event = next(written)
-            assert isinstance(event, InferenceFeedbackEnvelope)
-            keys = [entry.key for entry in event.payload.entries()]
-            results.append(InferenceFeedbackResult.ok({k: feedback_id(event.event_id, k) for k in keys}))
-        else:
-            results.append(result)
-    return results
+# --- seed 003 -------------------------------------------------------------------------------------
+
+
+def scored_payload(req: ScoredOutputRequest, entry_id: str) -> ScoredOutputPayload:
+    return ScoredOutputPayload(
+        task_id=req.task_id,
+        inputs=req.inputs,
+        output=req.output,
+        score=req.score,
+        source=req.source,
+        metadata=req.metadata,
+        entry_id=entry_id,
+    )
 
 
 def scored_output(ctx: Context, req: ScoredOutputRequest) -> Intake:
     """Seed 003: the task is the domain; unknown task 404, inputs off the task's schema 422."""
+    contract = Contract.SCORED_OUTPUT
     if ctx.tenant.task(req.task_id) is None:
-        raise Refused(404, "TASK_NOT_FOUND", f"Task '{req.task_id}' does not exist.")
+        message = f"Task '{req.task_id}' does not exist."
+        raise Refused(404, "TASK_NOT_FOUND", message, contract=contract, reason="task_not_found")
     problem = ctx.tenant.inputs_problem(req.task_id, req.inputs)
     if problem:
-        raise Refused(422, "INPUTS_MISMATCH", problem)
-    base = _base(ctx, req.task_id)
-    payload = ScoredOutputPayload(**req.model_dump(), entry_id=str(base["event_id"]))
-    return Intake([ScoredOutputEnvelope.model_validate({**base, "payload": payload})])
+        raise Refused(422, "INPUTS_MISMATCH", problem, contract=contract, reason="inputs_mismatch")
+    entry_id = ctx.new_id()
+    payload = scored_payload(req, entry_id)
+    return Intake([ScoredOutputEnvelope(**base_fields(ctx, req.task_id, entry_id), payload=payload)])
+
+
+# --- seed 004 -------------------------------------------------------------------------------------
+
+
+def search_payload(req: SearchEventRequest, session_id: str) -> SearchEventPayload:
+    return SearchEventPayload(
+        event_type=req.event_type,
+        agent_context=req.agent_context,
+        doc_id=req.doc_id,
+        passage_id=req.passage_id,
+        search_id=req.search_id,
+        session_id=session_id,
+        notes=req.notes,
+        query=req.query,
+        rank=req.rank,
+    )
 
 
 def search_event(ctx: Context, req: SearchEventRequest, header_session: str | None) -> Intake:
     """Seed 004: the session comes from the body, else X-Session-ID, else a new one."""
+    if header_session is not None and len(header_session) > MAX_ID_CHARS:  # it may become the Kafka key
+        raise Refused(400, "INVALID_REQUEST", f"X-Session-ID is longer than {MAX_ID_CHARS} characters.")
     domain = default_domain(ctx, Contract.SEARCH_EVENT)
     session = req.session_id or header_session or str(uuid.uuid4())
-    payload = SearchEventPayload(**{**req.model_dump(), "session_id": session})
-    return Intake([SearchEventEnvelope.model_validate({**_base(ctx, domain), "payload": payload})])
+    return Intake([SearchEventEnvelope(**base_fields(ctx, domain), payload=search_payload(req, session))])
+
+
+def erasure_record(
+    topic: str, *, tenant: str, entry_id: str, task_id: str, request_id: str, correlation_id: str
+) -> OutRecord:
+    """The ``feedback.erasures`` record of an erased entry (keyed like the entry on feedback.raw)."""
+    msg = Erasure(
+        erasure_id=erasure_id(entry_id),
+        tenant=tenant,
+        entry_id=entry_id,
+        task_id=task_id,
+        requested_at=datetime.now(UTC),
+        request_id=request_id,
+        correlation_id=correlation_id,
+    )
+    return OutRecord(
+        topic,
+        f"{task_id}/{entry_id}".encode(),
+        orjson.dumps(msg.model_dump(mode="json")),
+        [("request_id", request_id.encode()), ("tenant", tenant.encode())],
+    )

@@ -1,6 +1,7 @@
 """The publisher library: services that already speak Kafka write feedback straight to ``feedback.raw``.
 
-Same contracts, same validation, same envelope as the HTTP ingest (both use :mod:`pipeline.api.intake`),
+Same contracts, same validation, same envelope as the HTTP ingest (both go through
+:func:`pipeline.contracts.accept`),
 so the stream cannot tell the two paths apart except by ``origin``. Writes are transactional
 (all events of one call or none) and acknowledged (acks=all) before ``publish`` returns::
 
@@ -16,26 +17,15 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from pydantic import ValidationError
-
+from pipeline import contracts
 from pipeline.api import intake
-from pipeline.api.contracts import (
-    ClassifyOutcome,
-    Contract,
-    CorrectionRequest,
-    InferenceFeedbackResult,
-    RankingOutcomeRequest,
-    ScoredOutputRequest,
-    SearchEventRequest,
-    classify,
-    describe_validation_error,
-)
+from pipeline.api.answers import item_results
+from pipeline.api.contracts import InferenceFeedbackResult
 from pipeline.ids import new_request_id
 from pipeline.kafka.io import TransactionalWriter
 from pipeline.kafka.topics import topic_names
 from pipeline.settings import Settings
 from pipeline.tenants import TenantRegistry
-from pipeline.wire import envelope
 
 
 class PublishRejected(ValueError):
@@ -50,7 +40,7 @@ class PublishRejected(ValueError):
 class PublishResult:
     request_id: str
     correlation_id: str
-    contract: Contract
+    contract: str
     event_ids: list[str]
     rejected: list[intake.ItemRejection] = field(default_factory=list)
     inference_results: list[InferenceFeedbackResult] | None = None
@@ -99,11 +89,11 @@ class FeedbackPublisher:
         self,
         body: Any,
         *,
-        contract: Contract | None = None,
+        contract: str | None = None,
         correlation_id: str | None = None,
         session_id: str | None = None,
     ) -> tuple[intake.Intake, PublishResult]:
-        """Pure part of ``publish``: validate and build the envelopes (raises PublishRejected)."""
+        """Pure part of ``publish``: validate and build the events (raises PublishRejected)."""
         ctx = intake.Context(
             self.tenant,
             new_request_id(),
@@ -111,48 +101,29 @@ class FeedbackPublisher:
             datetime.now(UTC),
             origin="publisher",
         )
+        hints = intake.Hints(headers={"X-Session-ID": session_id} if session_id else {})
         try:
-            intake.check_edge(body)  # the same shape checks as the HTTP ingest
-            if contract is Contract.SCORED_OUTPUT:
-                result = intake.scored_output(ctx, ScoredOutputRequest.model_validate(body))
-                return result, self._result(ctx, Contract.SCORED_OUTPUT, result)
-            found = classify(body)
-            if found.outcome is not ClassifyOutcome.MATCHED or found.contract is None:
-                raise PublishRejected(found.message)
-            if contract is not None and found.contract is not contract:
-                raise PublishRejected(f"Body is a {found.contract} request, not {contract}.")
-            if found.contract is Contract.INFERENCE_FEEDBACK:
-                result, pending = intake.inference_feedback(ctx, body)
-                res = self._result(ctx, found.contract, result)
-                return result, PublishResult(
-                    **{**res.__dict__, "inference_results": intake.inference_results(result, pending)}
-                )
-            if found.error is not None:
-                raise PublishRejected(describe_validation_error(found.error))
-            model = found.model
-            if isinstance(model, RankingOutcomeRequest):
-                result = intake.ranking_outcomes(ctx, model)
-                if not result.events:
-                    raise PublishRejected(
-                        "No item of the request is valid: " + "; ".join(r.message for r in result.rejected)
-                    )
-            elif isinstance(model, CorrectionRequest):
-                result = intake.correction(ctx, model)
-            elif isinstance(model, SearchEventRequest):
-                result = intake.search_event(ctx, model, session_id)
-            else:  # pragma: no cover - classify only matches the contracts above
-                raise PublishRejected("unsupported contract")
-            return result, self._result(ctx, found.contract, result)
-        except ValidationError as err:
-            raise PublishRejected(describe_validation_error(err), status=422) from None
+            accepted = contracts.accept(ctx, body, contract=contract, hints=hints)
         except intake.Refused as r:
-            raise PublishRejected(r.message, status=r.status, code=r.code) from None
+            message = r.message
+            if r.rejected:  # say which items failed, as the HTTP answer's details do
+                message = message.rstrip(".") + ": " + "; ".join(x.message for x in r.rejected)
+            raise PublishRejected(message, status=r.status, code=r.code) from None
+        result = accepted.intake
+        return result, PublishResult(
+            ctx.request_id,
+            ctx.correlation_id,
+            accepted.contract.name,
+            [e.event_id for e in result.events],
+            list(result.rejected),
+            item_results(result) if accepted.contract.array else None,
+        )
 
     async def publish(
         self,
         body: Any,
         *,
-        contract: Contract | None = None,
+        contract: str | None = None,
         correlation_id: str | None = None,
         session_id: str | None = None,
     ) -> PublishResult:
@@ -160,15 +131,5 @@ class FeedbackPublisher:
         result, answer = self.plan(
             body, contract=contract, correlation_id=correlation_id, session_id=session_id
         )
-        await self.writer.write(envelope.raw_records(self.topic, result.events))
+        await self.writer.write(contracts.raw_records(self.topic, result.events))
         return answer
-
-    @staticmethod
-    def _result(ctx: intake.Context, contract: Contract, result: intake.Intake) -> PublishResult:
-        return PublishResult(
-            ctx.request_id,
-            ctx.correlation_id,
-            contract,
-            [e.event_id for e in result.events],
-            list(result.rejected),
-        )

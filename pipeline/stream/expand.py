@@ -22,12 +22,12 @@ from datetime import datetime, timedelta
 
 from pydantic import TypeAdapter
 
-from pipeline import metrics
+from pipeline import contracts, metrics
+from pipeline.contracts import expand_event
 from pipeline.kafka.topics import UNITS_CHUNK_BYTES, TopicNames
-from pipeline.rules.expansion import ExpandState, expand_event
+from pipeline.rules.expansion import ExpandState
 from pipeline.rules.triplets import Limits, SeekerHistory, StreamClock, expired
 from pipeline.stream.runtime import Record, Table, Tx
-from pipeline.wire import envelope
 from pipeline.wire.records import TrainingUnit, UnitsBatch, to_json
 
 _STATE: TypeAdapter[ExpandState] = TypeAdapter(ExpandState)
@@ -95,7 +95,7 @@ class ExpandStage:
         signals: collections.Counter[str] = collections.Counter()
         latency = metrics.PROCESSING_LATENCY.labels(self.name)
         for rec in records:
-            event = await tx.decode(rec, envelope.decode)
+            event = await tx.decode(rec, contracts.decode)
             if event is None:
                 continue
             result = await tx.attempt(

@@ -22,14 +22,12 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
-from pipeline.api.contracts import ScoredOutputResponse
-from pipeline.kafka.io import OutRecord
+from pipeline import contracts
 from pipeline.store.sql import (
     Database,
     EntryRow,
@@ -42,7 +40,7 @@ from pipeline.store.sql import (
 )
 from pipeline.stream.partitions import Clients, KafkaClients, PartitionRunner
 from pipeline.wire import envelope
-from pipeline.wire.records import Erasure, erasure_id
+from pipeline.wire.records import Erasure
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +62,9 @@ def micros(when: datetime) -> int:
     return (when - EPOCH) // ONE_US
 
 
-def entry_doc(event: envelope.ScoredOutputEnvelope) -> bytes:
-    """The list item of a scored entry: exactly what its POST answered (seed 003)."""
-    p = event.payload
-    answer = ScoredOutputResponse(
-        id=p.entry_id,
-        task_id=p.task_id,
-        inputs=p.inputs,
-        output=p.output,
-        score=p.score,
-        source=p.source,
-        metadata=p.metadata,
-        created_at=event.received_at,
-    )
-    return orjson.dumps(answer.model_dump(mode="json"))
-
-
 def raw_rows(value: bytes, partition: int, offset: int) -> tuple[EventRow, EntryRow | None]:
-    """The rows of one ``feedback.raw`` record (raises ValidationError for a non-envelope)."""
-    event = envelope.decode(value)
+    """The rows of one ``feedback.raw`` record (raises a ValueError, msgspec's, for a non-envelope)."""
+    event = contracts.decode(value)
     row = EventRow(
         event_id=event.event_id,
         tenant=event.tenant,
@@ -98,32 +80,11 @@ def raw_rows(value: bytes, partition: int, offset: int) -> tuple[EventRow, Entry
             tenant=event.tenant,
             task_id=event.payload.task_id,
             created_us=micros(event.received_at),
-            doc=entry_doc(event),
+            doc=contracts.stored_entry(event),
             partition=partition,
             offset=offset,
         )
     return row, entry
-
-
-def erasure_record(
-    topic: str, *, tenant: str, entry_id: str, task_id: str, request_id: str, correlation_id: str
-) -> OutRecord:
-    """The ``feedback.erasures`` record of an erased entry (keyed like the entry on feedback.raw)."""
-    msg = Erasure(
-        erasure_id=erasure_id(entry_id),
-        tenant=tenant,
-        entry_id=entry_id,
-        task_id=task_id,
-        requested_at=datetime.now(UTC),
-        request_id=request_id,
-        correlation_id=correlation_id,
-    )
-    return OutRecord(
-        topic,
-        f"{task_id}/{entry_id}".encode(),
-        orjson.dumps(msg.model_dump(mode="json")),
-        [("request_id", request_id.encode()), ("tenant", tenant.encode())],
-    )
 
 
 class StoreRunner(PartitionRunner[int | None]):

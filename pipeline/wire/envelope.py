@@ -1,168 +1,324 @@
-"""The canonical envelope of ``feedback.raw``: one validated event, whichever way it came in.
+"""The canonical envelope of ``feedback.raw``: frozen, versioned message types of their own.
 
-The HTTP ingest and the publisher library both build these, so the stream treats both alike.
-Everything the stream needs to stay deterministic on replay (resolved label grades, the tenant's
-feedback mode at receipt) is frozen into the envelope when it is accepted.
+The HTTP ingest and the publisher library both write these (through :mod:`pipeline.contracts`),
+so the stream treats both alike. Everything the stream needs to stay deterministic on replay
+(resolved label grades, the tenant's feedback mode at receipt) is frozen into the envelope when it
+is accepted.
+
+These are *wire* types, apart from the API's request models (:mod:`pipeline.api.contracts`):
+decoding checks only what the stream needs to process an event (JSON types, required fields, the
+``contract`` tag), never the API's policy limits (id lengths, weight caps, UUID spellings, feedback
+depth...). An API rule can then tighten without dead-lettering events already on the topic; every
+stored ``schema_version`` must keep decoding (``tests/unit/test_wire_compat.py``).
+
+msgspec does the decoding and encoding: a tagged union on ``contract``, one ``Struct`` per contract.
+A contract added through the registry brings its own envelope type (a subclass of :class:`Envelope`
+with its ``tag``); :class:`RawCodec` decodes any set of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Literal
+from enum import StrEnum
+from functools import reduce
+from typing import Annotated, Any, Literal, TypeAlias, cast
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+import msgspec
+from msgspec import Meta, Struct
 
-from pipeline.api.contracts import (
-    Contract,
-    CorrectionRequest,
-    InferenceFeedbackEvent,
-    ScoredOutputRequest,
-    SearchEventRequest,
-)
-from pipeline.kafka.io import OutRecord
 from pipeline.tenants import FeedbackMode
+from pipeline.wire.names import Contract
+
+__all__ = [
+    "RAW_TYPES",
+    "SCHEMA_VERSION",
+    "Contract",
+    "CorrectionEnvelope",
+    "CorrectionPayload",
+    "Envelope",
+    "FeedbackMode",
+    "InferenceFeedbackEnvelope",
+    "InferenceFeedbackPayload",
+    "Origin",
+    "RankingOutcomeEnvelope",
+    "RankingOutcomePayload",
+    "RawCodec",
+    "RawEvent",
+    "ResolvedOutcome",
+    "ScoreSource",
+    "ScoredOutputEnvelope",
+    "ScoredOutputPayload",
+    "SearchEventEnvelope",
+    "SearchEventPayload",
+    "SearchEventType",
+    "correction_key",
+    "decode",
+    "encode",
+    "inference_feedback_key",
+    "kafka_headers",
+    "ranking_outcome_key",
+    "scored_output_key",
+    "search_anchor",
+    "search_event_key",
+    "stamped",
+]
+
+#: The envelope version every event written today carries (stored examples of each in tests/data/wire).
+SCHEMA_VERSION = 1
 
 
-class _Envelope(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Origin: TypeAlias = Literal["http", "publisher"]
+ScoreSource: TypeAlias = Literal["sdk", "user_rating", "auto_eval", "seed"]
+
+
+class SearchEventType(StrEnum):
+    """What happened to a search result (seed 004's nine options)."""
+
+    RESULT_HELPFUL = "result_helpful"
+    RESULT_NOT_HELPFUL = "result_not_helpful"
+    PASSAGE_USED = "passage_used"
+    READ_ABANDONED = "read_abandoned"
+    DUPLICATE_RESULT = "duplicate_result"
+    STALE_RESULT = "stale_result"
+    SPAM_OR_LOW_QUALITY = "spam_or_low_quality"
+    MISSING_EXPECTED_SOURCE = "missing_expected_source"
+    UNSAFE_OR_POLICY_ISSUE = "unsafe_or_policy_issue"
+
+
+class _Wire(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Frozen; unknown fields are an error (a typo in a producer must not pass silently)."""
+
+
+class Envelope(_Wire, frozen=True, kw_only=True, tag_field="contract"):
+    """What every raw event carries, whatever its contract (the subclass's ``tag`` names it)."""
 
     schema_version: Literal[1] = 1
-    event_id: str = Field(description="UUIDv7, unique per raw event.")
+    event_id: Annotated[str, Meta(description="UUIDv7, unique per raw event.")]
     tenant: str
-    domain: str = Field(description="Training domain (seed 003: the task id).")
-    received_at: datetime
+    domain: Annotated[str, Meta(description="Training domain (seed 003: the task id).")]
+    received_at: Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
     correlation_id: str
     request_id: str
-    origin: Literal["http", "publisher"]
-    request_events: int | None = Field(
-        default=None,
-        ge=1,
-        description="Raw events the request became (set by the intake), so any reader of the results "
-        "can tell when a request is complete.",
-    )
+    origin: Origin
+    request_events: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                description="Raw events the request became (set by the intake), so any reader of the "
+                "results can tell when a request is complete.",
+            ),
+        ]
+        | None
+    ) = None
+
+    @property
+    def contract(self) -> str:
+        """The contract's name (the ``contract`` tag on the wire)."""
+        return cast(str, type(self).__struct_config__.tag)
 
 
-class ResolvedOutcome(BaseModel):
+# --- seed 000 -------------------------------------------------------------------------------------
+
+
+class ResolvedOutcome(_Wire, frozen=True, kw_only=True):
     """A seed 000 item with its label resolved against the tenant at receipt."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    index: int = Field(ge=0, description="Position of the item in the request.")
+    index: Annotated[int, Meta(ge=0, description="Position of the item in the request.")]
     candidate_id: str
     outcome: str
-    grade: float = Field(ge=0, le=3)
+    grade: Annotated[float, Meta(ge=0, le=3)]
     positive: bool
-    weight: float = Field(ge=0, allow_inf_nan=False)
+    weight: Annotated[float, Meta(ge=0)]
 
 
-class RankingOutcomePayload(BaseModel):
+class RankingOutcomePayload(_Wire, frozen=True, kw_only=True):
     """The outcomes of one seeker from one request (keyed by domain and seeker on Kafka)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     seeker_id: str
-    items: list[ResolvedOutcome] = Field(min_length=1)
+    items: Annotated[list[ResolvedOutcome], Meta(min_length=1)]
 
 
-class RankingOutcomeEnvelope(_Envelope):
-    contract: Literal[Contract.RANKING_OUTCOME] = Contract.RANKING_OUTCOME
+class RankingOutcomeEnvelope(Envelope, frozen=True, kw_only=True, tag=Contract.RANKING_OUTCOME.value):
     payload: RankingOutcomePayload
 
 
-class CorrectionPayload(CorrectionRequest):
-    feedback_mode: FeedbackMode = Field(description="The tenant's mode when the correction arrived.")
+# --- seed 001 -------------------------------------------------------------------------------------
 
 
-class CorrectionEnvelope(_Envelope):
-    contract: Literal[Contract.CORRECTION] = Contract.CORRECTION
+class CorrectionPayload(_Wire, frozen=True, kw_only=True):
+    """A correction with the tenant's feedback mode when it arrived; the outputs are free-form JSON."""
+
+    case_id: str
+    module: str
+    original_output: Any
+    corrected_output: Any
+    actor: dict[str, Any]
+    feedback_mode: Annotated[FeedbackMode, Meta(description="The tenant's mode when the correction arrived.")]
+
+
+class CorrectionEnvelope(Envelope, frozen=True, kw_only=True, tag=Contract.CORRECTION.value):
     payload: CorrectionPayload
 
 
-class InferenceFeedbackEnvelope(_Envelope):
-    contract: Literal[Contract.INFERENCE_FEEDBACK] = Contract.INFERENCE_FEEDBACK
-    payload: InferenceFeedbackEvent
+# --- seed 002 -------------------------------------------------------------------------------------
 
 
-class ScoredOutputPayload(ScoredOutputRequest):
-    entry_id: str = Field(description="The id returned to the caller (seed 003 `id`).")
+class InferenceFeedbackPayload(_Wire, frozen=True, kw_only=True):
+    """One item of a seed 002 array, as accepted (``feedback`` flattens to the signals)."""
+
+    id: str
+    feedback: dict[str, Any]
+    tags: dict[str, str] | None = None
+    optimize: Literal["max", "min"] = "max"
 
 
-class ScoredOutputEnvelope(_Envelope):
-    contract: Literal[Contract.SCORED_OUTPUT] = Contract.SCORED_OUTPUT
+class InferenceFeedbackEnvelope(Envelope, frozen=True, kw_only=True, tag=Contract.INFERENCE_FEEDBACK.value):
+    payload: InferenceFeedbackPayload
+
+
+# --- seed 003 -------------------------------------------------------------------------------------
+
+
+class ScoredOutputPayload(_Wire, frozen=True, kw_only=True):
+    """A scored output of a task; ``entry_id`` is the id returned to the caller (seed 003 ``id``)."""
+
+    task_id: str
+    inputs: dict[str, Any] | None = None
+    output: str | None = None
+    score: float | None = None
+    source: ScoreSource = "sdk"
+    metadata: dict[str, Any] | None = None
+    entry_id: Annotated[str, Meta(description="The id returned to the caller (seed 003 `id`).")]
+
+
+class ScoredOutputEnvelope(Envelope, frozen=True, kw_only=True, tag=Contract.SCORED_OUTPUT.value):
     payload: ScoredOutputPayload
 
 
-class SearchEventPayload(SearchEventRequest):
-    session_id: str = Field(description="From the body, X-Session-ID, or generated.")
+# --- seed 004 -------------------------------------------------------------------------------------
 
 
-class SearchEventEnvelope(_Envelope):
-    contract: Literal[Contract.SEARCH_EVENT] = Contract.SEARCH_EVENT
+class SearchEventPayload(_Wire, frozen=True, kw_only=True):
+    """What happened to a search result; ``session_id`` is always set (body, header or generated)."""
+
+    event_type: SearchEventType
+    agent_context: dict[str, Any] | None = None
+    doc_id: str | None = None
+    passage_id: str | None = None
+    search_id: str | None = None
+    session_id: Annotated[str, Meta(description="From the body, X-Session-ID, or generated.")]
+    notes: str | None = None
+    query: str | None = None
+    rank: int | None = None
+
+
+class SearchEventEnvelope(Envelope, frozen=True, kw_only=True, tag=Contract.SEARCH_EVENT.value):
     payload: SearchEventPayload
 
 
-RawEvent = Annotated[
-    RankingOutcomeEnvelope
-    | CorrectionEnvelope
-    | InferenceFeedbackEnvelope
-    | ScoredOutputEnvelope
-    | SearchEventEnvelope,
-    Field(discriminator="contract"),
-]
-RAW_EVENT: TypeAdapter[RawEvent] = TypeAdapter(RawEvent)
+# --- codec ----------------------------------------------------------------------------------------
+
+#: Any raw event: the envelope of a built-in or a registered contract (tell them apart by type).
+RawEvent: TypeAlias = Envelope
+#: The built-in envelope types, in the order the schema lists them.
+RAW_TYPES: tuple[type[Envelope], ...] = (
+    RankingOutcomeEnvelope,
+    CorrectionEnvelope,
+    InferenceFeedbackEnvelope,
+    ScoredOutputEnvelope,
+    SearchEventEnvelope,
+)
+_ENCODER = msgspec.json.Encoder()
 
 
-def encode(event: RawEvent) -> bytes:
-    return orjson.dumps(event.model_dump(mode="json"))
+class RawCodec:
+    """Decode bytes of ``feedback.raw`` into one of ``types`` (tagged by ``contract``)."""
+
+    def __init__(self, types: Sequence[type[Envelope]]) -> None:
+        self.types = tuple(types)
+        self._decoder: msgspec.json.Decoder[Envelope] = msgspec.json.Decoder(self.union_type())
+
+    def decode(self, data: bytes) -> Envelope:
+        """Raises ``msgspec.ValidationError`` (a ValueError) for bytes that are not an envelope."""
+        return self._decoder.decode(data)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The union's JSON Schema (draft 2020-12): ``oneOf`` the envelopes, discriminated by ``contract``."""
+        (refs,), defs = msgspec.json.schema_components([self.union_type()], ref_template="#/$defs/{name}")
+        members = refs.get("anyOf", [refs])
+        mapping = {cast(str, t.__struct_config__.tag): f"#/$defs/{t.__name__}" for t in self.types}
+        return {
+            "$defs": defs,
+            "oneOf": members,
+            "discriminator": {"propertyName": "contract", "mapping": mapping},
+        }
+
+    def union_type(self) -> Any:
+        """``A | B | ...`` of the envelope types (msgspec decodes a union of tagged structs by tag)."""
+        types: list[Any] = list(self.types)
+        return reduce(lambda a, b: a | b, types)
 
 
-def decode(data: bytes) -> RawEvent:
-    """Parse and validate bytes from ``feedback.raw`` (raises pydantic.ValidationError)."""
-    return RAW_EVENT.validate_json(data)
+_BUILTIN = RawCodec(RAW_TYPES)
 
 
-def search_anchor(payload: SearchEventRequest, session_id: str) -> str:
+def decode(data: bytes) -> Envelope:
+    """Parse bytes of ``feedback.raw`` into a built-in envelope (raises msgspec.ValidationError).
+
+    The stream decodes through the contract registry (:func:`pipeline.contracts.decode`), which
+    also knows contracts registered beside the built-in five.
+    """
+    return _BUILTIN.decode(data)
+
+
+def encode(event: Envelope) -> bytes:
+    return _ENCODER.encode(event)
+
+
+def stamped(event: Envelope, request_events: int) -> Envelope:
+    """The event with how many raw events its request became (set just before writing)."""
+    return msgspec.structs.replace(event, request_events=request_events)
+
+
+def kafka_headers(event: Envelope) -> list[tuple[str, bytes]]:
+    return [
+        ("correlation_id", event.correlation_id.encode()),
+        ("request_id", event.request_id.encode()),
+        ("event_id", event.event_id.encode()),
+        ("contract", event.contract.encode()),
+        ("tenant", event.tenant.encode()),
+    ]
+
+
+# --- Kafka keys: everything the stream must see in order shares a key (so a partition) -----------
+
+
+def search_anchor(payload: SearchEventPayload) -> str:
     """What a search event's triplets hang on: the ranked list, else the query, else the session."""
     if payload.search_id:
         return f"search:{payload.search_id}"
     if payload.query:
         return f"query:{payload.query}"
-    return f"session:{session_id}"
+    return f"session:{payload.session_id}"
 
 
-def kafka_key(event: RawEvent) -> bytes:
-    """Everything the stream must see in order shares a key (so a partition)."""
-    p = event.payload
-    if isinstance(p, RankingOutcomePayload):
-        key = f"{event.domain}/{p.seeker_id}"
-    elif isinstance(p, CorrectionPayload):
-        key = f"{event.domain}/{p.case_id}"
-    elif isinstance(p, InferenceFeedbackEvent):
-        key = p.id
-    elif isinstance(p, ScoredOutputPayload):
-        key = f"{event.domain}/{p.entry_id}"
-    else:
-        key = f"{event.domain}/{search_anchor(p, p.session_id)}"
-    return key.encode()
+def ranking_outcome_key(event: RankingOutcomeEnvelope) -> str:
+    return f"{event.domain}/{event.payload.seeker_id}"
 
 
-def raw_records(topic: str, events: Sequence[RawEvent]) -> list[OutRecord]:
-    """The Kafka records of one request's events, each stamped with how many the request became
-    (so any reader of the stream's results, on any ingest, can tell when the request is complete)."""
-    n = len(events)
-    return [
-        OutRecord(topic, kafka_key(e), encode(e.model_copy(update={"request_events": n})), kafka_headers(e))
-        for e in events
-    ]
+def correction_key(event: CorrectionEnvelope) -> str:
+    return f"{event.domain}/{event.payload.case_id}"
 
 
-def kafka_headers(event: RawEvent) -> list[tuple[str, bytes]]:
-    return [
-        ("correlation_id", event.correlation_id.encode()),
-        ("request_id", event.request_id.encode()),
-        ("event_id", event.event_id.encode()),
-        ("contract", str(event.contract).encode()),
-        ("tenant", event.tenant.encode()),
-    ]
+def inference_feedback_key(event: InferenceFeedbackEnvelope) -> str:
+    return event.payload.id
+
+
+def scored_output_key(event: ScoredOutputEnvelope) -> str:
+    return f"{event.domain}/{event.payload.entry_id}"
+
+
+def search_event_key(event: SearchEventEnvelope) -> str:
+    return f"{event.domain}/{search_anchor(event.payload)}"

@@ -1,6 +1,7 @@
 """The JSON Schema (draft 2020-12) of every topic's message value: the contract with consumers.
 
-The schemas are generated from the pydantic models that write the messages and committed under
+The schemas are generated from the types that write the messages (msgspec for ``feedback.raw``,
+pydantic for the others) and committed under
 ``schemas/`` (one ``<topic>.schema.json`` per topic of :data:`pipeline.kafka.topics.TOPICS`, plus a
 ``README.md`` index), so a model change that alters the wire format shows up in review::
 
@@ -28,7 +29,7 @@ from pipeline.rules.counters import DomainCounter
 from pipeline.rules.triplets import SeekerHistory, StreamClock
 from pipeline.settings import REPO_ROOT
 from pipeline.wire import records
-from pipeline.wire.envelope import RAW_EVENT
+from pipeline.wire.envelope import RAW_TYPES, RawCodec
 
 __all__ = [
     "DIALECT",
@@ -83,7 +84,7 @@ _RECORDS = records.record_json_schemas
 TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
     TopicSchema(
         topics.RAW,
-        RAW_EVENT.json_schema,
+        RawCodec(RAW_TYPES).json_schema,
         "one canonical envelope (pipeline.wire.envelope, schema_version 1): event id (UUIDv7), tenant, "
         "domain, received_at, correlation and request ids, origin (http or publisher) and the "
         "validated payload, discriminated by `contract` (ranking_outcome, correction, "
@@ -224,8 +225,8 @@ def _readme() -> str:
     lines = [
         "# Topic schemas",
         "",
-        "JSON Schema (draft 2020-12) of every topic's message value, generated from the pydantic",
-        "models by `python -m pipeline.wire.schemas write` (`make schemas`); do not edit by hand.",
+        "JSON Schema (draft 2020-12) of every topic's message value, generated from the message",
+        "types by `python -m pipeline.wire.schemas write` (`make schemas`); do not edit by hand.",
         "`python -m pipeline.wire.schemas check` (and `tests/unit/test_schemas.py`) fail on drift.",
         "Values are UTF-8 JSON; keys are UTF-8 strings. Topic names take `TOPIC_PREFIX` in front.",
         "",

@@ -24,10 +24,10 @@ import orjson
 import pytest
 
 from pipeline.api.publisher import FeedbackPublisher
+from pipeline.contracts import expand_event, kafka_key
 from pipeline.kafka.io import OutRecord, TransactionalWriter
 from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, free_port, worker_service
-from pipeline.rules.expansion import expand_event
 from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
@@ -126,9 +126,7 @@ def workload(broker: Any, service_env: dict[str, str]) -> Iterator[Workload]:
             for i in range(0, len(events), 100):
                 await writer.write(
                     [
-                        OutRecord(
-                            names.raw, envelope.kafka_key(e), envelope.encode(e), envelope.kafka_headers(e)
-                        )
+                        OutRecord(names.raw, kafka_key(e), envelope.encode(e), envelope.kafka_headers(e))
                         for e in events[i : i + 100]
                     ]
                 )

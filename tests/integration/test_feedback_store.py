@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 import pytest
 
+from pipeline import contracts
 from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
@@ -259,7 +260,7 @@ async def test_sigkill_of_the_store_stage_loses_and_duplicates_no_row(
     await writer.start()
     try:
         for i in range(0, len(events), 250):
-            await writer.write(envelope.raw_records(names.raw, events[i : i + 250]))
+            await writer.write(contracts.raw_records(names.raw, events[i : i + 250]))
     finally:
         await writer.stop()
     scored = [e for e in events if isinstance(e, envelope.ScoredOutputEnvelope)]

@@ -19,10 +19,10 @@ import orjson
 import pytest
 
 from pipeline.api.publisher import FeedbackPublisher
+from pipeline.contracts import expand_event, kafka_key
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
-from pipeline.rules.expansion import expand_event
 from pipeline.rules.triplets import Limits
 from pipeline.settings import Settings
 from pipeline.stream.runtime import key_partition
@@ -53,7 +53,7 @@ def _json(rec: Any) -> dict[str, Any]:
 
 def raw_partition(pub: FeedbackPublisher, body: dict[str, Any], settings: Settings) -> int:
     event = pub.plan(body)[0].events[0]
-    partition = key_partition(envelope.kafka_key(event), settings.topic_partitions)
+    partition = key_partition(kafka_key(event), settings.topic_partitions)
     assert partition is not None
     return partition
 
@@ -143,7 +143,7 @@ def planned_units(event: envelope.RawEvent, limits: Limits) -> list[Any]:
 
 
 def _raw(pub: FeedbackPublisher, body: Any, **payload_changes: Any) -> dict[str, Any]:
-    event = orjson.loads(pub.plan(body)[0].events[0].model_dump_json())
+    event = orjson.loads(envelope.encode(pub.plan(body)[0].events[0]))
     event["payload"].update(payload_changes)
     return event  # type: ignore[no-any-return]
 

@@ -23,6 +23,7 @@ from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
+from pipeline.wire import envelope
 from tests.conftest import TEST_TENANTS
 from tests.http_helpers import domain_state, post
 from tests.kafka_helpers import produce, read_until
@@ -167,7 +168,7 @@ async def test_bad_messages_go_to_the_dlq_and_the_stream_keeps_going(
     valid = publisher.plan({"domain": "s_llm", "items": [outcome("dlq-seeker", "x", "accepted")]})[0].events[
         0
     ]
-    broken = orjson.loads(valid.model_dump_json())
+    broken = orjson.loads(envelope.encode(valid))
     broken["contract"] = "inference_feedback"  # payload no longer fits the contract
     await produce(broker.bootstrap, names.raw, orjson.dumps(broken), key=marker)
     after = await publisher.publish(

@@ -1,4 +1,5 @@
-"""Contract models (seeds 000-004), their error messages, and classification of /v1/feedback bodies."""
+"""Contract models (seeds 000-004), their error messages, and the registry's classification of
+/v1/feedback bodies."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from pipeline import contracts
 from pipeline.api.contracts import (
-    Classified,
-    ClassifyOutcome,
     Contract,
     CorrectionError,
     CorrectionErrorCode,
@@ -28,14 +28,22 @@ from pipeline.api.contracts import (
     SearchEventRequest,
     SearchEventResponse,
     SearchEventType,
-    classify,
+)
+from pipeline.api.intake import validate_inference_item
+from pipeline.api.wording import (
     correction_error_code,
     describe_validation_error,
     first_missing_field,
     is_score_range_error,
-    validate_inference_item,
 )
+from pipeline.contracts import Classified, ClassifyOutcome
 from pipeline.rules.flatten import FlatEntry, feedback_id
+
+
+def classify(body: Any) -> Classified:
+    """Which contract a ``POST /v1/feedback`` body is for (the registry's classification)."""
+    return contracts.classify(body, contracts.on_route(contracts.FEEDBACK_ROUTE))
+
 
 # --- seed bodies, copied verbatim --------------------------------------------------------------
 

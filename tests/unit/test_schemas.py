@@ -26,11 +26,11 @@ from pipeline.api.contracts import (
     ScoredOutputRequest,
     SearchEventRequest,
 )
+from pipeline.api.intake import erasure_record
+from pipeline.contracts import expand_event
 from pipeline.kafka import topics
 from pipeline.rules.counters import DomainCounter, count_units, force_trigger
-from pipeline.rules.expansion import expand_event
 from pipeline.rules.triplets import Limits, SeekerHistory
-from pipeline.stream.store import erasure_record
 from pipeline.tenants import TenantRegistry, load_tenants
 from pipeline.wire import envelope, schemas
 from pipeline.wire.records import StageResult, TrainRequest, dead_letter
@@ -123,7 +123,7 @@ def _ids() -> Iterator[str]:
         yield f"01900000-0000-7000-8000-{n:012d}"
 
 
-def _raw_events(registry: TenantRegistry) -> list[envelope.RawEvent]:
+def _raw_events(registry: TenantRegistry) -> list[envelope.Envelope]:
     ids = _ids()
 
     def ctx(tenant_id: str, origin: intake.Origin = "http") -> intake.Context:
@@ -131,14 +131,14 @@ def _raw_events(registry: TenantRegistry) -> list[envelope.RawEvent]:
         assert tenant is not None
         return intake.Context(tenant, "req-1", "corr-1", AT, origin, new_id=lambda: next(ids))
 
-    events: list[envelope.RawEvent] = []
+    events: list[envelope.Envelope] = []
     for body in _examples(RankingOutcomeRequest):
         events += intake.ranking_outcomes(ctx("dev"), RankingOutcomeRequest.model_validate(body)).events
     for tenant_id in ("dev", "mode_shared", "mode_audit", "mode_off"):
         for body in _examples(CorrectionRequest):
             req = CorrectionRequest.model_validate(body)
             events += intake.correction(ctx(tenant_id, "publisher"), req).events
-    inference, _ = intake.inference_feedback(ctx("dev"), _examples(InferenceFeedbackEvent))
+    inference = intake.inference_feedback(ctx("dev"), _examples(InferenceFeedbackEvent))
     events += inference.events
     for body in _examples(ScoredOutputRequest):
         events += intake.scored_output(ctx("dev"), ScoredOutputRequest.model_validate(body)).events

@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 import pytest
 
+from pipeline import contracts
 from pipeline.api import intake
 from pipeline.api.contracts import ScoredOutputRequest, ScoredOutputResponse
 from pipeline.settings import Settings
@@ -39,7 +40,6 @@ from pipeline.store.sql import (
 )
 from pipeline.stream.store import micros, raw_rows
 from pipeline.tenants import load_tenants
-from pipeline.wire import envelope
 
 TENANTS = Path(__file__).resolve().parent.parent / "data" / "tenants.test.yaml"
 TASK = "550e8400-e29b-41d4-a716-446655440000"
@@ -175,7 +175,7 @@ def test_a_stored_entry_is_exactly_what_the_post_answered() -> None:
     ctx = intake.Context(tenant, "req_1", "c-1", datetime(2024, 1, 15, 10, 35, 0, 123456, tzinfo=UTC))
     event = intake.scored_output(ctx, model).events[0]
     answer = ScoredOutputResponse.from_request(model, id=event.event_id, created_at=event.received_at)
-    value = envelope.raw_records("raw", [event])[0].value
+    value = contracts.raw_records("raw", [event])[0].value
     row, stored = raw_rows(value, 3, 42)
     assert stored is not None
     assert stored.doc == orjson.dumps(answer.model_dump(mode="json"))

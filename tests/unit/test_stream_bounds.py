@@ -15,10 +15,11 @@ from aiokafka.errors import MessageSizeTooLargeError, RequestTimedOutError
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from pipeline.api.stream_view import REQUEST_OVERHEAD_BYTES, RESULT_OVERHEAD_BYTES, StreamView
+from pipeline.contracts import expand_event
 from pipeline.kafka import topics
 from pipeline.kafka.topics import TopicNames, topic_names
 from pipeline.limits import MAX_ID_CHARS, MAX_LABEL_CHARS, MAX_WEIGHT
-from pipeline.rules.expansion import ExpandState, expand_event
+from pipeline.rules.expansion import ExpandState
 from pipeline.rules.triplets import Limits, Observation, SeekerHistory, StreamClock, expand_outcomes
 from pipeline.settings import Settings
 from pipeline.stream.count import CountStage

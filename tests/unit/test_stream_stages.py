@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
+from pipeline import contracts
 from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.topics import TopicNames, topic_names
@@ -23,7 +24,6 @@ from pipeline.settings import Settings
 from pipeline.stream.runtime import StageRunner
 from pipeline.stream.worker import build_runners
 from pipeline.tenants import load_tenants
-from pipeline.wire import envelope
 from pipeline.wire.records import deterministic_id
 from tests.conftest import TEST_TENANTS
 from tests.fakekafka import Cluster, FakeClients, FakeConsumer
@@ -69,7 +69,7 @@ class Stream:
     ) -> list[str]:
         """Plan ``body`` as the publisher does, write its events in one transaction, run the stages."""
         intake, _ = self.publishers[tenant].plan(body, contract=contract)
-        self.cluster.produce(NAMES.raw, [r.value for r in envelope.raw_records(NAMES.raw, intake.events)])
+        self.cluster.produce(NAMES.raw, [r.value for r in contracts.raw_records(NAMES.raw, intake.events)])
         await self.run()
         return [e.event_id for e in intake.events]
 
