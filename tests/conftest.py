@@ -196,9 +196,12 @@ def ingest_factory(service_env: dict[str, str]) -> Iterator[Callable[..., Servic
 MODULE_SERVICES = frozenset({"ingest_factory", "stack"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group, for ``--dist loadgroup``, the tests of a module whose services are module-scoped, so the
-    module starts them once rather than on every worker; other tests are spread one by one."""
+    """For ``--dist loadgroup``: the tests of a module whose services are module-scoped form one group,
+    so the module starts them once rather than on every worker; other tests are spread one by one.
+    Tests marked ``slow`` go first (stable order otherwise), so no worker starts one at the end."""
     for item in items:
         if MODULE_SERVICES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -247,6 +247,7 @@ def crash_env(
         run(delete_prefixed_topics(broker.bootstrap, doomed))
 
 
+@pytest.mark.slow
 async def test_sigkill_of_the_store_stage_loses_and_duplicates_no_row(
     crash_env: tuple[Settings, dict[str, str]],
 ) -> None:

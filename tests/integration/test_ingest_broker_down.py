@@ -61,6 +61,7 @@ def second_broker(tmp_path: Path) -> Iterator[SecondBroker]:
         broker.run("stop")
 
 
+@pytest.mark.slow
 async def test_broker_down_is_503_with_nothing_written_then_recovers(
     second_broker: SecondBroker, ingest_factory: Callable[..., Service]
 ) -> None:

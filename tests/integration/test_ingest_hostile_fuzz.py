@@ -628,6 +628,7 @@ def origin_of(letter: dict[str, Any], by_id: dict[str, Answer]) -> str:
     return "unknown request"
 
 
+@pytest.mark.slow
 def test_hostile_bodies_never_5xx_and_nothing_accepted_is_dead_lettered(broker: Broker, stack: Stack) -> None:
     rng = random.Random(SEED)
     reqs = requests(rng, N_REQUESTS)
