@@ -15,8 +15,10 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
 from pipeline.kafka.broker import Broker, find_broker, local_running, stop_local
 from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
@@ -192,16 +194,29 @@ def ingest_factory(service_env: dict[str, str]) -> Iterator[Callable[..., Servic
         yield start
 
 
-#: module-scoped fixtures that start processes: a module using one runs on one xdist worker
-MODULE_SERVICES = frozenset({"ingest_factory", "stack"})
+#: tests that stand alone (their own topics, processes and stores: nothing module-scoped, no order):
+#: spread one by one over the workers instead of running after their module's other tests
+SPREAD = (
+    "tests/integration/test_exactly_once.py::",
+    "tests/integration/test_feedback_store.py::test_sigkill_",
+)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
+class ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]
+    """xdist's ``loadscope`` (a module's tests on one worker, in order: module-scoped services start
+    once, order-dependent checks such as ``test_zz_*`` see their module's requests) except ``SPREAD``.
+
+    Not ``loadgroup`` with ``xdist_group`` marks: with pytest 9.2 xdist 3.8 loses the groups
+    (pytest-dev/pytest-xdist#1386), silently."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return nodeid if nodeid.startswith(SPREAD) else super()._split_scope(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ModuleScheduling:
+    return ModuleScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """For ``--dist loadgroup``: the tests of a module whose services are module-scoped form one group,
-    so the module starts them once rather than on every worker; other tests are spread one by one.
-    Tests marked ``slow`` go first (stable order otherwise), so no worker starts one at the end."""
-    for item in items:
-        if MODULE_SERVICES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    """Tests marked ``slow`` go first (stable order otherwise), so no worker starts one at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
