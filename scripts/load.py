@@ -28,18 +28,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
-import platform
 import random
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +46,18 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.kafka.broker import find_broker
 from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import REPO_ROOT, Settings
 from scripts.bench import (
     N_TENANTS,
     Workload,
-    delete_topics,
-    partitions_of,
     percentile,
     ranking_domains,
     tenant_key,
     tenants_data,
 )
+from scripts.common import add_run_arguments, partitions_of, run_and_report, run_header
 
 # --- the baseline server ---------------------------------------------------------------------------
 
@@ -226,17 +220,6 @@ async def wait_drained(bootstrap: str, settings: Settings, timeout_s: float) -> 
 # --- the run ---------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, bootstrap: str, broker_kind: str) -> dict[str, Any]:
-    t_run = time.perf_counter()
-    tag = f"load{uuid.uuid4().hex[:8]}"
-    try:
-        return await measure(args, bootstrap, broker_kind, tag) | {"run_s": time.perf_counter() - t_run}
-    finally:
-        if not args.keep_topics:
-            with contextlib.suppress(Exception):
-                await delete_topics(bootstrap, f"{tag}.")
-
-
 async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, tag: str) -> dict[str, Any]:
     prefix = f"{tag}."
     log_dir = REPO_ROOT / ".local" / "bench-logs" / tag
@@ -299,12 +282,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
             with contextlib.suppress(Exception):
                 svc.stop()
     return {
-        "tool": "scripts.load",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "broker": {"bootstrap": bootstrap, "kind": broker_kind},
+        **run_header("scripts.load", bootstrap, broker_kind),
         "config": {
             "concurrency": args.concurrency,
             "duration_s": args.duration,
@@ -362,22 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=50_000, help="bound per case and target")
     parser.add_argument("--warmup", type=int, default=64, help="requests before measuring")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="bound on waiting for the worker")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "load.json")
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--keep-topics", action="store_true")
+    add_run_arguments(parser, "load", seed=11)
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_baseline:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_baseline(args.serve_baseline))
         return 0
-    with find_broker() as broker:
-        result = asyncio.run(run(args, broker.bootstrap, broker.kind))
-    print()
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out} (run took {result['run_s']:.0f} s)")
+    run_and_report("load", measure, args, table)
     return 0
 
 
