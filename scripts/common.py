@@ -25,8 +25,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.kafka.broker import find_broker
+from pipeline.kafka.io import TransactionalWriter
 from pipeline.kafka.topics import delete_prefixed_topics, topic_names
+from pipeline.procs import child_env
 from pipeline.settings import REPO_ROOT, Settings
+from pipeline.wire import envelope
 
 # --- reading topics ----------------------------------------------------------------------------------
 
@@ -185,3 +188,46 @@ def run_and_report(
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out} (run took {result['run_s']:.0f} s)")
     return result
+
+
+# --- a run's stack -----------------------------------------------------------------------------------
+
+
+def tagged_settings(bootstrap: str, tag: str, tenants_file: Path, **overrides: Any) -> Settings:
+    """A run's settings: topics prefixed ``tag.``, the worker's groups ``fs-tag-*``, its tenants file."""
+    return Settings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_prefix=f"{tag}.",
+        worker_id=f"fs-{tag}",
+        tenants_file=tenants_file,
+        **overrides,
+    )
+
+
+def stack_env(settings: Settings, ingest_instance: str, **overrides: object) -> dict[str, str]:
+    """The environment of a run's ingest and worker: this process's (without pytest's variables), the
+    run's broker, topics, groups, transactional ids and tenants, and ``overrides`` (upper-cased)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    return child_env(
+        env,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers or "",
+        topic_prefix=settings.topic_prefix,
+        worker_id=settings.worker_id,
+        ingest_instance=ingest_instance,
+        tenants_file=settings.tenants_file,
+        **overrides,
+    )
+
+
+async def write_raw(
+    bootstrap: str, settings: Settings, events: list[envelope.RawEvent], *, transactional_id: str, chunk: int
+) -> None:
+    """Write envelopes to the run's ``feedback.raw`` as the ingest does: transactions of ``chunk``."""
+    raw = topic_names(settings).raw
+    writer = TransactionalWriter(bootstrap, transactional_id=transactional_id)
+    await writer.start()
+    try:
+        for i in range(0, len(events), chunk):
+            await writer.write(envelope.raw_records(raw, events[i : i + chunk]))
+    finally:
+        await writer.stop()

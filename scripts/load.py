@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import random
 import sys
 import tempfile
@@ -57,7 +56,14 @@ from scripts.bench import (
     tenant_key,
     tenants_data,
 )
-from scripts.common import add_run_arguments, partitions_of, run_and_report, run_header
+from scripts.common import (
+    add_run_arguments,
+    partitions_of,
+    run_and_report,
+    run_header,
+    stack_env,
+    tagged_settings,
+)
 
 # --- the baseline server ---------------------------------------------------------------------------
 
@@ -227,23 +233,11 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
     # thresholds high enough that triggers are rare: this measures the HTTP path
     thresholds = {d: 100_000 for i in range(N_TENANTS) for d in ranking_domains(i)}
     tenants_file.write_text(yaml.safe_dump(tenants_data(thresholds, rate_limit_rps=1_000_000)))
-    settings = Settings(
-        kafka_bootstrap_servers=bootstrap,
-        topic_prefix=prefix,
-        worker_id=f"fs-{tag}",
-        tenants_file=tenants_file,
-    )
+    settings = tagged_settings(bootstrap, tag, tenants_file)
     await ensure_topics(bootstrap, settings)
     print(f"[load] broker {bootstrap} ({broker_kind}), prefix {prefix}, logs {log_dir}")
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        TOPIC_PREFIX=prefix,
-        WORKER_ID=settings.worker_id,
-        INGEST_INSTANCE=f"ingest-{tag}",
-        TENANTS_FILE=str(tenants_file),
-    )
+    env = stack_env(settings, f"ingest-{tag}")
     cases = build_cases(Workload(seed=args.seed), pool=400)
     ingest_port, baseline_port = free_port(), free_port()
     worker = worker_service(env, free_port(), log_dir)

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import os
 import random
 import re
 import tempfile
@@ -51,7 +50,7 @@ import yaml
 
 from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.procs import free_port, ingest_service, worker_service
-from pipeline.settings import REPO_ROOT, Settings
+from pipeline.settings import REPO_ROOT
 from scripts.bench import (
     N_TENANTS,
     SEARCH_TYPES,
@@ -61,7 +60,15 @@ from scripts.bench import (
     tenant_key,
     tenants_data,
 )
-from scripts.common import add_run_arguments, count_records, run_and_report, run_header, wait_processed
+from scripts.common import (
+    add_run_arguments,
+    count_records,
+    run_and_report,
+    run_header,
+    stack_env,
+    tagged_settings,
+    wait_processed,
+)
 
 #: request kinds and their share (percent of requests)
 MIX: dict[str, float] = {
@@ -371,24 +378,14 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
     tenants_file = Path(tempfile.mkdtemp(prefix="feedstream-soak-")) / "tenants.yaml"
     thresholds = {d: 500 for i in range(N_TENANTS) for d in ranking_domains(i)}
     tenants_file.write_text(yaml.safe_dump(tenants_data(thresholds, rate_limit_rps=100_000)))
-    settings = Settings(
-        kafka_bootstrap_servers=bootstrap,
-        topic_prefix=prefix,
-        worker_id=f"fs-{tag}",
-        tenants_file=tenants_file,
-        seeker_max_age_s=args.seeker_max_age_s,
-    )
+    settings = tagged_settings(bootstrap, tag, tenants_file, seeker_max_age_s=args.seeker_max_age_s)
     await ensure_topics(bootstrap, settings)
     names = topic_names(settings)
     print(f"[soak] broker {bootstrap} ({broker_kind}), prefix {prefix}, logs {log_dir}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        TOPIC_PREFIX=prefix,
-        WORKER_ID=settings.worker_id,
-        INGEST_INSTANCE=f"ingest-{tag}",
-        TENANTS_FILE=str(tenants_file),
-        SEEKER_MAX_AGE_S=str(args.seeker_max_age_s),
+    env = stack_env(
+        settings,
+        f"ingest-{tag}",
+        seeker_max_age_s=args.seeker_max_age_s,
         **{
             name.upper(): str(value)
             for name, value in (

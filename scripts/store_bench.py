@@ -34,7 +34,6 @@ import orjson
 from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import find_broker
-from pipeline.kafka.io import TransactionalWriter
 from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.settings import REPO_ROOT, Settings
 from pipeline.store.postgres import find_postgres
@@ -42,6 +41,7 @@ from pipeline.store.sql import Database, count_entries, explain_list, list_entri
 from pipeline.stream.store import StoreRunner, micros
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
+from scripts.common import write_raw
 
 TENANTS = REPO_ROOT / "tests" / "data" / "tenants.test.yaml"
 TASK = "550e8400-e29b-41d4-a716-446655440000"
@@ -94,13 +94,7 @@ async def stage_rate(bootstrap: str, kind: str, pg_url: str | None, tmp: Path, n
                 "metadata": {"model": "gpt-4o", "latency_ms": i % 900},
             }
             events.extend(pub.plan(body, contract=Contract.SCORED_OUTPUT)[0].events)
-    writer = TransactionalWriter(bootstrap, transactional_id=f"bench-{prefix}")
-    await writer.start()
-    try:
-        for i in range(0, len(events), 500):
-            await writer.write(envelope.raw_records(names.raw, events[i : i + 500]))
-    finally:
-        await writer.stop()
+    await write_raw(bootstrap, settings, events, transactional_id=f"bench-{prefix}", chunk=500)
     scored = sum(isinstance(e, envelope.ScoredOutputEnvelope) for e in events)
     db, _ = await fresh_store(kind, pg_url, tmp)
     runner = StoreRunner(

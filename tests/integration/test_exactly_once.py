@@ -24,7 +24,6 @@ import orjson
 import pytest
 
 from pipeline.api.publisher import FeedbackPublisher
-from pipeline.kafka.io import OutRecord, TransactionalWriter
 from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, free_port, worker_service
 from pipeline.rules.expansion import expand_event
@@ -32,6 +31,7 @@ from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
+from scripts.common import write_raw
 from tests.conftest import LOG_DIR, TEST_TENANTS
 from tests.kafka_helpers import read_until
 
@@ -119,21 +119,7 @@ def workload(broker: Any, service_env: dict[str, str]) -> Iterator[Workload]:
         await ensure_topics(broker.bootstrap, settings)
         pub = FeedbackPublisher(broker.bootstrap, load_tenants(TEST_TENANTS), "stream", settings=settings)
         events = build_events(pub, 600, seed=int(prefix[3:11], 16))
-        writer = TransactionalWriter(broker.bootstrap, transactional_id=f"load-{prefix}")
-        await writer.start()
-        try:
-            names = topic_names(settings)
-            for i in range(0, len(events), 100):
-                await writer.write(
-                    [
-                        OutRecord(
-                            names.raw, envelope.kafka_key(e), envelope.encode(e), envelope.kafka_headers(e)
-                        )
-                        for e in events[i : i + 100]
-                    ]
-                )
-        finally:
-            await writer.stop()
+        await write_raw(broker.bootstrap, settings, events, transactional_id=f"load-{prefix}", chunk=100)
         return events
 
     events = asyncio.new_event_loop().run_until_complete(setup())

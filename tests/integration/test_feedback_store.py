@@ -21,7 +21,6 @@ import pytest
 from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
-from pipeline.kafka.io import TransactionalWriter
 from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import Settings
@@ -29,6 +28,7 @@ from pipeline.store.postgres import PostgresServer
 from pipeline.store.sql import Database, count_entries, open_database, read_offsets
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
+from scripts.common import write_raw
 from tests.conftest import LOG_DIR, TEST_TENANTS
 from tests.http_helpers import KAIZEN_KEY, base_url
 from tests.kafka_helpers import read_until, run
@@ -256,13 +256,7 @@ async def test_sigkill_of_the_store_stage_loses_and_duplicates_no_row(
     names = topic_names(settings)
     pub = FeedbackPublisher(bootstrap, load_tenants(TEST_TENANTS), "stream", settings=settings)
     events = scored_events(pub, 2500)
-    writer = TransactionalWriter(bootstrap, transactional_id=f"load-{settings.topic_prefix}")
-    await writer.start()
-    try:
-        for i in range(0, len(events), 250):
-            await writer.write(envelope.raw_records(names.raw, events[i : i + 250]))
-    finally:
-        await writer.stop()
+    await write_raw(bootstrap, settings, events, transactional_id=f"load-{settings.topic_prefix}", chunk=250)
     scored = [e for e in events if isinstance(e, envelope.ScoredOutputEnvelope)]
     db: Database = await open_database(settings)
     logs = LOG_DIR / settings.topic_prefix

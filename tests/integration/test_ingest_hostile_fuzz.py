@@ -41,10 +41,10 @@ import yaml
 
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
-from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
+from pipeline.procs import Service, free_port, ingest_service, worker_service
 from pipeline.settings import Settings
 from pipeline.tenants import hash_api_key
-from scripts.common import read_all, wait_processed
+from scripts.common import read_all, stack_env, tagged_settings, wait_processed
 from tests.conftest import LOG_DIR
 from tests.kafka_helpers import run
 
@@ -506,22 +506,13 @@ class Stack:
 def stack(broker: Broker) -> Iterator[Stack]:
     tag = f"hfz{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="feedstream-hfz-"))
-    settings = Settings(
-        kafka_bootstrap_servers=broker.bootstrap,
-        topic_prefix=f"{tag}.",
-        worker_id=f"fs-{tag}",
-        tenants_file=tenants_file(tmp / "tenants.yaml"),
-        shared_pool_threshold=3,
+    settings = tagged_settings(
+        broker.bootstrap, tag, tenants_file(tmp / "tenants.yaml"), shared_pool_threshold=3
     )
     run(ensure_topics(broker.bootstrap, settings))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env = child_env(
-        env,
-        kafka_bootstrap_servers=broker.bootstrap,
-        topic_prefix=settings.topic_prefix,
-        worker_id=settings.worker_id,
-        ingest_instance=f"ingest-{tag}",
-        tenants_file=settings.tenants_file,
+    env = stack_env(
+        settings,
+        f"ingest-{tag}",
         shared_pool_threshold=3,
         store_path=tmp / "store.sqlite3",  # the feedback store's SQLite file: this stack's own
     )
