@@ -43,10 +43,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -74,7 +72,6 @@ from pipeline.api.contracts import (
 )
 from pipeline.contracts import expand_event, kafka_key
 from pipeline.ids import new_request_id
-from pipeline.kafka.broker import find_broker
 from pipeline.kafka.topics import TopicNames, ensure_topics, topic_names
 from pipeline.procs import Service, free_port, worker_service
 from pipeline.rules.triplets import Limits, SeekerHistory
@@ -82,6 +79,7 @@ from pipeline.settings import REPO_ROOT, Settings
 from pipeline.tenants import Tenant, TenantRegistry, hash_api_key, parse_tenants
 from pipeline.wire import envelope
 from pipeline.wire.envelope import RawEvent
+from scripts.common import add_run_arguments, end_offsets, partitions_of, run_and_report, run_header
 
 # --- the workload ----------------------------------------------------------------------------------
 
@@ -364,44 +362,6 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
             await admin.create_topics([NewTopic(name, partitions, 1)])
     finally:
         await admin.close()
-
-
-async def delete_topics(bootstrap: str, prefix: str) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-        return mine
-    finally:
-        await admin.close()
-
-
-async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
-    """A topic's partitions, from the admin client (an unsubscribed consumer has no metadata)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        for _ in range(50):  # bounded: 5 s for a just-created topic to show up
-            described = await admin.describe_topics([topic])
-            parts = [p["partition"] for d in described if d["error_code"] == 0 for p in d["partitions"]]
-            if parts:
-                return [TopicPartition(topic, p) for p in sorted(parts)]
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-    raise RuntimeError(f"topic {topic} has no partitions in the broker's metadata")
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        tps = await partitions_of(bootstrap, topic)
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
 
 
 async def produce_all(bootstrap: str, topic: str, events: list[RawEvent]) -> float:
@@ -738,20 +698,6 @@ def percentile(values: list[float], q: float) -> float | None:
 # --- the run ---------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, bootstrap: str, broker_kind: str) -> dict[str, Any]:
-    """The whole benchmark; its topics are deleted afterwards, also when it fails."""
-    t_run = time.perf_counter()
-    tag = f"bench{uuid.uuid4().hex[:8]}"
-    try:
-        result = await measure(args, bootstrap, broker_kind, tag)
-    finally:
-        if not args.keep_topics:
-            with contextlib.suppress(Exception):
-                await delete_topics(bootstrap, f"{tag}.")
-    result["run_s"] = time.perf_counter() - t_run
-    return result
-
-
 async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, tag: str) -> dict[str, Any]:
     prefix = f"{tag}."
     log_dir = REPO_ROOT / ".local" / "bench-logs" / tag
@@ -880,12 +826,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
     count_tx = await count_markers(bootstrap, names.count_state)
     trigger_ids = [t["trigger_id"] for _, t in observer.triggers]
     result = {
-        "tool": "scripts.bench",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "broker": {"bootstrap": bootstrap, "kind": broker_kind},
+        **run_header("scripts.bench", bootstrap, broker_kind),
         "config": {
             "events": n,
             "requests": dict(data.requests),
@@ -896,7 +837,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
             "tasks": N_TENANTS,
             "thresholds": thresholds,
             "topic_partitions": settings.topic_partitions,
-            "take_batch": settings.take_batch,
+            "stage_batch": settings.stage_batch,
             "seed": args.seed,
         },
         "pipeline": {
@@ -1005,21 +946,12 @@ def table(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000, help="raw events of the throughput phase")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "bench.json")
     parser.add_argument("--triggers", type=int, default=300, help="about how many triggers the backlog fires")
     parser.add_argument("--paced-rate", type=float, default=0.0, help="events/s (default: 40%% of measured)")
     parser.add_argument("--paced-seconds", type=float, default=20.0)
     parser.add_argument("--phase-timeout", type=float, default=150.0, help="bound on each phase, seconds")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--keep-topics", action="store_true")
-    args = parser.parse_args(argv)
-    with find_broker() as broker:
-        result = asyncio.run(run(args, broker.bootstrap, broker.kind))
-    print()
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out} (run took {result['run_s']:.0f} s)")
+    add_run_arguments(parser, "bench", seed=7)
+    result = run_and_report("bench", measure, parser.parse_args(argv), table)
     ok = (
         result["pipeline"]["triggers_seen"] == result["pipeline"]["triggers_expected"]
         and result["pipeline"]["duplicate_triggers"] == 0

@@ -28,18 +28,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
-import os
-import platform
 import random
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +45,24 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.kafka.broker import find_broker
 from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import REPO_ROOT, Settings
 from scripts.bench import (
     N_TENANTS,
     Workload,
-    delete_topics,
-    partitions_of,
     percentile,
     ranking_domains,
     tenant_key,
     tenants_data,
+)
+from scripts.common import (
+    add_run_arguments,
+    partitions_of,
+    run_and_report,
+    run_header,
+    stack_env,
+    tagged_settings,
 )
 
 # --- the baseline server ---------------------------------------------------------------------------
@@ -226,17 +226,6 @@ async def wait_drained(bootstrap: str, settings: Settings, timeout_s: float) -> 
 # --- the run ---------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, bootstrap: str, broker_kind: str) -> dict[str, Any]:
-    t_run = time.perf_counter()
-    tag = f"load{uuid.uuid4().hex[:8]}"
-    try:
-        return await measure(args, bootstrap, broker_kind, tag) | {"run_s": time.perf_counter() - t_run}
-    finally:
-        if not args.keep_topics:
-            with contextlib.suppress(Exception):
-                await delete_topics(bootstrap, f"{tag}.")
-
-
 async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, tag: str) -> dict[str, Any]:
     prefix = f"{tag}."
     log_dir = REPO_ROOT / ".local" / "bench-logs" / tag
@@ -244,23 +233,11 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
     # thresholds high enough that triggers are rare: this measures the HTTP path
     thresholds = {d: 100_000 for i in range(N_TENANTS) for d in ranking_domains(i)}
     tenants_file.write_text(yaml.safe_dump(tenants_data(thresholds, rate_limit_rps=1_000_000)))
-    settings = Settings(
-        kafka_bootstrap_servers=bootstrap,
-        topic_prefix=prefix,
-        worker_id=f"fs-{tag}",
-        tenants_file=tenants_file,
-    )
+    settings = tagged_settings(bootstrap, tag, tenants_file)
     await ensure_topics(bootstrap, settings)
     print(f"[load] broker {bootstrap} ({broker_kind}), prefix {prefix}, logs {log_dir}")
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        TOPIC_PREFIX=prefix,
-        WORKER_ID=settings.worker_id,
-        INGEST_INSTANCE=f"ingest-{tag}",
-        TENANTS_FILE=str(tenants_file),
-    )
+    env = stack_env(settings, f"ingest-{tag}")
     cases = build_cases(Workload(seed=args.seed), pool=400)
     ingest_port, baseline_port = free_port(), free_port()
     worker = worker_service(env, free_port(), log_dir)
@@ -299,12 +276,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
             with contextlib.suppress(Exception):
                 svc.stop()
     return {
-        "tool": "scripts.load",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "broker": {"bootstrap": bootstrap, "kind": broker_kind},
+        **run_header("scripts.load", bootstrap, broker_kind),
         "config": {
             "concurrency": args.concurrency,
             "duration_s": args.duration,
@@ -362,22 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=50_000, help="bound per case and target")
     parser.add_argument("--warmup", type=int, default=64, help="requests before measuring")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="bound on waiting for the worker")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "load.json")
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--keep-topics", action="store_true")
+    add_run_arguments(parser, "load", seed=11)
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_baseline:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_baseline(args.serve_baseline))
         return 0
-    with find_broker() as broker:
-        result = asyncio.run(run(args, broker.bootstrap, broker.kind))
-    print()
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out} (run took {result['run_s']:.0f} s)")
+    run_and_report("load", measure, args, table)
     return 0
 
 

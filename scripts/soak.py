@@ -34,9 +34,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
-import os
-import platform
 import random
 import re
 import tempfile
@@ -44,29 +41,33 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.kafka.broker import find_broker
-from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
+from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.procs import free_port, ingest_service, worker_service
-from pipeline.settings import REPO_ROOT, Settings
+from pipeline.settings import REPO_ROOT
 from scripts.bench import (
     N_TENANTS,
     SEARCH_TYPES,
     Workload,
-    partitions_of,
     ranking_domains,
     task_id,
     tenant_key,
     tenants_data,
+)
+from scripts.common import (
+    add_run_arguments,
+    count_records,
+    run_and_report,
+    run_header,
+    stack_env,
+    tagged_settings,
+    wait_processed,
 )
 
 #: request kinds and their share (percent of requests)
@@ -352,77 +353,6 @@ async def sample_rss(
         await asyncio.sleep(every_s)
 
 
-async def count_records(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = await partitions_of(bootstrap, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        n = 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
-                n += sum(1 for r in records if r.offset < ends[tp])
-        return n
-    finally:
-        await consumer.stop()
-
-
-async def unprocessed(bootstrap: str, group: str, topic: str) -> int:
-    """Committed records of ``topic`` after ``group``'s committed offsets.
-
-    Exact, unlike an offset difference (``scripts.load.lag``), which also counts transaction
-    markers and aborted records: those are no records to a read_committed reader, and a stage never
-    commits past a trailing aborted batch, so the difference may never reach 0.
-    """
-    tps = await partitions_of(bootstrap, topic)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed", enable_auto_commit=False
-    )
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-        consumer.assign(tps)
-        for tp in tps:
-            at = committed.get(tp)
-            consumer.seek(tp, at.offset if at is not None and at.offset >= 0 else 0)
-        ends = await consumer.end_offsets(tps)  # last stable offsets (read_committed)
-        left = 0
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
-                left += sum(1 for r in records if r.offset < ends[tp])
-        return left
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
-async def wait_processed(
-    bootstrap: str, settings: Settings, timeout_s: float
-) -> tuple[float, tuple[int, int]]:
-    """Until the worker's two stages have committed everything on raw and units (bounded).
-
-    Seconds waited, and the records left on (raw, units): (0, 0) once caught up.
-    """
-    names = topic_names(settings)
-    started = time.monotonic()
-    while True:
-        left = (
-            await unprocessed(bootstrap, f"{settings.worker_id}-expand", names.raw),
-            await unprocessed(bootstrap, f"{settings.worker_id}-count", names.units),
-        )
-        if left == (0, 0) or time.monotonic() - started > timeout_s:
-            return time.monotonic() - started, left
-        await asyncio.sleep(0.5)
-
-
 async def byte_gauges(url: str) -> dict[str, float]:
     """The ``*_bytes`` gauges a service exports on /metrics (idempotency store, stream view, tables)."""
     pattern = re.compile(r"^(feedstream_\w*bytes\w*(?:\{[^}]*\})?) ([0-9.e+-]+)$")
@@ -442,42 +372,20 @@ async def byte_gauges(url: str) -> dict[str, float]:
 # --- the run -----------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, bootstrap: str, broker_kind: str) -> dict[str, Any]:
-    tag = f"soak{uuid.uuid4().hex[:8]}"
-    t_run = time.perf_counter()
-    try:
-        return await measure(args, bootstrap, broker_kind, tag) | {"run_s": time.perf_counter() - t_run}
-    finally:
-        if not args.keep_topics:
-            with contextlib.suppress(Exception):
-                await delete_prefixed_topics(bootstrap, f"{tag}.")
-                await delete_prefixed_topics(bootstrap, f"fs-{tag}-")  # faust's own leader topic
-
-
 async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, tag: str) -> dict[str, Any]:
     prefix = f"{tag}."
     log_dir = REPO_ROOT / ".local" / "bench-logs" / tag
     tenants_file = Path(tempfile.mkdtemp(prefix="feedstream-soak-")) / "tenants.yaml"
     thresholds = {d: 500 for i in range(N_TENANTS) for d in ranking_domains(i)}
     tenants_file.write_text(yaml.safe_dump(tenants_data(thresholds, rate_limit_rps=100_000)))
-    settings = Settings(
-        kafka_bootstrap_servers=bootstrap,
-        topic_prefix=prefix,
-        worker_id=f"fs-{tag}",
-        tenants_file=tenants_file,
-        seeker_max_age_s=args.seeker_max_age_s,
-    )
+    settings = tagged_settings(bootstrap, tag, tenants_file, seeker_max_age_s=args.seeker_max_age_s)
     await ensure_topics(bootstrap, settings)
     names = topic_names(settings)
     print(f"[soak] broker {bootstrap} ({broker_kind}), prefix {prefix}, logs {log_dir}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        TOPIC_PREFIX=prefix,
-        WORKER_ID=settings.worker_id,
-        INGEST_INSTANCE=f"ingest-{tag}",
-        TENANTS_FILE=str(tenants_file),
-        SEEKER_MAX_AGE_S=str(args.seeker_max_age_s),
+    env = stack_env(
+        settings,
+        f"ingest-{tag}",
+        seeker_max_age_s=args.seeker_max_age_s,
         **{
             name.upper(): str(value)
             for name, value in (
@@ -542,12 +450,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
                 svc.stop()
     dlq = await count_records(bootstrap, names.dlq)
     return {
-        "tool": "scripts.soak",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "broker": {"bootstrap": bootstrap, "kind": broker_kind},
+        **run_header("scripts.soak", bootstrap, broker_kind),
         "config": {
             "minutes": args.minutes,
             "rate_rps": rate,
@@ -699,17 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the ingest's IDEMPOTENCY_MAX_BYTES_PER_TENANT (default: the service's, 16 MiB)",
     )
     parser.add_argument("--drain-timeout", type=float, default=120.0, help="bound on waiting for the worker")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "soak.json")
-    parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument("--keep-topics", action="store_true")
-    args = parser.parse_args(argv)
-    with find_broker() as broker:
-        result = asyncio.run(run(args, broker.bootstrap, broker.kind))
-    print()
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out} (run took {result['run_s']:.0f} s)")
+    add_run_arguments(parser, "soak", seed=5)
+    run_and_report("soak", measure, parser.parse_args(argv), table)
     return 0
 
 

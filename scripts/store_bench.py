@@ -4,7 +4,7 @@
 
 1. *Store stage*: ``--events`` raw events (4 scored entries in 5, the rest seed 000 outcomes) are
    written to ``feedback.raw`` of a private topic prefix on the real broker (pipeline.kafka.broker), then
-   the store stage (``pipeline.stream.store.StoreRunner``, TAKE_BATCH 500) consumes them into a fresh store;
+   the store stage (``pipeline.stream.store.StoreRunner``, STAGE_BATCH 500) consumes them into a fresh store;
    rows/s = raw events (each a generic row, plus an entry row when scored) / seconds to the last.
 2. *List*: ``--entries`` entries of one tenant over 4 tasks are bulk-loaded into a fresh store, then
    the list query (``store_sql.list_entries``, limit 100) is timed: first pages (offset 0) and deep
@@ -31,11 +31,9 @@ from typing import Any
 
 import orjson
 
-from pipeline import contracts
 from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import find_broker
-from pipeline.kafka.io import TransactionalWriter
 from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.settings import REPO_ROOT, Settings
 from pipeline.store.postgres import find_postgres
@@ -43,6 +41,7 @@ from pipeline.store.sql import Database, count_entries, explain_list, list_entri
 from pipeline.stream.store import StoreRunner, micros
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
+from scripts.common import write_raw
 
 TENANTS = REPO_ROOT / "tests" / "data" / "tenants.test.yaml"
 TASK = "550e8400-e29b-41d4-a716-446655440000"
@@ -95,13 +94,7 @@ async def stage_rate(bootstrap: str, kind: str, pg_url: str | None, tmp: Path, n
                 "metadata": {"model": "gpt-4o", "latency_ms": i % 900},
             }
             events.extend(pub.plan(body, contract=Contract.SCORED_OUTPUT)[0].events)
-    writer = TransactionalWriter(bootstrap, transactional_id=f"bench-{prefix}")
-    await writer.start()
-    try:
-        for i in range(0, len(events), 500):
-            await writer.write(contracts.raw_records(names.raw, events[i : i + 500]))
-    finally:
-        await writer.stop()
+    await write_raw(bootstrap, settings, events, transactional_id=f"bench-{prefix}", chunk=500)
     scored = sum(isinstance(e, envelope.ScoredOutputEnvelope) for e in events)
     db, _ = await fresh_store(kind, pg_url, tmp)
     runner = StoreRunner(

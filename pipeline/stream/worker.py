@@ -61,7 +61,7 @@ def build_runners(
         changelog_topic=names.expand_state,
         dlq_topic=names.dlq,
         limits=sizes,
-        max_batch=settings.take_batch,
+        max_batch=settings.stage_batch,
         clients=clients,
     )
     count = StageRunner(
@@ -72,7 +72,7 @@ def build_runners(
         changelog_topic=names.count_state,
         dlq_topic=names.dlq,
         limits=sizes,
-        max_batch=settings.take_batch,
+        max_batch=settings.stage_batch,
         clients=clients,
     )
     return expand, count
@@ -87,7 +87,7 @@ def build_store_runner(settings: Settings, bootstrap: str, db: Database) -> Stor
         group_id=f"{settings.worker_id}-store",
         raw_topic=names.raw,
         erasures_topic=names.erasures,
-        max_batch=settings.take_batch,
+        max_batch=settings.stage_batch,
     )
 
 

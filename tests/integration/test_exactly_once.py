@@ -24,19 +24,19 @@ import orjson
 import pytest
 
 from pipeline.api.publisher import FeedbackPublisher
-from pipeline.contracts import expand_event, kafka_key
-from pipeline.kafka.io import OutRecord, TransactionalWriter
+from pipeline.contracts import expand_event
 from pipeline.kafka.topics import delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, free_port, worker_service
 from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
+from scripts.common import write_raw
 from tests.conftest import LOG_DIR, TEST_TENANTS
 from tests.kafka_helpers import read_until
 
 DOMAINS = {"s_crash": 50, "s_crash2": 7}
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 LABELS = ["accepted", "rejected", "converted", "expired", "interview_passed", "ghosted"]
 
@@ -111,27 +111,15 @@ def workload(broker: Any, service_env: dict[str, str]) -> Iterator[Workload]:
         topic_prefix=prefix,
         worker_id=f"w-{prefix[:-1]}",
         tenants_file=TEST_TENANTS,
-        take_batch=25,
+        stage_batch=25,
     )
-    env = dict(service_env, TOPIC_PREFIX=prefix, WORKER_ID=settings.worker_id, TAKE_BATCH="25")
+    env = dict(service_env, TOPIC_PREFIX=prefix, WORKER_ID=settings.worker_id, STAGE_BATCH="25")
 
     async def setup() -> list[envelope.RawEvent]:
         await ensure_topics(broker.bootstrap, settings)
         pub = FeedbackPublisher(broker.bootstrap, load_tenants(TEST_TENANTS), "stream", settings=settings)
         events = build_events(pub, 600, seed=int(prefix[3:11], 16))
-        writer = TransactionalWriter(broker.bootstrap, transactional_id=f"load-{prefix}")
-        await writer.start()
-        try:
-            names = topic_names(settings)
-            for i in range(0, len(events), 100):
-                await writer.write(
-                    [
-                        OutRecord(names.raw, kafka_key(e), envelope.encode(e), envelope.kafka_headers(e))
-                        for e in events[i : i + 100]
-                    ]
-                )
-        finally:
-            await writer.stop()
+        await write_raw(broker.bootstrap, settings, events, transactional_id=f"load-{prefix}", chunk=100)
         return events
 
     events = asyncio.new_event_loop().run_until_complete(setup())
@@ -178,19 +166,19 @@ async def check_exactly_once(w: Workload, progress: Progress, consumer: Any) -> 
     assert len(by_event) == len(w.events), "a raw event has no result"
     assert max(by_event.values()) == 1, f"duplicated results: {by_event.most_common(3)}"
 
-    units = await read_until(
-        bootstrap, names.triplets, lambda r: True, count=len(w.expected_units), timeout_s=60, settle_s=2
+    # the three topics are read at once: each read's settle window (duplicates showing late) overlaps
+    units, trigger_records, dlq = await asyncio.gather(
+        read_until(
+            bootstrap, names.triplets, lambda r: True, count=len(w.expected_units), timeout_s=60, settle_s=2
+        ),
+        read_until(bootstrap, names.triggers, lambda r: True, count=1, timeout_s=10, settle_s=2),
+        read_until(bootstrap, names.dlq, lambda r: True, count=1, timeout_s=1),
     )
     ids = collections.Counter(orjson.loads(r.value)["unit_id"] for r in units)
     assert max(ids.values()) == 1, f"duplicated units: {ids.most_common(3)}"
     assert set(ids) == set(w.expected_units), "units differ from the offline replay"
 
-    triggers = [
-        orjson.loads(r.value)
-        for r in await read_until(
-            bootstrap, names.triggers, lambda r: True, count=1, timeout_s=10, settle_s=2
-        )
-    ]
+    triggers = [orjson.loads(r.value) for r in trigger_records]
     thresholds = {**DOMAINS, "s_corrections": 2}
     for domain, counted in w.counted.items():
         mine = sorted(t["sequence"] for t in triggers if t["domain"] == domain)
@@ -209,7 +197,6 @@ async def check_exactly_once(w: Workload, progress: Progress, consumer: Any) -> 
             and u["counts"]
         ]
         assert len(inside) == t["threshold"] == t["count"], t
-    dlq = await read_until(bootstrap, names.dlq, lambda r: True, count=1, timeout_s=1)
     assert dlq == []
 
 

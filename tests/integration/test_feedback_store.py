@@ -18,11 +18,9 @@ import asyncpg
 import orjson
 import pytest
 
-from pipeline import contracts
 from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
-from pipeline.kafka.io import TransactionalWriter
 from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import Settings
@@ -30,6 +28,7 @@ from pipeline.store.postgres import PostgresServer
 from pipeline.store.sql import Database, count_entries, open_database, read_offsets
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
+from scripts.common import write_raw
 from tests.conftest import LOG_DIR, TEST_TENANTS
 from tests.http_helpers import KAIZEN_KEY, base_url
 from tests.kafka_helpers import read_until, run
@@ -242,12 +241,13 @@ def crash_env(
     request: pytest.FixtureRequest, broker: Broker, service_env: dict[str, str]
 ) -> Iterator[tuple[Settings, dict[str, str]]]:
     settings, env = stack_env(broker, service_env, request.param, request, "sk")
-    env["TAKE_BATCH"] = "10"  # many small store transactions: kills land between and inside them
+    env["STAGE_BATCH"] = "10"  # many small store transactions: kills land between and inside them
     yield settings, env
     for doomed in (settings.topic_prefix, settings.worker_id + "-"):
         run(delete_prefixed_topics(broker.bootstrap, doomed))
 
 
+@pytest.mark.slow
 async def test_sigkill_of_the_store_stage_loses_and_duplicates_no_row(
     crash_env: tuple[Settings, dict[str, str]],
 ) -> None:
@@ -256,13 +256,7 @@ async def test_sigkill_of_the_store_stage_loses_and_duplicates_no_row(
     names = topic_names(settings)
     pub = FeedbackPublisher(bootstrap, load_tenants(TEST_TENANTS), "stream", settings=settings)
     events = scored_events(pub, 2500)
-    writer = TransactionalWriter(bootstrap, transactional_id=f"load-{settings.topic_prefix}")
-    await writer.start()
-    try:
-        for i in range(0, len(events), 250):
-            await writer.write(contracts.raw_records(names.raw, events[i : i + 250]))
-    finally:
-        await writer.stop()
+    await write_raw(bootstrap, settings, events, transactional_id=f"load-{settings.topic_prefix}", chunk=250)
     scored = [e for e in events if isinstance(e, envelope.ScoredOutputEnvelope)]
     db: Database = await open_database(settings)
     logs = LOG_DIR / settings.topic_prefix

@@ -1,8 +1,9 @@
 """Broker down: the ingest answers 503 with a clear body within a bound derived from its timeout,
 writes nothing, and works again once the broker is back.
 
-A second local broker (deploy/kafka/broker.sh on other ports, its own data dir) is started for this
-test only and stopped in a ``finally``; the session broker is never touched.
+A second local broker (deploy/kafka/broker.sh on free ports, its own data dir) is started for this
+test only and stopped in a ``finally``; the session broker, which other tests (and other xdist
+workers) use at the same time, is never touched.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ from aiokafka import ConsumerRecord
 
 from pipeline.kafka.broker import BROKER_SCRIPT
 from pipeline.kafka.topics import topic_names
-from pipeline.procs import Service
+from pipeline.procs import Service, free_port
 from pipeline.settings import Settings
 from tests.http_helpers import post
 from tests.kafka_helpers import read_until
 
-PORT, CONTROLLER_PORT = 19092, 19093
-BOOTSTRAP = f"127.0.0.1:{PORT}"
 PRODUCE_TIMEOUT_S = 2.0
 # a correctness bound (the request must not hang), not a speed test: the writer waits at most
 # the timeout for the queue, then a transaction already under way may take the timeout to give up
@@ -36,11 +35,14 @@ CORRECTION = {"case_id": "down-1", "module": "m", "original_output": {}, "correc
 
 class SecondBroker:
     def __init__(self, data: Path) -> None:
+        # free ports, not fixed ones: another checkout's suite may run this test at the same time
+        port = free_port()
+        self.bootstrap = f"127.0.0.1:{port}"
         # every variable set explicitly: without LOCAL_KAFKA_DATA the script would act on the session broker
         self.env = dict(
             os.environ,
-            LOCAL_KAFKA_PORT=str(PORT),
-            LOCAL_KAFKA_CONTROLLER_PORT=str(CONTROLLER_PORT),
+            LOCAL_KAFKA_PORT=str(port),
+            LOCAL_KAFKA_CONTROLLER_PORT=str(free_port()),
             LOCAL_KAFKA_DATA=str(data),
             KAFKA_HEAP="512m",
         )
@@ -59,14 +61,16 @@ def second_broker(tmp_path: Path) -> Iterator[SecondBroker]:
         broker.run("stop")
 
 
+@pytest.mark.slow
 async def test_broker_down_is_503_with_nothing_written_then_recovers(
     second_broker: SecondBroker, ingest_factory: Callable[..., Service]
 ) -> None:
     prefix = f"down{uuid.uuid4().hex[:8]}."
-    raw_topic = topic_names(Settings(kafka_bootstrap_servers=BOOTSTRAP, topic_prefix=prefix)).raw
+    bootstrap = second_broker.bootstrap
+    raw_topic = topic_names(Settings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix)).raw
     ingest = ingest_factory(
         "ingest-down",
-        kafka_bootstrap_servers=BOOTSTRAP,
+        kafka_bootstrap_servers=bootstrap,
         topic_prefix=prefix,
         produce_timeout_s=PRODUCE_TIMEOUT_S,
     )
@@ -115,7 +119,7 @@ async def test_broker_down_is_503_with_nothing_written_then_recovers(
         def match(r: ConsumerRecord[bytes, bytes]) -> bool:
             return dict(r.headers).get("correlation_id") in wanted
 
-        recs = await read_until(BOOTSTRAP, raw_topic, match, count=2, settle_s=1.5, timeout_s=60)
+        recs = await read_until(bootstrap, raw_topic, match, count=2, settle_s=1.5, timeout_s=60)
         assert sorted(dict(r.headers)["correlation_id"].decode() for r in recs) == sorted(
             [before, correlation_id]
         )

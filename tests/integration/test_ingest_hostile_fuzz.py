@@ -38,15 +38,13 @@ import aiohttp
 import orjson
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer
 
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
-from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
+from pipeline.procs import Service, free_port, ingest_service, worker_service
 from pipeline.settings import Settings
 from pipeline.tenants import hash_api_key
-from scripts.bench import partitions_of
-from scripts.soak import unprocessed
+from scripts.common import read_all, stack_env, tagged_settings, wait_processed
 from tests.conftest import LOG_DIR
 from tests.kafka_helpers import run
 
@@ -508,22 +506,13 @@ class Stack:
 def stack(broker: Broker) -> Iterator[Stack]:
     tag = f"hfz{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="feedstream-hfz-"))
-    settings = Settings(
-        kafka_bootstrap_servers=broker.bootstrap,
-        topic_prefix=f"{tag}.",
-        worker_id=f"fs-{tag}",
-        tenants_file=tenants_file(tmp / "tenants.yaml"),
-        shared_pool_threshold=3,
+    settings = tagged_settings(
+        broker.bootstrap, tag, tenants_file(tmp / "tenants.yaml"), shared_pool_threshold=3
     )
     run(ensure_topics(broker.bootstrap, settings))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env = child_env(
-        env,
-        kafka_bootstrap_servers=broker.bootstrap,
-        topic_prefix=settings.topic_prefix,
-        worker_id=settings.worker_id,
-        ingest_instance=f"ingest-{tag}",
-        tenants_file=settings.tenants_file,
+    env = stack_env(
+        settings,
+        f"ingest-{tag}",
         shared_pool_threshold=3,
         store_path=tmp / "store.sqlite3",  # the feedback store's SQLite file: this stack's own
     )
@@ -583,41 +572,6 @@ async def send_all(url: str, reqs: list[Req]) -> list[Answer]:
     return answers
 
 
-async def wait_processed(bootstrap: str, stack: Stack, timeout_s: float) -> tuple[int, int]:
-    """Until both stages committed everything on raw and units; what is left (0, 0 when done)."""
-    group = stack.settings.worker_id
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = (
-            await unprocessed(bootstrap, f"{group}-expand", stack.names.raw),
-            await unprocessed(bootstrap, f"{group}-count", stack.names.units),
-        )
-        if left == (0, 0) or time.monotonic() > deadline:
-            return left
-        await asyncio.sleep(0.5)
-
-
-async def read_all(bootstrap: str, topic: str) -> list[bytes]:
-    """Every committed record of ``topic`` up to its current end."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = await partitions_of(bootstrap, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        values: list[bytes] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                values += [r.value or b"" for r in records]
-        return values
-    finally:
-        await consumer.stop()
-
-
 def origin_of(letter: dict[str, Any], by_id: dict[str, Answer]) -> str:
     """Which request a dead letter came from: its original carries the correlation or request id."""
     original = base64.b64decode(letter.get("original", ""))
@@ -628,6 +582,7 @@ def origin_of(letter: dict[str, Any], by_id: dict[str, Answer]) -> str:
     return "unknown request"
 
 
+@pytest.mark.slow
 def test_hostile_bodies_never_5xx_and_nothing_accepted_is_dead_lettered(broker: Broker, stack: Stack) -> None:
     rng = random.Random(SEED)
     reqs = requests(rng, N_REQUESTS)
@@ -640,7 +595,7 @@ def test_hostile_bodies_never_5xx_and_nothing_accepted_is_dead_lettered(broker: 
         t0 = time.monotonic()
         answers = loop.run_until_complete(send_all(url, reqs))
         t1 = time.monotonic()
-        lags = loop.run_until_complete(wait_processed(broker.bootstrap, stack, timeout_s=90))
+        _, lags = loop.run_until_complete(wait_processed(broker.bootstrap, stack.settings, timeout_s=90))
         t2 = time.monotonic()
         letters = [
             orjson.loads(v) for v in loop.run_until_complete(read_all(broker.bootstrap, stack.names.dlq))

@@ -19,8 +19,8 @@ from aiokafka import ConsumerRecord
 
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.topics import TopicNames
-from pipeline.procs import Service, child_env, free_port, ingest_service
-from tests.conftest import LOG_DIR
+from pipeline.procs import Service
+from tests.conftest import ingest_starter
 from tests.http_helpers import DEV_KEY, base_url, post
 from tests.kafka_helpers import read_until
 
@@ -29,20 +29,9 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 @pytest.fixture
 def start_ingest(service_env: dict[str, str]) -> Iterator[Callable[..., Service]]:
-    started: list[Service] = []
-
-    def start(name: str, **overrides: object) -> Service:
-        env = child_env(service_env, **overrides)
-        svc = ingest_service(env, free_port(), LOG_DIR / service_env["TOPIC_PREFIX"], name=name).start()
-        started.append(svc)
-        svc.wait_ready()
-        return svc
-
-    try:
+    """Ingests of the session's instance id (the fencing test starts two), stopped after it."""
+    with ingest_starter(service_env, own_instance=False) as start:
         yield start
-    finally:
-        for svc in started:
-            svc.stop()
 
 
 async def written(broker: Broker, names: TopicNames, correlation_ids: set[str]) -> set[str]:

@@ -76,6 +76,7 @@ async def test_idempotency_memory_stays_within_its_accounted_bytes(traced: Calla
     assert held <= accounted * 1.1 + 64 * 1024, (held, accounted)
 
 
+@pytest.mark.slow
 def test_the_ingest_view_holds_no_more_than_it_counts_under_request_churn(
     traced: Callable[[], int],
 ) -> None:
