@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     worker_host: str = "127.0.0.1"
     worker_port: int = 6066
     worker_data_dir: Path = REPO_ROOT / ".local" / "worker"
-    stage_batch: int = Field(default=500, ge=1, description="Records per partition and transaction a stage takes.")
+    stage_batch: int = Field(default=500, ge=1, description="Records per partition and transaction.")
     seeker_max_items: int = Field(default=200, ge=1)
     seeker_max_age_s: float = Field(default=30 * 86_400.0, gt=0)
     shared_pool_domain: str = "__shared__"
