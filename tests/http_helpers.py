@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import aiohttp
@@ -97,3 +98,33 @@ async def settled_domain_state(svc: Service, domain: str, *, key: str = DEV_KEY)
             return current
         previous = current
     return previous
+
+
+#: Bodies of the error-contract tests (in process and on the broker): valid unless a test spoils them.
+TASK_ID = "550e8400-e29b-41d4-a716-446655440000"
+CORRECTION = {
+    "case_id": "case-1",
+    "module": "intent_classifier",
+    "original_output": {"intent": "refund"},
+    "corrected_output": {"intent": "cancel"},
+    "actor": {"id": "rep-7"},
+}
+SEARCH = {"event_type": "result_helpful", "query": "refund policy"}
+SCORED = {"task_id": TASK_ID, "output": "ok", "score": 0.5}
+
+
+def cid(tag: str) -> str:
+    """A correlation id of its own, to find a request's records among the session's."""
+    return f"err-{tag}-{uuid.uuid4().hex[:10]}"
+
+
+def outcomes(domain: str = "search", *labels: str, weight: Any = 1.0) -> dict[str, Any]:
+    """A seed 000 body of one fresh seeker, one item per label."""
+    seeker = f"s-{uuid.uuid4().hex[:8]}"
+    return {
+        "domain": domain,
+        "items": [
+            {"seeker_id": seeker, "candidate_id": f"c{i}", "outcome": label, "weight": weight}
+            for i, label in enumerate(labels or ("accepted",))
+        ],
+    }

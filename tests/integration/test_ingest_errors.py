@@ -18,36 +18,10 @@ from aiokafka import ConsumerRecord
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
-from tests.http_helpers import KAIZEN_KEY, OTHER_KEY, post
+from tests.http_helpers import CORRECTION, KAIZEN_KEY, OTHER_KEY, SCORED, SEARCH, cid, outcomes, post
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-TASK_ID = "550e8400-e29b-41d4-a716-446655440000"
-CORRECTION = {
-    "case_id": "case-1",
-    "module": "intent_classifier",
-    "original_output": {"intent": "refund"},
-    "corrected_output": {"intent": "cancel"},
-    "actor": {"id": "rep-7"},
-}
-SEARCH = {"event_type": "result_helpful", "query": "refund policy"}
-SCORED = {"task_id": TASK_ID, "output": "ok", "score": 0.5}
-
-
-def cid(tag: str) -> str:
-    return f"err-{tag}-{uuid.uuid4().hex[:10]}"
-
-
-def outcomes(domain: str = "search", *labels: str, weight: Any = 1.0) -> dict[str, Any]:
-    seeker = f"s-{uuid.uuid4().hex[:8]}"
-    return {
-        "domain": domain,
-        "items": [
-            {"seeker_id": seeker, "candidate_id": f"c{i}", "outcome": label, "weight": weight}
-            for i, label in enumerate(labels or ("accepted",))
-        ],
-    }
 
 
 async def events_of(

@@ -21,35 +21,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.kafka.io import OutRecord
 from pipeline.tenants import hash_api_key
-from tests.http_helpers import DEV_KEY, KAIZEN_KEY, OTHER_KEY
+from tests.http_helpers import (
+    CORRECTION,
+    DEV_KEY,
+    KAIZEN_KEY,
+    OTHER_KEY,
+    SCORED,
+    SEARCH,
+    TASK_ID,
+    cid,
+    outcomes,
+)
 from tests.inprocess import Edge, start_edge
 
-TASK_ID = "550e8400-e29b-41d4-a716-446655440000"
-CORRECTION = {
-    "case_id": "case-1",
-    "module": "intent_classifier",
-    "original_output": {"intent": "refund"},
-    "corrected_output": {"intent": "cancel"},
-    "actor": {"id": "rep-7"},
-}
-SEARCH = {"event_type": "result_helpful", "query": "refund policy"}
-SCORED = {"task_id": TASK_ID, "output": "ok", "score": 0.5}
 FLAT_KEYS = {"error_code", "message", "correlation_id", "request_id"}
-
-
-def cid(tag: str) -> str:
-    return f"err-{tag}-{uuid.uuid4().hex[:10]}"
-
-
-def outcomes(domain: str = "search", *labels: str, weight: Any = 1.0) -> dict[str, Any]:
-    seeker = f"s-{uuid.uuid4().hex[:8]}"
-    return {
-        "domain": domain,
-        "items": [
-            {"seeker_id": seeker, "candidate_id": f"c{i}", "outcome": label, "weight": weight}
-            for i, label in enumerate(labels or ("accepted",))
-        ],
-    }
 
 
 def inference(**feedback: Any) -> dict[str, Any]:
