@@ -19,34 +19,23 @@ from pydantic.json_schema import models_json_schema
 
 from pipeline.api.contracts import (
     CorrectionError,
-    CorrectionRequest,
-    CorrectionResponse,
     ErrorBody,
-    InferenceFeedbackEvent,
-    InferenceFeedbackResult,
-    RankingOutcomeRequest,
-    RankingOutcomeResponse,
     ScoredOutputRequest,
     ScoredOutputResponse,
-    SearchEventRequest,
-    SearchEventResponse,
 )
+from pipeline.contracts import CONTRACTS, FEEDBACK_ROUTE, on_route
 from pipeline.limits import MAX_DOMAIN_CHARS, MAX_ID_CHARS
 
-MODELS: tuple[type[BaseModel], ...] = (
-    RankingOutcomeRequest,
-    RankingOutcomeResponse,
-    CorrectionRequest,
-    CorrectionResponse,
-    CorrectionError,
-    InferenceFeedbackEvent,
-    InferenceFeedbackResult,
-    ScoredOutputRequest,
-    ScoredOutputResponse,
-    SearchEventRequest,
-    SearchEventResponse,
-    ErrorBody,
-)
+
+def _models() -> tuple[type[BaseModel], ...]:
+    """The components: every registered contract's request and answer models, and the error shapes."""
+    models: list[type[BaseModel]] = []
+    for spec in CONTRACTS.values():
+        models += [spec.request] if spec.response is None else [spec.request, spec.response]
+        if spec.error_shape == "seed001":
+            models.append(CorrectionError)
+    return (*dict.fromkeys(models), ErrorBody)
+
 
 #: Methods the framework answers for every path; not operations of the document.
 IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
@@ -208,18 +197,20 @@ def _processing() -> dict[str, Any]:
 
 def _operations() -> dict[Operation, dict[str, Any]]:
     """What each route takes and answers; keys must match :func:`router_operations` of the app."""
-    feedback_body = {
-        "oneOf": [
-            _ref(RankingOutcomeRequest),
-            _ref(CorrectionRequest),
-            {"type": "array", "items": _ref(InferenceFeedbackEvent)},
-            _ref(SearchEventRequest),
-        ]
-    }
-    seed002_examples = {
-        "InferenceFeedbackEvent_batch": {
-            "value": [ex["value"] for ex in _examples(InferenceFeedbackEvent).values()]
-        }
+    # the contracts posted to /v1/feedback, told apart by shape (the registry's table, in its order)
+    on_feedback = on_route(FEEDBACK_ROUTE)
+
+    def body(model: type[BaseModel], array: bool) -> dict[str, Any]:
+        return {"type": "array", "items": _ref(model)} if array else _ref(model)
+
+    feedback_body = {"oneOf": [body(s.request, s.array) for s in on_feedback]}
+    feedback_examples = {
+        **_examples(*(s.request for s in on_feedback if not s.array)),
+        **{
+            f"{s.request.__name__}_batch": {"value": [ex["value"] for ex in _examples(s.request).values()]}
+            for s in on_feedback
+            if s.array
+        },
     }
     write_errors: dict[str, str | None] = {
         **AUTH,
@@ -244,32 +235,14 @@ def _operations() -> dict[Operation, dict[str, Any]]:
             ],
             "requestBody": {
                 "required": True,
-                **_json(
-                    feedback_body,
-                    {
-                        **_examples(RankingOutcomeRequest, CorrectionRequest, SearchEventRequest),
-                        **seed002_examples,
-                    },
-                ),
+                **_json(feedback_body, feedback_examples),
             },
             "responses": {
                 "200": _ok(
                     "000 true counts, 001 stored, 002 per item, 004 accepted",
                     _json(
-                        {
-                            "oneOf": [
-                                _ref(RankingOutcomeResponse),
-                                _ref(CorrectionResponse),
-                                {"type": "array", "items": _ref(InferenceFeedbackResult)},
-                                _ref(SearchEventResponse),
-                            ]
-                        },
-                        _examples(
-                            RankingOutcomeResponse,
-                            CorrectionResponse,
-                            InferenceFeedbackResult,
-                            SearchEventResponse,
-                        ),
+                        {"oneOf": [body(s.response, s.array) for s in on_feedback if s.response is not None]},
+                        _examples(*(s.response for s in on_feedback if s.response is not None)),
                     ),
                 ),
                 "202": _ok("Seed 000 accepted; counts not ready within RESULT_WAIT_S", _processing()),
@@ -542,7 +515,7 @@ def openapi_document(operations: tuple[Operation, ...] | None = None) -> dict[st
     if missing:
         raise UndocumentedRoute(f"routes without an OpenAPI operation: {missing}")
     _, defs = models_json_schema(
-        [(m, "validation") for m in MODELS], ref_template="#/components/schemas/{model}"
+        [(m, "validation") for m in _models()], ref_template="#/components/schemas/{model}"
     )
     paths: dict[str, dict[str, Any]] = {}
     for method, path in operations:

@@ -165,6 +165,16 @@ def test_the_publisher_takes_the_sixth_contract_too(thumb: ContractSpec) -> None
     assert contracts.decode(record.value) == msgspec.structs.replace(event, request_events=1)
 
 
+def test_the_sixth_contract_is_in_the_openapi_document(thumb: ContractSpec) -> None:
+    """The document's /v1/feedback body and components come from the same table."""
+    from pipeline.api.openapi import openapi_document
+
+    doc = openapi_document()
+    body = doc["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"$ref": "#/components/schemas/ThumbRequest"} in body["oneOf"]
+    assert "ThumbRequest" in doc["components"]["schemas"]
+
+
 async def test_unregistered_the_sixth_contract_is_unknown_again(edge: Edge) -> None:
     pub = FeedbackPublisher("127.0.0.1:1", load_tenants(TENANTS), "dev", settings=make_settings())
     body = {"board": "dating", "item_id": "i", "thumb": "up"}
