@@ -9,7 +9,7 @@ of ``pipeline`` knows it.
 from __future__ import annotations
 
 import ast
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from pipeline.rules.triplets import Limits, scored_unit
 from pipeline.tenants import load_tenants
 from pipeline.wire.envelope import RAW_TYPES, Contract, Envelope
 from pipeline.wire.records import ScoredUnit
-from tests.inprocess import TENANTS, Edge, make_settings, start_edge
+from tests.inprocess import TENANTS, Edge, make_settings
 
 LIMITS = Limits(max_items=200, max_age_seconds=30 * 86_400.0)
 PIPELINE = Path(__file__).resolve().parents[2] / "pipeline"
@@ -104,15 +104,6 @@ THUMB = ContractSpec(
 def thumb() -> Iterator[ContractSpec]:
     with contracts.registered(THUMB) as spec:
         yield spec
-
-
-@pytest.fixture
-async def edge() -> AsyncIterator[Edge]:
-    e, client = await start_edge()
-    try:
-        yield e
-    finally:
-        await client.close()
 
 
 # --- the toy contract, end to end ---------------------------------------------------------------------
