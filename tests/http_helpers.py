@@ -26,6 +26,14 @@ SEED_000 = {
 }
 
 
+def parse_answer(text: bytes) -> Any:
+    """An answer's body: its JSON, or its text when it is not JSON (so a test can say what came)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text.decode(errors="replace")
+
+
 def base_url(svc: Service) -> str:
     return svc.health_url.rsplit("/", 1)[0]
 
@@ -54,12 +62,7 @@ async def post(
         aiohttp.ClientSession() as session,
         session.post(base_url(svc) + path, data=data, headers=h) as resp,
     ):
-        text = await resp.read()
-        try:
-            parsed = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            parsed = text.decode(errors="replace")
-        return resp.status, parsed, {k.lower(): v for k, v in resp.headers.items()}
+        return resp.status, parse_answer(await resp.read()), {k.lower(): v for k, v in resp.headers.items()}
 
 
 async def get(svc: Service, path: str, *, key: str = DEV_KEY) -> tuple[int, Any]:

@@ -19,6 +19,7 @@ from pipeline.rules.counters import DomainCounter
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
 from pipeline.wire.records import StageResult
+from tests.http_helpers import parse_answer
 
 TENANTS = Path(__file__).resolve().parent / "data" / "tenants.test.yaml"
 DEV_KEY = "fs_dev_key_123"
@@ -119,12 +120,11 @@ class Edge:
             h["X-Correlation-Id"] = correlation_id
         data = raw if raw is not None else orjson.dumps(body)
         async with self.client.request(method, path, data=data, headers=h) as resp:
-            text = await resp.read()
-            try:
-                parsed = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                parsed = text.decode(errors="replace")
-            return resp.status, parsed, {k.lower(): v for k, v in resp.headers.items()}
+            return (
+                resp.status,
+                parse_answer(await resp.read()),
+                {k.lower(): v for k, v in resp.headers.items()},
+            )
 
 
 async def start_edge(
