@@ -23,7 +23,7 @@ from pipeline.api.contracts import (
     ScoredOutputRequest,
     ScoredOutputResponse,
 )
-from pipeline.contracts import CONTRACTS, FEEDBACK_ROUTE, on_route
+from pipeline.contracts import CONTRACTS, FEEDBACK_ROUTE, ContractSpec, on_route
 from pipeline.limits import MAX_DOMAIN_CHARS, MAX_ID_CHARS
 
 
@@ -504,10 +504,16 @@ class UndocumentedRoute(LookupError):
     """A route of the app has no entry in the document's operations."""
 
 
-@lru_cache(maxsize=4)
 def openapi_document(operations: tuple[Operation, ...] | None = None) -> dict[str, Any]:
     """The document of exactly ``operations`` (the ingest serves :func:`router_operations` of its
     app); None: every documented operation (the same set: a test asserts it)."""
+    return _document(operations, tuple(CONTRACTS.values()))
+
+
+@lru_cache(maxsize=4)
+def _document(operations: tuple[Operation, ...] | None, registry: tuple[ContractSpec, ...]) -> dict[str, Any]:
+    """Built once per set of operations and of registered contracts (the registry is part of the
+    key: a contract registered later changes the document)."""
     specs = _operations()
     if operations is None:
         operations = tuple(sorted(specs))
