@@ -66,6 +66,32 @@ class _Meta:
         return set(range(self.cluster.partitions.get(topic, 1)))
 
 
+class FakeBatch:
+    """A record batch being filled (aiokafka's ``BatchBuilder``: full after ``max_records``)."""
+
+    def __init__(self, max_records: int = 64) -> None:
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.max_records = max_records
+        self.closed = False
+
+    def append(
+        self, *, timestamp: float | None, key: bytes | None, value: bytes | None, headers: Sequence[Any] = ()
+    ) -> object | None:
+        if self.closed or len(self.records) >= self.max_records:
+            self.closed = True
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Client:
+    async def _wait_on_metadata(self, topic: str) -> None:
+        return None
+
+
 class FakeProducer:
     """A transactional producer: ``start`` fences every older producer of its transactional id."""
 
@@ -75,6 +101,7 @@ class FakeProducer:
         self.epoch = -1
         self.stopped = False
         self._metadata = _Meta(cluster)
+        self.client = _Client()
         self._buffer: list[tuple[TopicPartition, bytes | None, bytes | None]] = []
         self._offsets: dict[tuple[str, TopicPartition], int] = {}
 
@@ -110,6 +137,21 @@ class FakeProducer:
         tp = TopicPartition(topic, partition or 0)
         offset = len(self.cluster.logs[tp]) + sum(1 for t, _, _ in self._buffer if t == tp)
         self._buffer.append((tp, key, value))
+        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))
+        return fut
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[RecordMetadata]:
+        """The batch's records in order (one ``send`` fault check for the batch); the base offset."""
+        self._check("send")
+        tp = TopicPartition(topic, partition)
+        offset = len(self.cluster.logs[tp]) + sum(1 for t, _, _ in self._buffer if t == tp)
+        self._buffer.extend((tp, key, value) for key, value in batch.records)
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))
         return fut

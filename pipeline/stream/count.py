@@ -9,7 +9,6 @@ changes go to its changelog once per domain.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import time
 from collections.abc import Callable, Sequence
@@ -18,12 +17,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from aiokafka.structs import RecordMetadata
 
 from pipeline import metrics
 from pipeline.kafka.topics import TopicNames
 from pipeline.rules.counters import DomainCounter, count_units, force_trigger
-from pipeline.stream.runtime import Record, Table, Tx
+from pipeline.stream.runtime import Record, Sent, Table, Tx
 from pipeline.wire.records import MAX_RESULT_TRIGGERS, StageResult, TrainRequest, TrainTrigger, to_json
 
 
@@ -57,7 +55,7 @@ class CountStage:
 
     async def process(self, records: Sequence[Record], table: Table[DomainCounter], tx: Tx) -> None:
         # 1. decode and write every unit: their offsets bound the triggers' ranges
-        decoded: list[tuple[Incoming, int, list[asyncio.Future[RecordMetadata]]]] = []
+        decoded: list[tuple[Incoming, int, list[Sent]]] = []
         for rec in records:
             msg = await tx.decode(rec, Incoming.parse)
             if msg is None:

@@ -77,6 +77,7 @@ class Producer(Protocol):
     """The part of a transactional ``AIOKafkaProducer`` the stage runtime uses."""
 
     _metadata: Any  # partitions_for_topic: the default partitioner needs the partition count
+    client: Any  # _wait_on_metadata: a topic's partitions before its first record
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -86,14 +87,14 @@ class Producer(Protocol):
     async def send_offsets_to_transaction(
         self, offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None: ...
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[RecordMetadata]: ...
+    def create_batch(self) -> Any:
+        """An empty record batch (``BatchBuilder``: ``append(timestamp=, key=, value=, headers=)``
+        returns None once full, ``close()``)."""
+        ...
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[RecordMetadata]:
+        """Queue a whole batch in the open transaction; the future gives its base offset."""
+        ...
 
 
 class Clients(Protocol):

@@ -411,6 +411,7 @@ def test_dead_letters_through_the_real_tx_carry_the_reason() -> None:
         assert await tx.decode(bad, decode) is None
         assert await tx.attempt(boom, rule, b"boom") is None
         assert await tx.attempt(boom, rule, b"fine") == b"fine"
+        await tx.flush()
         await producer.commit_transaction()
         return [DeadLetter.model_validate_json(v or b"") for v in cluster.values(DLQ)]
 

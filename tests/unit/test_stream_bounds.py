@@ -45,6 +45,7 @@ from pipeline.wire.records import (
     UnitsBatch,
     to_json,
 )
+from tests.fakekafka import FakeBatch
 
 T0 = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
 LIMITS = Limits(max_items=200, max_age_seconds=30 * 86_400.0)
@@ -188,8 +189,17 @@ class FakeProducer:
 
     _metadata: Any = field(default_factory=_Meta)
 
-    async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[Any]:
-        self.sent.append((topic, value))
+    class _Client:
+        async def _wait_on_metadata(self, topic: str) -> None:
+            return None
+
+    client: Any = field(default_factory=_Client)
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        self.sent.extend((topic, value) for _, value in batch.records)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
@@ -204,6 +214,7 @@ def test_a_record_over_its_topics_limit_is_refused_before_sending() -> None:
         with pytest.raises(OutputRefused, match="over its 1000-byte limit") as refused:
             await tx.send("small", b"x" * 1000, key=b"k")
         assert refused.value.reason == "size_violation" and not refused.value.by_broker
+        await tx.flush()
 
     run(go())
     assert len(producer.sent) == 1
@@ -230,6 +241,7 @@ def test_a_dead_letter_always_fits_the_dead_letter_topic() -> None:
     small = b"tiny"
     run(tx.dead_letter(record(big, b"k" * 40_000, 7), OutputRefused("too big"), "size_violation"))
     run(tx.dead_letter(record(small), ValueError("bad"), "schema_violation"))
+    run(tx.flush())
     (_, v1), (_, v2) = producer.sent
     assert v1 is not None and v2 is not None
     letter, whole = DeadLetter.model_validate_json(v1), DeadLetter.model_validate_json(v2)
