@@ -46,6 +46,13 @@ STAGE_BATCH_SIZE = Histogram(
     ["stage"],
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
 )
+STAGE_TRANSACTION_SECONDS = Histogram(
+    "feedstream_stage_transaction_seconds",
+    "Wall time of a committed stage transaction, begin to commit (the stages' cadence: a record waits "
+    "for the one in flight, then its own).",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 STATE_KEYS = Gauge(
     "feedstream_state_keys", "Keys in a stage's table (partitions this worker owns).", ["stage"]
 )
