@@ -75,8 +75,12 @@ class FakeBatch:
         self.closed = False
 
     def append(
-        self, *, timestamp: float | None, key: bytes | None, value: bytes | None, headers: Sequence[Any] = ()
+        self, *, timestamp: float | None, key: bytes | None, value: bytes | None, headers: list[Any]
     ) -> object | None:
+        if not isinstance(headers, list):  # aiokafka's C builder takes a list only
+            raise TypeError(
+                f"Argument 'headers' has incorrect type (expected list, got {type(headers).__name__})"
+            )
         if self.closed or len(self.records) >= self.max_records:
             self.closed = True
             return None

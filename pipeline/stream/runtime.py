@@ -349,10 +349,10 @@ class Tx:
         batch = self._open.get(slot)
         if batch is None:
             batch = self._open[slot] = _Batch(TopicPartition(topic, partition), self._producer.create_batch())
-        if batch.builder.append(timestamp=None, key=key, value=value, headers=headers or ()) is None:
+        if batch.builder.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
             await self._hand_over(batch)  # full: send it, start the next one (the first always fits)
             batch = self._open[slot] = _Batch(batch.tp, self._producer.create_batch())
-            batch.builder.append(timestamp=None, key=key, value=value, headers=headers or ())
+            batch.builder.append(timestamp=None, key=key, value=value, headers=headers or [])
         index = batch.count
         batch.count = index + 1
         return Sent(batch, index)
