@@ -51,12 +51,12 @@ from aiokafka.errors import (
     TransactionCoordinatorFenced,
     UnknownProducerId,
 )
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
 from prometheus_client import Counter
 
 from pipeline import metrics
 from pipeline.kafka.io import MAX_REQUEST_BYTES
+from pipeline.kafka.partitioner import default_partition
 from pipeline.stream.partitions import Backoff, Clients, KafkaClients, PartitionRunner, Producer, Record
 from pipeline.wire.records import MAX_DEAD_LETTER_KEY_BYTES, DeadLetterReason, dead_letter, to_json
 
@@ -90,7 +90,7 @@ def key_partition(key: bytes, partitions: int) -> int | None:
     """Kafka's default partition of a key (murmur2, as Java and aiokafka), cached for the hot keys."""
     if partitions == 0:
         return None  # metadata not known yet: let the producer wait for it and partition
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+    return default_partition(key, partitions)
 
 
 SCHEMA_VIOLATION: DeadLetterReason = "schema_violation"
