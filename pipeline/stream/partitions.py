@@ -7,8 +7,11 @@ A :class:`PartitionRunner` owns one consumer in its own group and does, for any 
   offset, as the subclass defines), seeks there and resumes it. Other partitions keep flowing
   while one restores, and a revocation during a restore cancels it (quixstreams'
   ``RecoveryManager`` does the same: restore in the loop, never in the callback);
-* **revocation** waits for the batch in flight (the lock), cancels restores, closes what the
-  subclass holds for the partition;
+* **revocation** waits for the batches in flight to commit or abort, cancels restores, closes
+  what the subclass holds for the partition;
+* **pipelining** (the exactly-once stages): each partition's batch is a task of its own, and a
+  partition is polled again as soon as its own batch is over, not when the slowest partition's is
+  (its own producer and transaction make them independent);
 * **offset continuity**: before each poll the consumer's position of every owned partition must be
   where this runner left it (the committed offset after an open or a seek, the position after the
   last committed batch). A partition found elsewhere (records skipped or replayed: an offset reset,
@@ -197,6 +200,10 @@ class PartitionRunner(ABC, Generic[H]):
     """One consumer, its group's share of ``topics``, a handle ``H`` per owned partition."""
 
     name: str
+    #: Each partition's batch runs as its own task and the partition is polled again as soon as its
+    #: batch is over, without waiting for the other partitions' (subclasses that set it define
+    #: :meth:`_process_partition`). Off: one :meth:`_process` over everything polled.
+    pipelined: bool = False
 
     def __init__(
         self,
@@ -224,6 +231,8 @@ class PartitionRunner(ABC, Generic[H]):
         self._attempts: dict[TopicPartition, int] = {}
         self._closing: list[tuple[TopicPartition, H]] = []  # handles let go under the lock, closed after
         self._lock = asyncio.Lock()
+        self._inflight: dict[TopicPartition, asyncio.Task[None]] = {}  # pipelined batches under way
+        self._revoking: set[TopicPartition] = set()
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -252,6 +261,10 @@ class PartitionRunner(ABC, Generic[H]):
     async def _process(self, fetched: dict[TopicPartition, tuple[list[Record], int]]) -> None:
         """Records of owned partitions (each with the consumer's position after them), under the lock."""
 
+    async def _process_partition(self, tp: TopicPartition, records: list[Record], after: int) -> None:
+        """One partition's records (pipelined runners); the consumer stands at ``after`` after them."""
+        await self._process({tp: (records, after)})
+
     async def _idle(self) -> None:
         """A poll found nothing."""
 
@@ -274,6 +287,9 @@ class PartitionRunner(ABC, Generic[H]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in self._inflight.values():
+            task.cancel()  # an open transaction is aborted by the next owner's fencing
+        await self.drain()
         async with self._lock:
             for tp in list(self._opening):
                 await self._cancel_open(tp)
@@ -294,14 +310,34 @@ class PartitionRunner(ABC, Generic[H]):
             self.ready.set()
 
     async def _revoked(self, tps: Sequence[TopicPartition]) -> None:
-        async with self._lock:  # waits for the batch in flight to commit or abort
-            for tp in tps:
-                await self._cancel_open(tp)
-                self._forget(tp)
-                handle = self._owned.pop(tp, None)
-                if handle is not None:
-                    await self._close(tp, handle)
-                    log.info("%s: %s[%d] revoked", self.name, tp.topic, tp.partition)
+        self._revoking.update(tps)  # no new batch starts for them
+        try:
+            await self.drain(tps)  # the batches in flight commit or abort
+            async with self._lock:
+                await self._let_go(tps)
+        finally:
+            self._revoking.difference_update(tps)
+
+    async def drain(self, tps: Sequence[TopicPartition] | None = None) -> None:
+        """Wait until the pipelined batches of ``tps`` (default: all) are over."""
+        tasks = [t for tp, t in self._inflight.items() if tps is None or tp in tps]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._reap()
+
+    def _reap(self) -> None:
+        for tp, task in list(self._inflight.items()):
+            if task.done():
+                del self._inflight[tp]
+
+    async def _let_go(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            await self._cancel_open(tp)
+            self._forget(tp)
+            handle = self._owned.pop(tp, None)
+            if handle is not None:
+                await self._close(tp, handle)
+                log.info("%s: %s[%d] revoked", self.name, tp.topic, tp.partition)
 
     def _forget(self, tp: TopicPartition) -> None:
         """Drop every runtime note about ``tp`` (subclasses extend)."""
@@ -387,18 +423,25 @@ class PartitionRunner(ABC, Generic[H]):
     async def step(self) -> None:
         """One turn of the loop: close, open and resume partitions as due, poll, check, process."""
         consumer = self.consumer
+        self._reap()
         await self._flush_closing()
         self._start_opens()
         await self._finish_opens()
         self._resume_due()
         assigned = consumer.assignment()
-        active = [tp for tp in self._owned if tp not in self._paused and tp in assigned]
+        busy = set(self._inflight) | self._revoking
+        active = [tp for tp in self._owned if tp not in self._paused and tp in assigned and tp not in busy]
+        if busy and not active:  # every partition has a batch under way: wait for one to end
+            await asyncio.wait(list(self._inflight.values()), timeout=self.poll_ms / 1000)
+            return
         before: dict[TopicPartition, int] = {}
         for tp in active:
             with contextlib.suppress(IllegalStateError):  # revoked meanwhile: its fetch is dropped
                 before[tp] = await consumer.position(tp)
         fetched = await consumer.getmany(
-            timeout_ms=self.poll_ms, max_records=self.max_batch * max(1, len(active))
+            *(active if busy else ()),  # not the partitions whose batch is under way
+            timeout_ms=self.poll_ms,
+            max_records=self.max_batch * max(1, len(active)),
         )
         fetched = {tp: records for tp, records in fetched.items() if records}
         if not fetched:
@@ -414,15 +457,38 @@ class PartitionRunner(ABC, Generic[H]):
             work: dict[TopicPartition, tuple[list[Record], int]] = {}
             for tp, records in fetched.items():
                 place = self._places.get(tp)
-                if tp not in self._owned or place is None or tp in self._paused or tp not in before:
+                if (
+                    tp not in self._owned
+                    or place is None
+                    or tp in self._paused
+                    or tp not in before
+                    or tp in self._revoking
+                    or tp in self._inflight
+                ):
                     continue  # revoked, dropped or paused while the fetch was in flight
                 if before.get(tp) != place.expected:
                     self._gap(tp, place, before.get(tp), records)
                     continue
                 work[tp] = (records, after[tp])
-            if work:
+            if work and self.pipelined:
+                for tp, (records, after_tp) in work.items():
+                    self._inflight[tp] = asyncio.create_task(
+                        self._run_partition(tp, records, after_tp), name=f"{self.name}-{tp.partition}"
+                    )
+            elif work:
                 await self._process(work)
         await self._flush_closing()
+
+    async def _run_partition(self, tp: TopicPartition, records: list[Record], after: int) -> None:
+        try:
+            await self._process_partition(tp, records, after)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug, not a Kafka error (those are handled per class): start the partition over
+            log.exception(
+                "%s: %s[%d] batch failed; re-taking the partition", self.name, tp.topic, tp.partition
+            )
+            self.reopen(tp, delay=1.0)
 
     def _gap(self, tp: TopicPartition, place: Place, found: int | None, records: list[Record]) -> None:
         OFFSET_GAPS.labels(self.name).inc()
@@ -442,9 +508,15 @@ class PartitionRunner(ABC, Generic[H]):
         self.seek(tp, place.committed)
 
     async def _flush_closing(self) -> None:
+        later = []
         while self._closing:
             tp, handle = self._closing.pop()
+            task = self._inflight.get(tp)
+            if task is not None and not task.done():
+                later.append((tp, handle))  # its batch is still using it
+                continue
             await self._close(tp, handle)
+        self._closing.extend(later)
 
     def _start_opens(self) -> None:
         now = time.monotonic()

@@ -575,6 +575,12 @@ class StageRunner(PartitionRunner[_Owned[S]]):
 
     # -- processing -------------------------------------------------------------------------------
 
+    pipelined = True  # partitions have their own producers and transactions: none waits for another
+
+    async def _process_partition(self, tp: TopicPartition, records: list[Record], after: int) -> None:
+        await self._partition(tp, records, after)
+        self._state_metrics()
+
     async def _process(self, fetched: dict[TopicPartition, tuple[list[Record], int]]) -> None:
         # partitions have their own producers: their transactions run side by side; the lock (held
         # by the caller) makes a rebalance wait until every batch in flight has committed or aborted

@@ -34,6 +34,7 @@ class Counting:
     def __init__(self) -> None:
         self.seen: list[int | None] = []
         self.raise_in_process: BaseException | None = None
+        self.gates: dict[int, asyncio.Event] = {}  # a partition's batches wait for its gate
 
     def decode_state(self, value: bytes) -> int:
         return int(value)
@@ -42,6 +43,9 @@ class Counting:
         return str(state).encode()
 
     async def process(self, records: Sequence[Record], table: Table[int], tx: Tx) -> None:
+        gate = self.gates.get(records[0].partition)
+        if gate is not None:
+            await gate.wait()
         self.seen.append(table.get(b"n"))
         for rec in records:
             value = await tx.decode(rec, decode)
@@ -95,6 +99,7 @@ async def turn(runner: StageRunner[Any], n: int = 6) -> None:
     """``n`` turns of the loop, letting open tasks run in between."""
     for _ in range(n):
         await runner.step()
+        await runner.drain()
         for _ in range(3):
             await asyncio.sleep(0)
 
@@ -163,6 +168,7 @@ async def test_changes_are_applied_only_after_the_commit_and_an_abort_leaves_the
     cluster.produce(IN, [b"x2", b"x3"])
     cluster.faults["offsets"].append(RequestTimedOutError())  # fails after the outputs were sent
     await runner.step()
+    await runner.drain()
     assert runner.state(0) == {b"n": 1, b"k": 1}  # the failed batch changed nothing
     assert cluster.values(OUT) == [b"x1"] and cluster.offsets[GROUP, TP] == 1
     assert [op for _, op in cluster.calls][-2:] == ["offsets", "abort"]
@@ -266,6 +272,7 @@ async def test_a_transient_error_aborts_and_retries_from_the_committed_offset_wi
     cluster.faults["send"].append(RequestTimedOutError())
     cluster.produce(IN, [b"x1", b"x2"])
     await runner.step()
+    await runner.drain()
     assert errors("transient") == before + 1
     assert consumer.positions[TP] == 0 and TP in consumer.paused  # back at the committed offset, waiting
     assert ("counting", "abort") in [(tid.split("-")[1], op) for tid, op in cluster.calls]
@@ -293,6 +300,7 @@ async def test_an_unknown_commit_outcome_re_takes_the_partition_and_restores_wha
     cluster.faults["commit_landed"].append(KafkaTimeoutError())  # committed, but we cannot know
     cluster.produce(IN, [b"x1", b"x2"])
     await runner.step()
+    await runner.drain()
     assert errors("unknown_outcome") == before + 1 and runner.partitions == []
     await turn(runner, 8)
     assert len(clients.producers) == 2 and runner.partitions == [0]
@@ -328,6 +336,7 @@ async def test_a_fetch_from_elsewhere_is_not_processed_and_the_partition_seeks_b
     before = gaps()
     consumer.positions[TP] = moved_to  # an offset reset, a stray seek
     await runner.step()
+    await runner.drain()
     assert gaps() == before + 1
     assert consumer.positions[TP] == 2 and cluster.values(OUT) == [b"a", b"b"]  # nothing processed
     await turn(runner)
@@ -390,6 +399,49 @@ async def test_a_failing_restore_is_tried_again() -> None:
     runner._not_before.clear()  # skip the 1 s wait
     await turn(runner, 6)
     assert runner.partitions == [0] and cluster.values(OUT) == [b"x"]
+
+
+async def test_a_partition_does_not_wait_for_another_partitions_batch() -> None:
+    cluster, _, runner, consumer, stage = setup()
+    cluster.partitions[IN] = 2
+    tp1 = TopicPartition(IN, 1)
+    await consumer.rebalance({TP, tp1})
+    await turn(runner, 3)
+    assert runner.partitions == [0, 1]
+    stage.gates[1] = asyncio.Event()  # partition 1's batch stays in flight
+    cluster.produce(IN, [b"slow"], partition=1)
+    cluster.produce(IN, [b"a"])
+    for _ in range(4):
+        await runner.step()
+        await asyncio.sleep(0)
+    assert tp1 in runner._inflight
+    cluster.produce(IN, [b"b"])
+    for _ in range(4):
+        await runner.step()
+        await asyncio.sleep(0)
+    assert cluster.values(OUT) == [b"a", b"b"]  # two batches of partition 0 committed meanwhile
+    stage.gates[1].set()
+    await runner.drain()
+    assert cluster.values(OUT) == [b"a", b"b", b"slow"] and cluster.offsets[GROUP, tp1] == 1
+
+
+async def test_a_revocation_waits_for_the_batch_in_flight_to_commit() -> None:
+    cluster, clients, runner, consumer, stage = setup()
+    await owning(runner, consumer)
+    stage.gates[0] = asyncio.Event()
+    cluster.produce(IN, [b"x"])
+    for _ in range(3):
+        await runner.step()
+        await asyncio.sleep(0)
+    assert TP in runner._inflight
+    revoking = asyncio.create_task(consumer.rebalance(set()))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not revoking.done() and not clients.producers[0].stopped  # waits for the batch
+    stage.gates[0].set()
+    await revoking
+    assert cluster.values(OUT) == [b"x"] and cluster.offsets[GROUP, TP] == 1  # committed, then let go
+    assert clients.producers[0].stopped and runner.partitions == []
 
 
 async def test_stop_closes_every_producer() -> None:

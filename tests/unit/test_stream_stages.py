@@ -62,7 +62,9 @@ class Stream:
         for _ in range(turns):
             for runner in self.runners:
                 await runner.step()
+                await runner.drain()
                 await runner.step()
+                await runner.drain()
 
     async def publish(
         self, body: Any, *, tenant: str = "stream", contract: Contract | None = None
