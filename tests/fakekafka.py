@@ -10,6 +10,7 @@ consumer sees.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class FakeProducer:
         self.client = _Client()
         self._buffer: list[tuple[TopicPartition, bytes | None, bytes | None]] = []
         self._offsets: dict[tuple[str, TopicPartition], int] = {}
+        self._pending: collections.Counter[TopicPartition] = collections.Counter()  # buffered per partition
 
     def _check(self, op: str) -> None:
         self.cluster.calls.append((self.tid, op))
@@ -127,6 +129,7 @@ class FakeProducer:
     async def begin_transaction(self) -> None:
         self._check("begin")
         self._buffer.clear()
+        self._pending.clear()
         self._offsets.clear()
 
     async def send(
@@ -139,8 +142,9 @@ class FakeProducer:
     ) -> asyncio.Future[RecordMetadata]:
         self._check("send")
         tp = TopicPartition(topic, partition or 0)
-        offset = len(self.cluster.logs[tp]) + sum(1 for t, _, _ in self._buffer if t == tp)
+        offset = len(self.cluster.logs[tp]) + self._pending[tp]
         self._buffer.append((tp, key, value))
+        self._pending[tp] += 1
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))
         return fut
@@ -154,8 +158,9 @@ class FakeProducer:
         """The batch's records in order (one ``send`` fault check for the batch); the base offset."""
         self._check("send")
         tp = TopicPartition(topic, partition)
-        offset = len(self.cluster.logs[tp]) + sum(1 for t, _, _ in self._buffer if t == tp)
+        offset = len(self.cluster.logs[tp]) + self._pending[tp]
         self._buffer.extend((tp, key, value) for key, value in batch.records)
+        self._pending[tp] += len(batch.records)
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))
         return fut
@@ -175,6 +180,7 @@ class FakeProducer:
             self.cluster.logs[tp].append(None)
         self.cluster.offsets.update(self._offsets)
         self._buffer.clear()
+        self._pending.clear()
         self._offsets.clear()
         error = self.cluster.fault("commit_landed")  # the commit landed, but its answer was lost
         if error is not None:
@@ -183,6 +189,7 @@ class FakeProducer:
     async def abort_transaction(self) -> None:
         self._check("abort")
         self._buffer.clear()
+        self._pending.clear()
         self._offsets.clear()
 
 
