@@ -171,39 +171,48 @@ def expand_outcomes(
     kept_objs = {id(o) for o in kept}
     new_ids = {c for c, o in latest_new.items() if id(o) in kept_objs}
     rank = {o.candidate_id: i for i, o in enumerate(kept)}
-    units: list[TripletUnit] = []
-    for p in kept:
-        if not p.positive or p.weight == 0:
+    # Only pairs with a new observation are emitted: enumerate those (new x kept, not kept x kept,
+    # which a long history made the stage's hottest loop), then put them in the documented order.
+    pairs: list[tuple[int, int, Observation, Observation]] = []
+    for x in kept:
+        if x.candidate_id not in new_ids or x.weight == 0:
             continue
-        for n in kept:
-            if n.grade >= p.grade or n.weight == 0:
-                continue
-            if p.candidate_id not in new_ids and n.candidate_id not in new_ids:
-                continue
-            weight = ((p.grade - n.grade) / MAX_GRADE) * p.weight * n.weight
-            if not math.isfinite(weight):  # weights off the edge's bounds: never write a null weight
-                raise ValueError(
-                    f"triplet weight of {p.candidate_id!r} over {n.candidate_id!r} is not finite "
-                    f"(weights {p.weight} and {n.weight})"
-                )
-            if weight <= 0:  # underflow of tiny weights
-                continue
-            newer = p if rank[p.candidate_id] > rank[n.candidate_id] else n
-            units.append(
-                TripletUnit.model_construct(  # fields computed from validated observations
-                    unit_id=triplet_id(domain=domain, anchor=anchor, positive=p, negative=n),
-                    domain=domain,
-                    tenant=tenant,
-                    event_id=newer.event_id,
-                    received_at=newer.observed_at,
-                    counts=True,
-                    anchor=anchor,
-                    positive=p.candidate_id,
-                    negative=n.candidate_id,
-                    weight=weight,
-                    origin=origin,
-                )
+        rx = rank[x.candidate_id]
+        if x.positive:  # x as the positive, any lower-graded kept observation as the negative
+            pairs.extend((rx, i, x, n) for i, n in enumerate(kept) if n.grade < x.grade and n.weight != 0)
+        # x as the negative of an older positive (a pair of two new ones came from the positive's turn)
+        pairs.extend(
+            (i, rx, p, x)
+            for i, p in enumerate(kept)
+            if p.positive and p.weight != 0 and x.grade < p.grade and p.candidate_id not in new_ids
+        )
+    pairs.sort(key=lambda t: (t[0], t[1]))
+    units: list[TripletUnit] = []
+    for rp, rn, p, n in pairs:
+        weight = ((p.grade - n.grade) / MAX_GRADE) * p.weight * n.weight
+        if not math.isfinite(weight):  # weights off the edge's bounds: never write a null weight
+            raise ValueError(
+                f"triplet weight of {p.candidate_id!r} over {n.candidate_id!r} is not finite "
+                f"(weights {p.weight} and {n.weight})"
             )
+        if weight <= 0:  # underflow of tiny weights
+            continue
+        newer = p if rp > rn else n
+        units.append(
+            TripletUnit.model_construct(  # fields computed from validated observations
+                unit_id=triplet_id(domain=domain, anchor=anchor, positive=p, negative=n),
+                domain=domain,
+                tenant=tenant,
+                event_id=newer.event_id,
+                received_at=newer.observed_at,
+                counts=True,
+                anchor=anchor,
+                positive=p.candidate_id,
+                negative=n.candidate_id,
+                weight=weight,
+                origin=origin,
+            )
+        )
     return SeekerHistory(observations=kept), units
 
 

@@ -498,3 +498,88 @@ def test_scored_unit_counts_unless_seed(source: str, counts: bool) -> None:
     assert unit.counts is counts
     assert unit.score == 0.9
     assert unit.source == source
+
+
+# --- the pair enumeration against the rule as first written (every kept x kept pair) --------------
+
+
+def reference_pairs(
+    history: SeekerHistory, new: Sequence[Observation], now: datetime, limits: Limits
+) -> list[tuple[str, str, float, str]]:
+    """The documented rule, literally: every positive against every lower-graded kept observation,
+    in history order, emitted when one of the two is new."""
+    latest: dict[str, Observation] = {}
+    for obs in new:
+        latest.pop(obs.candidate_id, None)
+        latest[obs.candidate_id] = obs
+    merged = [o for o in history.observations if o.candidate_id not in latest] + list(latest.values())
+    cutoff = now - timedelta(seconds=limits.max_age_seconds)
+    fresh = sorted(
+        ((o.observed_at, i, o) for i, o in enumerate(merged) if o.observed_at >= cutoff),
+        key=lambda t: (t[0], t[1]),
+    )
+    kept = [o for _, _, o in fresh[-limits.max_items :]]
+    new_ids = {o.candidate_id for o in kept if latest.get(o.candidate_id) is o}
+    out = []
+    for p in kept:
+        for n in kept:
+            if not p.positive or p.weight == 0 or n.grade >= p.grade or n.weight == 0:
+                continue
+            if p.candidate_id in new_ids or n.candidate_id in new_ids:
+                weight = ((p.grade - n.grade) / 3.0) * p.weight * n.weight
+                if weight > 0:
+                    out.append((p.candidate_id, n.candidate_id, weight, max(p, n, key=kept.index).event_id))
+    return out
+
+
+_LABELS = [
+    ("converted", 3.0, True),
+    ("accepted", 2.0, True),
+    ("expired", 1.0, False),
+    ("rejected", 0.0, False),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 9), st.integers(0, 3), st.sampled_from([0.0, 0.5, 1.0, 2.0]), st.integers(0, 50)
+        ),
+        max_size=25,
+    ),
+    st.lists(
+        st.tuples(
+            st.integers(0, 9), st.integers(0, 3), st.sampled_from([0.0, 1.0, 3.0]), st.integers(40, 60)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(1, 12),
+)
+def test_pairs_equal_the_rule_over_every_kept_pair(
+    old: list[tuple[int, int, float, int]], new: list[tuple[int, int, float, int]], max_items: int
+) -> None:
+    def obs(c: int, label: int, weight: float, t: int, tag: str) -> Observation:
+        name, grade, positive = _LABELS[label]
+        return Observation(
+            candidate_id=f"c{c}",
+            label=name,
+            grade=grade,
+            positive=positive,
+            weight=weight,
+            event_id=f"{tag}{c}-{t}",
+            observed_at=T0 + timedelta(seconds=t),
+        )
+
+    history: dict[str, Observation] = {}
+    for c, label, weight, t in sorted(old, key=lambda x: x[3]):
+        history.pop(f"c{c}", None)
+        history[f"c{c}"] = obs(c, label, weight, t, "old")
+    stored = SeekerHistory(observations=list(history.values()))
+    arrivals = [obs(c, label, weight, t, "new") for c, label, weight, t in new]
+    limits = Limits(max_items=max_items, max_age_seconds=30.0)
+    now = T0 + timedelta(seconds=60)
+    _, units = expand_outcomes(stored, arrivals, domain="d", anchor="a", tenant="t", now=now, limits=limits)
+    got = [(u.positive, u.negative, u.weight, u.event_id) for u in units]
+    assert got == reference_pairs(stored, arrivals, now, limits)
