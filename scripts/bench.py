@@ -34,9 +34,9 @@ its own (``<tag>.<run>.``), deleted at the end unless ``--keep-topics``.
 4. ``--seekers N``: an expand-only worker takes one outcome each of N distinct seekers; its VmRSS
    once its group committed them, minus its VmRSS settled on empty topics, is the memory per seeker
    (``python -m scripts.state_size`` measures the same in process with tracemalloc).
-5. ``--profile DIR``: ``py-spy record`` on each worker process during the throughput phase of the
-   one-process-per-stage run (slower by py-spy's sampling: compare its row with care); the top
-   self and inclusive lines are printed (``scripts.topprof``).
+5. ``--profile DIR``: ``py-spy record`` on each worker process during the throughput phase of every
+   pipeline run (their rows say so: py-spy's sampling costs CPU on a small machine, so compare
+   them with care); the top self and inclusive lines are printed (``scripts.topprof``).
 
 Every phase is bounded in time (``--phase-timeout``); all traffic goes to the broker and 127.0.0.1.
 """
@@ -824,11 +824,20 @@ class Bench:
 
 
 async def timed(
-    bench: Bench, run: str, procs: list[Proc], held: HeldInput, observer: Observer, done: Callable[[], bool]
+    bench: Bench,
+    run: str,
+    procs: list[Proc],
+    held: HeldInput,
+    observer: Observer,
+    done: Callable[[], bool],
+    *,
+    profile: bool = False,
 ) -> tuple[float, bool]:
     """The clock: processors settled and idle, CPU noted, t0, input committed (visible at once),
-    until ``done`` (the last output visible to ``observer``), t1, CPU noted; (seconds, finished)."""
-    await bench.profiler.start(procs, run)
+    until ``done`` (the last output visible to ``observer``), t1, CPU noted; (seconds, finished).
+    ``profile``: under py-spy (with ``--profile``), its summaries printed afterwards."""
+    if profile:
+        await bench.profiler.start(procs, run)
     for p in procs:
         p.mark()
     t0 = time.perf_counter()
@@ -940,7 +949,13 @@ async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = No
         await observer.start()
         write_s = await held.write(bench.records)
         seconds, finished = await timed(
-            bench, run.key, procs, held, observer, lambda: len(observer.result_events) >= n
+            bench,
+            run.key,
+            procs,
+            held,
+            observer,
+            lambda: len(observer.result_events) >= n,
+            profile=bench.args.profile is not None,
         )
         if not finished:
             raise RuntimeError(
@@ -952,6 +967,7 @@ async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = No
         print(f"[bench] {run.label}: {n / seconds:.0f} ev/s ({seconds:.2f} s), {backlog} triggers")
         result = row(run, n, seconds, procs) | {
             "ready_s": ready_s,
+            "profiled": bench.args.profile is not None,
             "input_write_s": write_s,
             "results_seen": observer.counts[names.results],
             "triggers_expected": bench.expected_triggers,
@@ -1297,7 +1313,7 @@ def table(r: dict[str, Any]) -> str:
     for run in r["runs"].values():
         rows.append(
             (
-                run["label"],
+                run["label"] + (" (under py-spy)" if run.get("profiled") else ""),
                 str(run["processes"]),
                 fmt(run["events_per_s"], ".0f"),
                 fmt(run.get("vs_tx_events_per_s"), ".2f"),

@@ -12,6 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 _LINE = re.compile(r":\d+\)$")
+#: frames every sample passes through (interpreter start, CLI, event loop): left out of the
+#: inclusive list, where they would only fill the top lines with ~100 %
+PLUMBING = re.compile(
+    r"^<module> |\((<frozen runpy>|click/|faust/cli/|faust/app/base\.py|mode/"
+    r"|asyncio/(base_events|events)\.py)"
+)
 
 
 def shares(path: Path) -> tuple[int, Counter[str], Counter[str]]:
@@ -42,8 +48,9 @@ def summarise(path: Path, top: int = 25) -> str:
         return f"{path}: no samples"
     lines = [f"{path}: {total} samples", "-- self --"]
     lines += [f"{100 * n / total:5.1f}%  {f}" for f, n in self_c.most_common(top)]
-    lines.append("-- inclusive --")
-    lines += [f"{100 * n / total:5.1f}%  {f}" for f, n in incl.most_common(top)]
+    lines.append("-- inclusive (without the interpreter, CLI and event loop frames) --")
+    inclusive = [(f, n) for f, n in incl.most_common() if not PLUMBING.search(f)][:top]
+    lines += [f"{100 * n / total:5.1f}%  {f}" for f, n in inclusive]
     return "\n".join(lines)
 
 
