@@ -973,6 +973,11 @@ async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = No
             "triggers_expected": bench.expected_triggers,
             "triggers_seen": backlog,
         }
+        result["transactions"] = {  # of the throughput phase (before the paced phases)
+            "expand_at_least": await count_markers(bench.bootstrap, names.expand_state),
+            "count": await count_markers(bench.bootstrap, names.count_state),
+            "method": "commit markers on the stages' changelog topics after the throughput phase",
+        }
         latency = []
         for rate in paced_at or []:
             latency.append(await paced_phase(bench, names, observer, rate or 0.8 * n / seconds))
@@ -988,11 +993,6 @@ async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = No
             svc.stop()
         await held.close()
         await observer.stop()
-    result["transactions"] = {
-        "expand_at_least": await count_markers(bench.bootstrap, names.expand_state),
-        "count": await count_markers(bench.bootstrap, names.count_state),
-        "method": "commit markers on the stages' changelog topics",
-    }
     return result
 
 
