@@ -1293,6 +1293,13 @@ def render(rows: list[tuple[str, ...]]) -> list[str]:
     return lines
 
 
+def transactions_cell(run: dict[str, Any]) -> str:
+    """A loop's transactions (batches), a pipeline's expand+count (commit markers on the changelogs)."""
+    if "transactions" in run:
+        return f"{run['transactions']['expand_at_least']}+{run['transactions']['count']}"
+    return str(run.get("batches", "-"))
+
+
 def rss_cell(peaks: dict[str, float | None]) -> str:
     return ", ".join(f"{name} {fmt(mib, '.0f')}" for name, mib in peaks.items())
 
@@ -1307,6 +1314,7 @@ def table(r: dict[str, Any]) -> str:
             "CPU s/1k ev",
             "CPU vs tx loop",
             "ev/CPU-s",
+            "transactions",
             "peak RSS MiB",
         )
     ]
@@ -1320,6 +1328,7 @@ def table(r: dict[str, Any]) -> str:
                 fmt(run["cpu_s_per_1k_events"], ".3f"),
                 fmt(run.get("vs_tx_cpu_per_event"), ".2f"),
                 fmt(run["events_per_cpu_s"], ".0f"),
+                transactions_cell(run),
                 rss_cell(run["peak_rss_mib"]),
             )
         )
@@ -1372,7 +1381,8 @@ def table(r: dict[str, Any]) -> str:
         f"clock: {r['clock']}",
         f"data: {c['events']} raw events ({c['items']} items, {c['counting_units']} counting units), "
         f"{c['topic_partitions']} partitions, STAGE_BATCH {c['stage_batch']}, nproc {r['nproc']}",
-        "vs tx loop: events/s / the transactional loop's; CPU vs tx loop: CPU per event / the loop's",
+        "vs tx loop: events/s / the transactional loop's; CPU vs tx loop: CPU per event / the loop's; "
+        "transactions: the loops' batches, the pipeline's expand+count commit markers on the changelogs",
         STORE_NOTE,
         *checks,
     ]
