@@ -416,6 +416,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime (14), stime (15)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process), from ``/proc/stat``:
+    what else ran during a timed phase (the broker, this process, other users) shows beside ours."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 def status_mib(pid: int, key: str) -> float | None:
     """``VmRSS`` (now) or ``VmHWM`` (peak) of a process in MiB, None if unavailable."""
     try:
@@ -832,26 +840,29 @@ async def timed(
     done: Callable[[], bool],
     *,
     profile: bool = False,
-) -> tuple[float, bool]:
+) -> tuple[float, float, bool]:
     """The clock: processors settled and idle, CPU noted, t0, input committed (visible at once),
-    until ``done`` (the last output visible to ``observer``), t1, CPU noted; (seconds, finished).
+    until ``done`` (the last output visible to ``observer``), t1, CPU noted; (seconds, the machine's
+    busy CPU seconds meanwhile, finished).
     ``profile``: under py-spy (with ``--profile``), its summaries printed afterwards."""
     if profile:
         await bench.profiler.start(procs, run)
     for p in procs:
         p.mark()
+    busy = machine_busy_s()
     t0 = time.perf_counter()
     await held.release()
     finished = await observer.wait_for(done, bench.args.phase_timeout)
     seconds = time.perf_counter() - t0
+    busy = machine_busy_s() - busy
     for p in procs:
         p.measure()
     for out in await bench.profiler.stop():
         print(summarise(out, bench.args.profile_top))
-    return seconds, finished
+    return seconds, busy, finished
 
 
-def row(run: Run, n: int, seconds: float, procs: list[Proc]) -> dict[str, Any]:
+def row(run: Run, n: int, seconds: float, busy: float, procs: list[Proc]) -> dict[str, Any]:
     cpu = sum(p.cpu_s for p in procs)
     return {
         "label": run.label,
@@ -864,6 +875,8 @@ def row(run: Run, n: int, seconds: float, procs: list[Proc]) -> dict[str, Any]:
         "events_per_cpu_s": n / cpu if cpu else None,
         "cpu_by_process": {p.name: p.cpu_s for p in procs},
         "peak_rss_mib": {p.name: p.peak_rss_mib for p in procs},
+        "machine_busy_cores": busy / seconds,
+        "other_busy_cores": (busy - cpu) / seconds,  # broker, this process, anything else running
     }
 
 
@@ -901,14 +914,14 @@ async def loop_run(bench: Bench, run: Run) -> dict[str, Any]:
             raise RuntimeError(f"{run.label}: {said}")
         await observer.start()
         write_s = await held.write(bench.records)
-        seconds, finished = await timed(
+        seconds, busy, finished = await timed(
             bench, run.key, procs, held, observer, lambda: observer.counts[scratch] >= n
         )
         loop = await receive(ours, 30)
         if not finished or loop.get("events") != n:
             raise RuntimeError(f"{run.label}: {observer.counts[scratch]}/{n} outputs seen, loop says {loop}")
         print(f"[bench] {run.label}: {n / seconds:.0f} ev/s ({seconds:.2f} s)")
-        return row(run, n, seconds, procs) | {"batches": loop["batches"], "input_write_s": write_s}
+        return row(run, n, seconds, busy, procs) | {"batches": loop["batches"], "input_write_s": write_s}
     finally:
         await held.close()
         await observer.stop()
@@ -948,7 +961,7 @@ async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = No
         ready_s = time.perf_counter() - t_spawn
         await observer.start()
         write_s = await held.write(bench.records)
-        seconds, finished = await timed(
+        seconds, busy, finished = await timed(
             bench,
             run.key,
             procs,
@@ -965,7 +978,7 @@ async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = No
         await asyncio.sleep(1.0)  # stragglers (there should be none): duplicates, extra triggers
         backlog = len(observer.triggers)
         print(f"[bench] {run.label}: {n / seconds:.0f} ev/s ({seconds:.2f} s), {backlog} triggers")
-        result = row(run, n, seconds, procs) | {
+        result = row(run, n, seconds, busy, procs) | {
             "ready_s": ready_s,
             "profiled": bench.args.profile is not None,
             "input_write_s": write_s,
@@ -1370,6 +1383,11 @@ def table(r: dict[str, Any]) -> str:
             f"(settled idle {fmt(m['idle_rss_mib'], '.0f')} MiB, peak {fmt(m['peak_rss_mib'], '.0f')} MiB), "
             f"{fmt(m['bytes_per_seeker'], '.0f')} bytes per seeker; took {m['seconds']:.0f} s",
         ]
+    busy = [
+        f"{run['label']}: {run['machine_busy_cores']:.2f} cores busy, "
+        f"{run['other_busy_cores']:.2f} of them not the processors"
+        for run in r["runs"].values()
+    ]
     checks = [
         f"{run['label']}: triggers {run['triggers_seen']}/{run['triggers_expected']}, "
         f"duplicates {run['duplicate_triggers']}, results {run['results_seen']}"
@@ -1384,6 +1402,8 @@ def table(r: dict[str, Any]) -> str:
         "vs tx loop: events/s / the transactional loop's; CPU vs tx loop: CPU per event / the loop's; "
         "transactions: the loops' batches, the pipeline's expand+count commit markers on the changelogs",
         STORE_NOTE,
+        "machine during each timed phase (/proc/stat; the broker and this process included):",
+        *[f"  {line}" for line in busy],
         *checks,
     ]
     return "\n".join([*out, "", *notes])
