@@ -616,11 +616,13 @@ class HeldInput:
             max_batch_size=512 * 1024,
             transaction_timeout_ms=120_000,
         )
+        self.started = False
 
     async def write(self, records: list[RawRecord]) -> float:
         """Begin, write every record and wait for the acks; seconds taken."""
         started = time.perf_counter()
         await self.producer.start()
+        self.started = True
         await self.producer.begin_transaction()
         pending: list[asyncio.Future[Any]] = []
         for value, key, headers in records:
@@ -635,7 +637,8 @@ class HeldInput:
         await self.producer.commit_transaction()
 
     async def close(self) -> None:
-        await self.producer.stop()
+        if self.started:
+            await self.producer.stop()
 
 
 class Observer:
@@ -1018,7 +1021,7 @@ async def paced_phase(bench: Bench, names: TopicNames, observer: Observer, rate:
     trigger - its ``emitted_at`` (the ``received_at`` of the event whose units crossed the threshold)."""
     budget = int(rate * bench.args.paced_seconds)
     requests: list[Request] = []
-    while sum(r.items for r in requests) < budget:  # more than enough: requests have >= 1 event
+    while sum(r.items for r in requests) < 2 * budget:  # enough: a request has more items than events
         requests.append(bench.workload.next())
     tenants = [bench.registry.tenant(f"bench{i}") for i in range(N_TENANTS)]
     before_triggers = len(observer.triggers)
@@ -1147,6 +1150,10 @@ async def memory_run(bench: Bench, n_seekers: int) -> dict[str, Any]:
                 if len(pending) >= 10_000:
                     await asyncio.gather(*pending)
                     pending.clear()
+                    if sent % 100_000 < len(events):
+                        print(
+                            f"[bench] memory: {sent} seekers written ({time.perf_counter() - started:.0f} s)"
+                        )
                     if time.perf_counter() - started > timeout_s:
                         raise TimeoutError(f"producing {n_seekers} seekers took over {timeout_s:.0f} s")
             await asyncio.gather(*pending)
