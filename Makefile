@@ -36,8 +36,9 @@ unit: venv
 run: venv
 	$(BIN)/python -m pipeline.run
 
+# e.g. make bench BENCH_ARGS="--seekers 1000000 --profile bench-results/profiles"
 bench: venv
-	$(BIN)/python -m scripts.bench
+	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 	$(BIN)/python -m scripts.store_bench
 
 store-bench: venv

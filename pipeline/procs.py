@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -94,8 +94,19 @@ def ingest_service(env: dict[str, str], port: int, log_dir: Path, name: str = "i
     )
 
 
-def worker_service(env: dict[str, str], port: int, log_dir: Path, name: str = "worker") -> Service:
-    env = child_env(env, worker_port=port, worker_data_dir=log_dir / f"{name}-data")
+def worker_service(
+    env: dict[str, str],
+    port: int,
+    log_dir: Path,
+    name: str = "worker",
+    stages: Sequence[str] | None = None,
+) -> Service:
+    """A worker process; ``stages`` (``WORKER_STAGES``): the stages it runs, all three when None
+    (unless ``env`` names them)."""
+    overrides: dict[str, object] = {"worker_port": port, "worker_data_dir": log_dir / f"{name}-data"}
+    if stages is not None:
+        overrides["worker_stages"] = ",".join(stages)
+    env = child_env(env, **overrides)
     return Service(
         name,
         [sys.executable, "-m", "pipeline.stream.worker", "worker", "-l", "info"],

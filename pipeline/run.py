@@ -1,4 +1,5 @@
-"""``make run``: a whole local pipeline (broker, ingest, worker), one sample, until Ctrl-C."""
+"""``make run``: a whole local pipeline (broker, ingest, one worker process per stage), one sample,
+until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from aiokafka import AIOKafkaConsumer
 
 from pipeline.kafka.broker import find_broker
 from pipeline.kafka.topics import ensure_topics, topic_names
-from pipeline.procs import ingest_service, worker_service
-from pipeline.settings import REPO_ROOT, Settings
+from pipeline.procs import Service, ingest_service, worker_service
+from pipeline.settings import ALL_STAGES, REPO_ROOT, Settings, WorkerStage
 from pipeline.store.sql import describe
 
 DEV_KEY = "fs_dev_key_123"
@@ -26,6 +27,12 @@ SAMPLE = {
         {"seeker_id": "u_alice", "candidate_id": "u_dan", "outcome": "converted", "weight": 2.0},
     ],
 }
+
+
+def worker_layout(settings: Settings) -> list[tuple[str, int, tuple[WorkerStage, ...]]]:
+    """(name, port, stages) of ``make run``'s workers: one process per stage, so the stages use the
+    machine's cores side by side; ports ``WORKER_PORT``, +1, +2 in data-flow order."""
+    return [(f"worker-{stage}", settings.worker_port + i, (stage,)) for i, stage in enumerate(ALL_STAGES)]
 
 
 def post(url: str, body: object) -> tuple[int, str]:
@@ -79,10 +86,15 @@ def main() -> int:
         asyncio.run(ensure_topics(broker.bootstrap, settings))
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap)
         ingest = ingest_service(env, settings.ingest_port, log_dir).start()
-        worker = worker_service(env, settings.worker_port, log_dir).start()
+        layout = worker_layout(settings)
+        workers: list[Service] = [
+            worker_service(env, port, log_dir, name=name, stages=stages).start()
+            for name, port, stages in layout
+        ]
         try:
             ingest.wait_ready()
-            worker.wait_ready()
+            for worker in workers:
+                worker.wait_ready()
             url = f"http://127.0.0.1:{settings.ingest_port}"
             status, body = post(f"{url}/v1/feedback", SAMPLE)
             print(f"POST {url}/v1/feedback (seed 000 sample) -> {status} {body}")
@@ -95,22 +107,26 @@ def main() -> int:
                 records = asyncio.run(show(broker.bootstrap, topic, event_ids))
                 example = records[0] if records else "-"
                 print(f"\n{topic}: {len(records)} record(s) of this request, e.g. {example}")
+            metrics_lines = "\n".join(
+                f"  {name:<16} http://127.0.0.1:{port}/metrics (and /ready)" for name, port, _ in layout
+            )
             print(f"""
 The pipeline is running. Try:
   curl -s -XPOST {url}/v1/feedback -H 'Authorization: Bearer {DEV_KEY}' -d '{json.dumps(SAMPLE)}'
   ingest metrics   {url}/metrics        OpenAPI {url}/openapi.json
-  worker metrics   http://127.0.0.1:{settings.worker_port}/metrics
+{metrics_lines}
   domain state     curl -s {url}/v1/domains/dating -H 'Authorization: Bearer {DEV_KEY}'
   seed 003 list    curl -s '{url}/api/v1/feedback?limit=20' -H 'X-API-Key: kaizen_abc123'
   feedback store   {describe(settings)} (the worker's store stage writes it; DATABASE_URL for PostgreSQL)
   logs             {log_dir}/
-Ctrl-C stops the ingest, the worker and the local broker.""")
+Ctrl-C stops the ingest, the workers and the local broker.""")
             signal.pause()
         except KeyboardInterrupt:
             pass
         finally:
             print("stopping ...")
-            worker.stop()
+            for worker in reversed(workers):
+                worker.stop()
             ingest.stop()
     return 0
 

@@ -7,11 +7,16 @@ import socket
 import uuid
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: the stages a worker process can run (``WORKER_STAGES``), in data-flow order
+WorkerStage = Literal["expand", "count", "store"]
+ALL_STAGES: tuple[WorkerStage, ...] = ("expand", "count", "store")
 
 
 class Settings(BaseSettings):
@@ -59,6 +64,11 @@ class Settings(BaseSettings):
     worker_host: str = "127.0.0.1"
     worker_port: int = 6066
     worker_data_dir: Path = REPO_ROOT / ".local" / "worker"
+    worker_stages: Annotated[tuple[WorkerStage, ...], NoDecode] = Field(
+        default=ALL_STAGES,
+        description="Stages this worker process runs, comma-separated (expand,count,store). Processes "
+        "running the same stage share its partitions through the stage's consumer group.",
+    )
     stage_batch: int = Field(default=500, ge=1, description="Records per partition and transaction.")
     seeker_max_items: int = Field(default=200, ge=1)
     seeker_max_age_s: float = Field(default=30 * 86_400.0, gt=0)
@@ -72,6 +82,22 @@ class Settings(BaseSettings):
     store_path: Path = Field(
         default=REPO_ROOT / ".local" / "feedstream.sqlite3", description="SQLite file of the store."
     )
+
+    @field_validator("worker_stages", mode="before")
+    @classmethod
+    def _split_stages(cls, value: object) -> object:
+        """``expand,count`` from the environment (a comma list, not JSON); blanks ignored."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("worker_stages")
+    @classmethod
+    def _some_stages_once(cls, value: tuple[WorkerStage, ...]) -> tuple[WorkerStage, ...]:
+        """At least one stage; each once, in data-flow order (so ``/ready`` and logs read the same)."""
+        if not value:
+            raise ValueError(f"name at least one of {', '.join(ALL_STAGES)}")
+        return tuple(stage for stage in ALL_STAGES if stage in value)
 
 
 @lru_cache(maxsize=1)

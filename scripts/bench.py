@@ -1,41 +1,44 @@
-"""Stream benchmark: end-to-end throughput, trigger latency and memory of the worker, on a real broker.
+"""Stream benchmark: the stream's events/s and CPU per event beside a raw aiokafka loop, trigger latency
+and worker memory, on a real broker.
 
-Run with ``make bench`` (``python -m scripts.bench [--events N] [--out bench-results/bench.json]``).
+Run with ``make bench`` (``python -m scripts.bench [--events N] [--runs tx,plain,combined,stage1,stage2]
+[--seekers 1000000] [--profile DIR] [--out bench-results/bench.json]``).
 
-What it does, all against the broker of ``pipeline.kafka.broker.find_broker`` with its own ``TOPIC_PREFIX``
-and ``WORKER_ID`` (so it never touches anyone else's topics or groups):
+All against the broker of ``pipeline.kafka.broker.find_broker``; every run has topics and groups of
+its own (``<tag>.<run>.``), deleted at the end unless ``--keep-topics``.
 
 1. Writes a tenants file (4 tenants, 20 domains, 4 seed 003 tasks, keys hashed with
    ``hash_api_key``) and builds a realistic mix of raw envelopes with ``pipeline.api.intake``: seed 000
    requests of 1 item and of 100 items over many seekers and candidates with every outcome label
    (built-in and tenant-registered), seed 002 nested feedback arrays, seed 001 corrections, seed 003
    scored entries (some ``source: seed``, which never count) and seed 004 search events of all nine
-   types. The expand rules are replayed in memory (``pipeline.stream.expand.expand_event``) to know how
+   types. The expand rules are replayed in memory (``pipeline.contracts.expand_event``) to know how
    many counting units each domain will get; thresholds are then chosen so that about
-   ``--triggers`` train triggers fire during the throughput phase, and the run checks that exactly
-   the predicted number did.
-2. Pre-produces the envelopes to ``<prefix>feedback.raw`` with a plain idempotent producer (this
-   measures the stream; ``scripts.load`` measures the HTTP path).
-3. Baselines, same run, same raw data: a bare aiokafka consume-transform-produce loop (read_committed
-   consumer, ``orjson`` decode and re-encode, produce to a scratch topic), once with a transactional
-   producer that commits the input offsets in a transaction per partition and batch (the shape of
-   ``pipeline.stream.runtime``) and once non-transactional (idempotent producer, consumer commits).
-4. Starts a worker (``pipeline.procs.worker_service``), times it to ``/ready`` (reported, excluded),
-   then times from ready until ``<prefix>feedback.results`` holds one result per raw event (every
-   non-discarded raw event yields exactly one result once the count stage has committed it). The
-   expand group's committed offsets reaching the raw end offsets are timed as well.
-5. Trigger latency, paced phase: a producer writes new envelopes at a fixed rate (below capacity),
-   each built just before it is sent with ``received_at`` = now. The count stage stamps a trigger's
-   ``emitted_at`` with the ``received_at`` of the event whose units crossed the threshold, so
-   ``latency = (wall time a read_committed consumer first sees the trigger) - emitted_at`` is the time
-   from the crossing event being produced to the trigger being visible downstream: producer append,
-   expand transaction, count transaction, visibility to a read_committed reader. (The throughput
-   phase's triggers are not used for latency: they come out of a backlog.)
-6. Worker peak RSS: ``VmHWM`` of the worker process from ``/proc/<pid>/status`` (exact peak), else
-   sampled ``psutil`` RSS if installed.
+   ``--triggers`` train triggers fire on the data set, and every pipeline run checks that exactly
+   the predicted number did, none twice.
+2. One clock for every row (``CLOCK`` below, printed with the table): the processors are started and
+   settled (ready, owning every partition, idle on empty input); the data set is written in one open
+   Kafka transaction, invisible to their read_committed consumers; t0; commit; t1 when a
+   read_committed reader has seen the last output. Rows: a bare aiokafka consume-transform-produce
+   loop (orjson decode and re-encode, per partition and batch like ``pipeline.stream.runtime``),
+   transactional (the baseline) and plain; the pipeline with expand and count in one process; one
+   process per stage; two per stage on the same partitions. CPU: utime+stime of the processor
+   processes over t0..t1 from ``/proc/<pid>/stat`` (the loops run in a child process); peak RSS:
+   ``VmHWM`` of each. The store stage is not part of the stream here (``scripts.store_bench``).
+3. Trigger latency, in the one-process-per-stage run after its throughput phase: paced at
+   ``--paced-rate`` (400) events/s and at 80 % of that run's events/s, each event built just before
+   it is sent with ``received_at`` = now. The count stage stamps a trigger's ``emitted_at`` with the
+   ``received_at`` of the event whose units crossed the threshold, so ``latency = (wall time a
+   read_committed consumer first sees the trigger) - emitted_at``: producer append, expand
+   transaction, count transaction, visibility downstream.
+4. ``--seekers N``: an expand-only worker takes one outcome each of N distinct seekers; its VmRSS
+   once its group committed them, minus its VmRSS settled on empty topics, is the memory per seeker
+   (``python -m scripts.state_size`` measures the same in process with tracemalloc).
+5. ``--profile DIR``: ``py-spy record`` on each worker process during the throughput phase of every
+   pipeline run (their rows say so: py-spy's sampling costs CPU on a small machine, so compare
+   them with care); the top self and inclusive lines are printed (``scripts.topprof``).
 
-Every loop is bounded in count and time; all traffic goes to the broker and 127.0.0.1. The
-bench's topics are deleted at the end unless ``--keep-topics``.
+Every phase is bounded in time (``--phase-timeout``); all traffic goes to the broker and 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -44,17 +47,22 @@ import argparse
 import asyncio
 import contextlib
 import math
+import multiprocessing
 import os
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +88,7 @@ from pipeline.tenants import Tenant, TenantRegistry, hash_api_key, parse_tenants
 from pipeline.wire import envelope
 from pipeline.wire.envelope import RawEvent
 from scripts.common import add_run_arguments, end_offsets, partitions_of, run_and_report, run_header
+from scripts.topprof import summarise
 
 # --- the workload ----------------------------------------------------------------------------------
 
@@ -364,34 +373,6 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
         await admin.close()
 
 
-async def produce_all(bootstrap: str, topic: str, events: list[RawEvent]) -> float:
-    """Write the envelopes with a plain idempotent producer; returns seconds taken."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=10,
-        max_batch_size=512 * 1024,
-    )
-    await producer.start()
-    started = time.perf_counter()
-    try:
-        pending: list[asyncio.Future[Any]] = []
-        for e in events:
-            pending.append(
-                await producer.send(
-                    topic, envelope.encode(e), key=kafka_key(e), headers=envelope.kafka_headers(e)
-                )
-            )
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return time.perf_counter() - started
-
-
 async def count_markers(bootstrap: str, topic: str) -> int:
     """Committed-or-aborted transactions that wrote to ``topic``: offsets not taken by a data record.
 
@@ -423,14 +404,74 @@ async def count_markers(bootstrap: str, topic: str) -> int:
     return markers
 
 
-# --- baseline --------------------------------------------------------------------------------------
+# --- processes: CPU and memory from /proc ----------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-async def baseline(
-    bootstrap: str, raw: str, scratch: str, n_events: int, *, transactional: bool, tag: str, timeout_s: float
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads), from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()  # fields from 3 (state) on; the name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime (14), stime (15)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process), from ``/proc/stat``:
+    what else ran during a timed phase (the broker, this process, other users) shows beside ours."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def status_mib(pid: int, key: str) -> float | None:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process in MiB, None if unavailable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class Proc:
+    """A process of a run whose CPU and memory the bench reads (a worker, or a baseline loop)."""
+
+    name: str
+    pid: int
+    stop: Callable[[], object]
+    cpu_at_t0: float = 0.0
+    cpu_s: float = 0.0  # over the timed phase
+    peak_rss_mib: float | None = None
+
+    def mark(self) -> None:
+        self.cpu_at_t0 = cpu_seconds(self.pid)
+
+    def measure(self) -> None:
+        self.cpu_s = cpu_seconds(self.pid) - self.cpu_at_t0
+        self.peak_rss_mib = status_mib(self.pid, "VmHWM")
+
+
+# --- the baseline loops, each in a child process (its CPU measured like a worker's) ---------------
+
+
+async def baseline_loop(
+    conn: Connection,
+    bootstrap: str,
+    raw: str,
+    scratch: str,
+    group: str,
+    transactional: bool,
+    n_events: int,
+    timeout_s: float,
 ) -> dict[str, Any]:
-    """Bare consume-transform-produce over the raw topic; per partition and batch like our runtime."""
-    group = f"{tag}-baseline-{'tx' if transactional else 'plain'}"
+    """Bare consume-transform-produce over the raw topic, per partition and batch like our runtime
+    (read_committed, ``orjson`` decode and re-encode, a transaction per partition and batch that also
+    commits the input offsets, or an idempotent producer and consumer commits). Says "ready" on
+    ``conn`` once it owns every partition and found the input empty."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group,
@@ -454,7 +495,8 @@ async def baseline(
         tps = await partitions_of(bootstrap, raw)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        started = time.perf_counter()
+        await consumer.getmany(timeout_ms=200)  # positions known, input empty
+        conn.send("ready")
         deadline = time.monotonic() + timeout_s
         while processed < n_events and time.monotonic() < deadline:
             got = await consumer.getmany(timeout_ms=50, max_records=500)
@@ -476,26 +518,138 @@ async def baseline(
                     await consumer.commit(offsets)
                 processed += len(records)
                 batches += 1
-        elapsed = time.perf_counter() - started
     finally:
         await producer.stop()
         await consumer.stop()
-    if processed < n_events:
-        raise RuntimeError(f"baseline ({group}) processed {processed}/{n_events} within {timeout_s} s")
-    return {"events": processed, "seconds": elapsed, "events_per_s": processed / elapsed, "batches": batches}
+    return {"events": processed, "batches": batches}
 
 
-# --- observers -------------------------------------------------------------------------------------
+def baseline_child(conn: Connection, *args: Any) -> None:
+    """Entry point of a baseline's child process: run the loop, send its result."""
+    try:
+        conn.send(asyncio.run(baseline_loop(conn, *args)))
+    except BaseException as exc:
+        conn.send({"error": repr(exc)})
+        raise
+
+
+async def receive(conn: Connection, timeout_s: float) -> Any:
+    """The next message from a child, waited for off the loop; TimeoutError after ``timeout_s``."""
+    if not await asyncio.to_thread(conn.poll, timeout_s):
+        raise TimeoutError(f"no word from a baseline process within {timeout_s} s")
+    return conn.recv()
+
+
+# --- the pipeline's worker processes --------------------------------------------------------------
+
+
+def ready_body(url: str) -> dict[str, Any]:
+    """``/ready``'s JSON (200 or 503), {} while nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            body: dict[str, Any] = orjson.loads(resp.read())
+            return body
+    except urllib.error.HTTPError as err:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            failed: dict[str, Any] = orjson.loads(err.read())
+            return failed
+        return {}
+    except OSError:
+        return {}
+
+
+def settled(bodies: list[dict[str, Any]], layout: list[tuple[str, ...]], partitions: int) -> bool:
+    """Every process ready, and each stage's partitions owned exactly once between its processes, each
+    process some (the stage's consumer group has settled)."""
+    if not all(b.get("ready") for b in bodies):
+        return False
+    for stage in {s for stages in layout for s in stages}:
+        owned = [b.get(stage, []) for b, stages in zip(bodies, layout, strict=True) if stage in stages]
+        if not all(owned) or sorted(p for ps in owned for p in ps) != list(range(partitions)):
+            return False
+    return True
+
+
+async def wait_settled(
+    services: list[Service], layout: list[tuple[str, ...]], partitions: int, timeout_s: float
+) -> float:
+    """Until the processes are ready and own their stages' partitions between them, twice in a row
+    0.3 s apart; seconds waited."""
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    in_a_row = 0
+    while time.monotonic() < deadline:
+        for svc in services:
+            if svc.proc is not None and svc.proc.poll() is not None:
+                raise RuntimeError(f"{svc.name} exited with {svc.proc.returncode}; see {svc.log_path}")
+        bodies = await asyncio.to_thread(lambda: [ready_body(s.health_url) for s in services])
+        in_a_row = in_a_row + 1 if settled(bodies, layout, partitions) else 0
+        if in_a_row >= 2:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.3)
+    raise TimeoutError(f"workers not settled after {timeout_s} s; see {services[0].log_path.parent}")
+
+
+# --- input, output -------------------------------------------------------------------------------
+
+#: a raw record: (value, key, headers)
+RawRecord = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
+
+
+def raw_records(events: list[RawEvent]) -> list[RawRecord]:
+    return [(envelope.encode(e), kafka_key(e), envelope.kafka_headers(e)) for e in events]
+
+
+class HeldInput:
+    """The data set written in one open transaction: invisible to read_committed readers (every
+    processor here reads so) until :meth:`release` commits it, so the clock can start with the
+    processors idle and nothing of the writing on it."""
+
+    def __init__(self, bootstrap: str, topic: str, transactional_id: str) -> None:
+        self.topic = topic
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            transactional_id=transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=10,
+            max_batch_size=512 * 1024,
+            transaction_timeout_ms=120_000,
+        )
+        self.started = False
+
+    async def write(self, records: list[RawRecord]) -> float:
+        """Begin, write every record and wait for the acks; seconds taken."""
+        started = time.perf_counter()
+        await self.producer.start()
+        self.started = True
+        await self.producer.begin_transaction()
+        pending: list[asyncio.Future[Any]] = []
+        for value, key, headers in records:
+            pending.append(await self.producer.send(self.topic, value, key=key, headers=headers))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        return time.perf_counter() - started
+
+    async def release(self) -> None:
+        await self.producer.commit_transaction()
+
+    async def close(self) -> None:
+        if self.started:
+            await self.producer.stop()
 
 
 class Observer:
-    """Reads results and triggers (read_committed, from the beginning) and notes when each appears."""
+    """Reads topics read_committed from the beginning and notes what appears when: results (by
+    event id), triggers (with the wall time first seen), and a record count per topic."""
 
-    def __init__(self, bootstrap: str, names: TopicNames) -> None:
-        self.bootstrap = bootstrap
-        self.names = names
+    def __init__(self, bootstrap: str, topics: list[str], *, results: str = "", triggers: str = "") -> None:
+        self.bootstrap, self.topics = bootstrap, topics
+        self.results_topic, self.triggers_topic = results, triggers
+        self.counts: Counter[str] = Counter()
         self.result_events: set[str] = set()
-        self.results_total = 0
         self.triggers: list[tuple[float, dict[str, Any]]] = []  # (wall time seen, trigger)
         self.changed = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -508,12 +662,12 @@ class Observer:
             isolation_level="read_committed",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=20,  # do not add the broker's long-poll wait to the latency we measure
+            fetch_max_wait_ms=20,  # do not add the broker's long-poll wait to what we measure
             max_poll_records=10_000,
         )
         await self._consumer.start()
         tps = []
-        for topic in (self.names.results, self.names.triggers):
+        for topic in self.topics:
             tps += await partitions_of(self.bootstrap, topic)
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
@@ -526,14 +680,14 @@ class Observer:
             got = await consumer.getmany(timeout_ms=100)
             seen = time.time()
             for tp, records in got.items():
-                for rec in records:
-                    value = orjson.loads(rec.value or b"{}")
-                    if tp.topic == self.names.results:
-                        self.results_total += 1
-                        if value.get("event_id"):
-                            self.result_events.add(value["event_id"])
-                    else:
-                        self.triggers.append((seen, value))
+                self.counts[tp.topic] += len(records)
+                if tp.topic == self.results_topic:
+                    for rec in records:
+                        event_id = orjson.loads(rec.value or b"{}").get("event_id")
+                        if event_id:
+                            self.result_events.add(event_id)
+                elif tp.topic == self.triggers_topic:
+                    self.triggers += [(seen, orjson.loads(rec.value or b"{}")) for rec in records]
             if got:
                 self.changed.set()
 
@@ -569,111 +723,330 @@ async def committed_reach(
             offsets = await admin.list_consumer_group_offsets(group, partitions=list(ends))
             if all(offsets.get(tp) is not None and offsets[tp].offset >= end for tp, end in ends.items()):
                 return time.perf_counter()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
         return None
     finally:
         await admin.close()
 
 
-def peak_rss_mib(pid: int) -> tuple[float | None, str]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024, "VmHWM"
-    except OSError:
-        pass
-    return None, "unavailable"
+# --- profiling ------------------------------------------------------------------------------------
 
 
-class RssSampler:
-    """Fallback where /proc has no VmHWM: sample psutil RSS (if installed) every 200 ms."""
+class Profiler:
+    """``py-spy record`` (the venv's) on each process from :meth:`start` until :meth:`stop` (SIGINT:
+    py-spy then writes its collapsed stacks)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak = pid, 0.0
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, out_dir: Path | None) -> None:
+        self.out_dir = out_dir
+        self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self) -> None:
-        try:
-            import psutil  # type: ignore[import-untyped]
-        except ImportError:
-            return
-        proc = psutil.Process(self.pid)
+    def launch(self, procs: list[Proc], run: str) -> bool:
+        """Start py-spy on each process (outputs ``DIR/<run>-<process>.txt``); False without a DIR."""
+        if self.out_dir is None:
+            return False
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        py_spy = Path(sys.executable).parent / "py-spy"
+        for p in procs:
+            out = self.out_dir / f"{run}-{p.name}.txt"
+            argv = [str(py_spy), "record", "-p", str(p.pid), "-r", "200", "-f", "raw", "-o", str(out)]
+            with (self.out_dir / f"{run}-{p.name}.py-spy.log").open("wb") as log:
+                proc = subprocess.Popen([*argv, "--nonblocking"], stdout=log, stderr=subprocess.STDOUT)
+            self.running.append((proc, out))
+        return True
 
-        async def sample() -> None:
-            while True:
-                with contextlib.suppress(Exception):
-                    self.peak = max(self.peak, proc.memory_info().rss / 2**20)
-                await asyncio.sleep(0.2)
+    async def start(self, procs: list[Proc], run: str) -> None:
+        if self.launch(procs, run):
+            await asyncio.sleep(1.0)  # py-spy attaches
 
-        self._task = asyncio.create_task(sample())
-
-    async def stop(self) -> float | None:
-        if self._task is None:
-            return None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        return self.peak
-
-
-def http_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-async def wait_ready(svc: Service, timeout_s: float) -> float:
-    """Poll /ready every 50 ms (off the loop); the perf_counter time it first answered 200."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if svc.proc is not None and svc.proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {svc.proc.returncode}; see {svc.log_path}")
-        if await asyncio.to_thread(http_ready, svc.health_url):
-            return time.perf_counter()
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"worker not ready after {timeout_s} s; see {svc.log_path}")
+    async def stop(self) -> list[Path]:
+        done = []
+        for proc, out in self.running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait, 10)
+            if out.exists():
+                done.append(out)
+        self.running.clear()
+        return done
 
 
-# --- paced phase -----------------------------------------------------------------------------------
+# --- one run: processors started and settled, t0, input released, t1 at the last output -----------
 
 
-async def paced(
-    bootstrap: str,
-    topic: str,
-    workload: Workload,
-    registry: TenantRegistry,
+@dataclass
+class Run:
+    """One row of the table: which processors, on topics and groups of its own."""
+
+    key: str
+    label: str
+    layout: list[tuple[str, ...]] = field(default_factory=list)  # worker processes' stages; [] = a loop
+    transactional: bool = True
+
+
+RUNS = {
+    "tx": Run("tx", "raw aiokafka loop, transactional (baseline)"),
+    "plain": Run("plain", "raw aiokafka loop, plain", transactional=False),
+    "combined": Run("combined", "pipeline, expand+count in 1 process", [("expand", "count")]),
+    "stage1": Run("stage1", "pipeline, 1 process per stage", [("expand",), ("count",)]),
+    "stage2": Run(
+        "stage2", "pipeline, 2 processes per stage", [("expand",), ("expand",), ("count",), ("count",)]
+    ),
+}
+
+
+@dataclass
+class Bench:
+    """What every run shares: the broker, the data set, the tenants, the bounds."""
+
+    args: argparse.Namespace
+    bootstrap: str
+    tag: str
+    tenants_file: Path
+    shared_threshold: int
+    records: list[RawRecord]
+    expected_triggers: int
+    workload: Workload
+    registry: TenantRegistry
+    profiler: Profiler
+
+    def settings(self, run: str) -> Settings:
+        return Settings(
+            kafka_bootstrap_servers=self.bootstrap,
+            topic_prefix=f"{self.tag}.{run}.",
+            worker_id=f"fs-{self.tag}-{run}",
+            tenants_file=self.tenants_file,
+            shared_pool_threshold=self.shared_threshold,
+        )
+
+    def env(self, settings: Settings) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_", "WORKER_STAGES"))}
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            TOPIC_PREFIX=settings.topic_prefix,
+            WORKER_ID=settings.worker_id,
+            TENANTS_FILE=str(self.tenants_file),
+            SHARED_POOL_THRESHOLD=str(self.shared_threshold),
+        )
+        return env
+
+
+async def timed(
+    bench: Bench,
+    run: str,
+    procs: list[Proc],
+    held: HeldInput,
+    observer: Observer,
+    done: Callable[[], bool],
     *,
-    rate: float,
-    seconds: float,
-) -> tuple[int, float, float]:
-    """Produce fresh envelopes at ``rate`` events/s for ``seconds``; (events, wall start, wall end)."""
-    tenants = [registry.tenant(f"bench{i}") for i in range(N_TENANTS)]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=1)
+    profile: bool = False,
+) -> tuple[float, float, bool]:
+    """The clock: processors settled and idle, CPU noted, t0, input committed (visible at once),
+    until ``done`` (the last output visible to ``observer``), t1, CPU noted; (seconds, the machine's
+    busy CPU seconds meanwhile, finished).
+    ``profile``: under py-spy (with ``--profile``), its summaries printed afterwards."""
+    if profile:
+        await bench.profiler.start(procs, run)
+    for p in procs:
+        p.mark()
+    busy = machine_busy_s()
+    t0 = time.perf_counter()
+    await held.release()
+    finished = await observer.wait_for(done, bench.args.phase_timeout)
+    seconds = time.perf_counter() - t0
+    busy = machine_busy_s() - busy
+    for p in procs:
+        p.measure()
+    for out in await bench.profiler.stop():
+        print(summarise(out, bench.args.profile_top))
+    return seconds, busy, finished
+
+
+def row(run: Run, n: int, seconds: float, busy: float, procs: list[Proc]) -> dict[str, Any]:
+    cpu = sum(p.cpu_s for p in procs)
+    return {
+        "label": run.label,
+        "processes": len(procs),
+        "events": n,
+        "seconds": seconds,
+        "events_per_s": n / seconds,
+        "cpu_s": cpu,
+        "cpu_s_per_1k_events": 1000 * cpu / n,
+        "events_per_cpu_s": n / cpu if cpu else None,
+        "cpu_by_process": {p.name: p.cpu_s for p in procs},
+        "peak_rss_mib": {p.name: p.peak_rss_mib for p in procs},
+        "machine_busy_cores": busy / seconds,
+        "other_busy_cores": (busy - cpu) / seconds,  # broker, this process, anything else running
+    }
+
+
+async def loop_run(bench: Bench, run: Run) -> dict[str, Any]:
+    settings = bench.settings(run.key)
+    names = topic_names(settings)
+    scratch = settings.topic_prefix + "bench.scratch"
+    await ensure_topics(bench.bootstrap, settings)
+    await create_topic(bench.bootstrap, scratch, settings.topic_partitions)
+    n = len(bench.records)
+    held = HeldInput(bench.bootstrap, names.raw, f"{bench.tag}-{run.key}-input")
+    observer = Observer(bench.bootstrap, [scratch])
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    group = f"{bench.tag}-{run.key}-loop"
+    child = ctx.Process(
+        target=baseline_child,
+        args=(
+            theirs,
+            bench.bootstrap,
+            names.raw,
+            scratch,
+            group,
+            run.transactional,
+            n,
+            bench.args.phase_timeout,
+        ),
+        daemon=True,
+    )
+    child.start()
+    assert child.pid is not None
+    procs = [Proc("loop", child.pid, child.terminate)]
+    try:
+        if (said := await receive(ours, bench.args.phase_timeout)) != "ready":
+            raise RuntimeError(f"{run.label}: {said}")
+        await observer.start()
+        write_s = await held.write(bench.records)
+        seconds, busy, finished = await timed(
+            bench, run.key, procs, held, observer, lambda: observer.counts[scratch] >= n
+        )
+        loop = await receive(ours, 30)
+        if not finished or loop.get("events") != n:
+            raise RuntimeError(f"{run.label}: {observer.counts[scratch]}/{n} outputs seen, loop says {loop}")
+        print(f"[bench] {run.label}: {n / seconds:.0f} ev/s ({seconds:.2f} s)")
+        return row(run, n, seconds, busy, procs) | {"batches": loop["batches"], "input_write_s": write_s}
+    finally:
+        await held.close()
+        await observer.stop()
+        child.join(10)
+        if child.is_alive():
+            child.terminate()
+            child.join(5)
+
+
+async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = None) -> dict[str, Any]:
+    """The worker processes of ``run.layout`` on the data set; with ``paced_at``, trigger latency
+    phases at those rates afterwards (the rate 0 stands for 80 % of this run's events/s)."""
+    settings = bench.settings(run.key)
+    names = topic_names(settings)
+    await ensure_topics(bench.bootstrap, settings)
+    n = len(bench.records)
+    log_dir = REPO_ROOT / ".local" / "bench-logs" / bench.tag / run.key
+    env = bench.env(settings)
+    held = HeldInput(bench.bootstrap, names.raw, f"{bench.tag}-{run.key}-input")
+    observer = Observer(
+        bench.bootstrap, [names.results, names.triggers], results=names.results, triggers=names.triggers
+    )
+    services: list[Service] = []
+    procs: list[Proc] = []
+    seen: Counter[str] = Counter()
+    try:
+        t_spawn = time.perf_counter()
+        for stages in run.layout:
+            name = "+".join(stages)
+            seen[name] += 1
+            name = f"{name}-{seen[name]}" if run.layout.count(stages) > 1 else name
+            svc = worker_service(env, free_port(), log_dir, name=name, stages=stages).start()
+            services.append(svc)
+            assert svc.proc is not None
+            procs.append(Proc(name, svc.proc.pid, svc.stop))
+        await wait_settled(services, run.layout, settings.topic_partitions, bench.args.phase_timeout)
+        ready_s = time.perf_counter() - t_spawn
+        await observer.start()
+        write_s = await held.write(bench.records)
+        seconds, busy, finished = await timed(
+            bench,
+            run.key,
+            procs,
+            held,
+            observer,
+            lambda: len(observer.result_events) >= n,
+            profile=bench.args.profile is not None,
+        )
+        if not finished:
+            raise RuntimeError(
+                f"{run.label}: {len(observer.result_events)}/{n} results within "
+                f"{bench.args.phase_timeout} s; see {log_dir}"
+            )
+        await asyncio.sleep(1.0)  # stragglers (there should be none): duplicates, extra triggers
+        backlog = len(observer.triggers)
+        print(f"[bench] {run.label}: {n / seconds:.0f} ev/s ({seconds:.2f} s), {backlog} triggers")
+        result = row(run, n, seconds, busy, procs) | {
+            "ready_s": ready_s,
+            "profiled": bench.args.profile is not None,
+            "input_write_s": write_s,
+            "results_seen": observer.counts[names.results],
+            "triggers_expected": bench.expected_triggers,
+            "triggers_seen": backlog,
+        }
+        result["transactions"] = {  # of the throughput phase (before the paced phases)
+            "expand_at_least": await count_markers(bench.bootstrap, names.expand_state),
+            "count": await count_markers(bench.bootstrap, names.count_state),
+            "method": "commit markers on the stages' changelog topics after the throughput phase",
+        }
+        latency = []
+        for rate in paced_at or []:
+            latency.append(await paced_phase(bench, names, observer, rate or 0.8 * n / seconds))
+        if latency:
+            result["trigger_latency_ms"] = latency
+        trigger_ids = [t["trigger_id"] for _, t in observer.triggers]
+        result["duplicate_triggers"] = len(trigger_ids) - len(set(trigger_ids))
+        for p in procs:
+            p.peak_rss_mib = status_mib(p.pid, "VmHWM")  # the peak over the paced phases too
+        result["peak_rss_mib"] = {p.name: p.peak_rss_mib for p in procs}
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+        await held.close()
+        await observer.stop()
+    return result
+
+
+# --- paced phase: trigger latency ------------------------------------------------------------------
+
+
+async def paced_phase(bench: Bench, names: TopicNames, observer: Observer, rate: float) -> dict[str, Any]:
+    """Fresh envelopes at ``rate`` events/s for ``--paced-seconds``, each built (``received_at`` =
+    now) just before it is sent; trigger latency = wall time a read_committed reader first sees a
+    trigger - its ``emitted_at`` (the ``received_at`` of the event whose units crossed the threshold)."""
+    budget = int(rate * bench.args.paced_seconds)
+    requests: list[Request] = []
+    while sum(r.items for r in requests) < 2 * budget:  # enough: a request has more items than events
+        requests.append(bench.workload.next())
+    tenants = [bench.registry.tenant(f"bench{i}") for i in range(N_TENANTS)]
+    before_triggers = len(observer.triggers)
+    before_results = len(observer.result_events)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bench.bootstrap, enable_idempotence=True, acks="all", linger_ms=1
+    )
     await producer.start()
     sent = 0
-    budget = int(rate * seconds)
     pending: list[asyncio.Future[Any]] = []
     wall_start = time.time()
     started = time.perf_counter()
     try:
-        while sent < budget and time.perf_counter() - started < seconds + 5:
-            due = started + sent / rate
-            delay = due - time.perf_counter()
+        for req in requests:
+            if sent >= budget or time.perf_counter() - started > bench.args.paced_seconds + 5:
+                break
+            delay = started + sent / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            req = workload.next()
             tenant = tenants[req.tenant]
             assert tenant is not None
             for e in envelopes(req, tenant, datetime.now(UTC)):
                 pending.append(
                     await producer.send(
-                        topic,
-                        envelope.encode(e),
-                        key=kafka_key(e),
-                        headers=envelope.kafka_headers(e),
+                        names.raw, envelope.encode(e), key=kafka_key(e), headers=envelope.kafka_headers(e)
                     )
                 )
                 sent += 1
@@ -681,9 +1054,33 @@ async def paced(
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
+        produced_s = time.perf_counter() - started
     finally:
         await producer.stop()
-    return sent, wall_start, time.time()
+    caught_up = await observer.wait_for(
+        lambda: len(observer.result_events) >= before_results + sent, bench.args.phase_timeout
+    )
+    await asyncio.sleep(1.0)
+    latencies = [
+        (seen - datetime.fromisoformat(trig["emitted_at"]).timestamp()) * 1000
+        for seen, trig in observer.triggers[before_triggers:]
+        if datetime.fromisoformat(trig["emitted_at"]).timestamp() >= wall_start - 1
+    ]
+    print(
+        f"[bench] paced {sent} events at {rate:.0f} ev/s (achieved {sent / produced_s:.0f}): "
+        f"{len(latencies)} triggers, caught up: {caught_up}"
+    )
+    return {
+        "rate_events_per_s": rate,
+        "achieved_events_per_s": sent / produced_s,
+        "events": sent,
+        "samples": len(latencies),
+        "p50": percentile(latencies, 0.50),
+        "p90": percentile(latencies, 0.90),
+        "p99": percentile(latencies, 0.99),
+        "max": max(latencies) if latencies else None,
+        "caught_up": caught_up,
+    }
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -695,138 +1092,177 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+# --- memory: worker RSS at N distinct seekers ------------------------------------------------------
+
+
+def seeker_events(
+    registry: TenantRegistry, n_seekers: int, per_request: int = 100
+) -> Iterator[list[RawEvent]]:
+    """Ranking outcomes of 1 item each for ``n_seekers`` distinct seekers (one history each), in
+    requests of ``per_request`` items built as the ingest builds them; yielded request by request."""
+    tenant = registry.tenant("bench0")
+    assert tenant is not None
+    domain = ranking_domains(0)[0]
+    now = datetime.now(UTC)
+    for start in range(0, n_seekers, per_request):
+        items = [
+            {"seeker_id": f"mem_s{i}", "candidate_id": f"c{i % CANDIDATES_PER_DOMAIN}", "outcome": "accepted"}
+            for i in range(start, min(n_seekers, start + per_request))
+        ]
+        model = RankingOutcomeRequest.model_validate({"domain": domain, "items": items})
+        yield envelopes(Request(0, "ranking_100", model, len(items)), tenant, now)
+
+
+async def memory_run(bench: Bench, n_seekers: int) -> dict[str, Any]:
+    """An expand-only worker takes ``n_seekers`` distinct seekers' first outcomes; its VmRSS once it
+    committed them all, beside its VmRSS when settled on empty topics."""
+    settings = bench.settings("mem")
+    names = topic_names(settings)
+    await ensure_topics(bench.bootstrap, settings)
+    log_dir = REPO_ROOT / ".local" / "bench-logs" / bench.tag / "mem"
+    svc = worker_service(bench.env(settings), free_port(), log_dir, name="expand", stages=("expand",)).start()
+    timeout_s = max(bench.args.phase_timeout, n_seekers / 500)  # bounded: at least 500 seekers/s
+    try:
+        assert svc.proc is not None
+        pid = svc.proc.pid
+        await wait_settled([svc], [("expand",)], settings.topic_partitions, bench.args.phase_timeout)
+        idle_rss = status_mib(pid, "VmRSS")
+        started = time.perf_counter()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bench.bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=20,
+            max_batch_size=512 * 1024,
+        )
+        await producer.start()
+        sent = 0
+        try:
+            pending: list[asyncio.Future[Any]] = []
+            for events in seeker_events(bench.registry, n_seekers):
+                for e in events:
+                    pending.append(
+                        await producer.send(
+                            names.raw, envelope.encode(e), key=kafka_key(e), headers=envelope.kafka_headers(e)
+                        )
+                    )
+                sent += len(events)
+                if len(pending) >= 10_000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+                    if sent % 100_000 < len(events):
+                        print(
+                            f"[bench] memory: {sent} seekers written ({time.perf_counter() - started:.0f} s)"
+                        )
+                    if time.perf_counter() - started > timeout_s:
+                        raise TimeoutError(f"producing {n_seekers} seekers took over {timeout_s:.0f} s")
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+        produced_s = time.perf_counter() - started
+        ends = await end_offsets(bench.bootstrap, names.raw)
+        left = timeout_s - (time.perf_counter() - started)
+        reached = await committed_reach(
+            bench.bootstrap, f"{settings.worker_id}-expand", ends, max(10.0, left)
+        )
+        if reached is None:
+            raise TimeoutError(f"the expand process did not commit {sent} events within {timeout_s:.0f} s")
+        await asyncio.sleep(2.0)  # the gauges and the allocator settle
+        rss = status_mib(pid, "VmRSS")
+        peak = status_mib(pid, "VmHWM")
+        metrics_text = await asyncio.to_thread(
+            lambda: (
+                urllib.request.urlopen(svc.health_url.replace("/ready", "/metrics"), timeout=5)
+                .read()
+                .decode()
+            )
+        )
+    finally:
+        svc.stop()
+    gauges = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics_text.splitlines()
+        if line.startswith(("feedstream_state_keys{", "feedstream_state_bytes{")) and 'stage="expand"' in line
+    }
+    total_s = reached - started
+    grown = None if rss is None or idle_rss is None else rss - idle_rss
+    print(
+        f"[bench] memory: {n_seekers} seekers: expand VmRSS {idle_rss} -> {rss} MiB "
+        f"(peak {peak}) in {total_s:.0f} s (producing {produced_s:.0f} s)"
+    )
+    return {
+        "seekers": n_seekers,
+        "events": sent,
+        "idle_rss_mib": idle_rss,
+        "rss_mib": rss,
+        "peak_rss_mib": peak,
+        "bytes_per_seeker": None if grown is None else grown * 2**20 / n_seekers,
+        "state_gauges": gauges,
+        "seconds": total_s,
+        "produce_s": produced_s,
+        "method": "expand-only worker; VmRSS after its group committed every event, minus VmRSS when "
+        "settled on empty topics; one ranking outcome per seeker",
+    }
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 
 async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, tag: str) -> dict[str, Any]:
-    prefix = f"{tag}."
-    log_dir = REPO_ROOT / ".local" / "bench-logs" / tag
     tmp = Path(tempfile.mkdtemp(prefix="feedstream-bench-"))
     tenants_file = tmp / "tenants.yaml"
-    base = dict(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix, worker_id=f"fs-{tag}")
+    print(f"[bench] broker {bootstrap} ({broker_kind}), topics {tag}.<run>., logs .local/bench-logs/{tag}")
 
-    print(f"[bench] broker {bootstrap} ({broker_kind}), prefix {prefix}, logs {log_dir}")
-    phase: dict[str, float] = {}
-
-    # 1. workload and thresholds
+    # the workload and the thresholds (so that about --triggers triggers fire on the data set)
     t = time.perf_counter()
     placeholder = parse_tenants(tenants_data({}))
     workload = Workload(seed=args.seed)
     data = build_dataset(workload, placeholder, args.events)
-    counted = predict_counts(data.events, Settings(**base, tenants_file=tenants_file))  # type: ignore[arg-type]
+    base = Settings(kafka_bootstrap_servers=bootstrap, tenants_file=tenants_file)
+    counted = predict_counts(data.events, base)
     thresholds = choose_thresholds(counted, args.triggers)
     shared_threshold = thresholds.pop(SHARED_POOL, 1000)
     tenants_file.write_text(yaml.safe_dump(tenants_data(thresholds)))
     registry = parse_tenants(yaml.safe_load(tenants_file.read_text()))
     thresholds[SHARED_POOL] = shared_threshold
-    expected_triggers = sum(counted[d] // thresholds[d] for d in counted if counted[d])
-    settings = Settings(**base, tenants_file=tenants_file, shared_pool_threshold=shared_threshold)  # type: ignore[arg-type]
-    names = topic_names(settings)
+    expected = sum(counted[d] // thresholds[d] for d in counted if counted[d])
     n = len(data.events)
-    phase["build_s"] = time.perf_counter() - t
+    bench = Bench(
+        args,
+        bootstrap,
+        tag,
+        tenants_file,
+        shared_threshold,
+        raw_records(data.events),
+        expected,
+        workload,
+        registry,
+        Profiler(args.profile),
+    )
     print(
         f"[bench] {n} events from {sum(data.requests.values())} requests ({data.items} items), "
         f"{sum(counted.values())} counting units over {len(counted)} domains, "
-        f"{expected_triggers} triggers expected ({phase['build_s']:.1f} s)"
+        f"{expected} triggers expected ({time.perf_counter() - t:.1f} s)"
     )
 
-    # 2. topics and pre-production
-    await ensure_topics(bootstrap, settings)
-    scratch = prefix + "bench.scratch"
-    await create_topic(bootstrap, scratch, settings.topic_partitions)
-    phase["produce_s"] = await produce_all(bootstrap, names.raw, data.events)
-    raw_ends = await end_offsets(bootstrap, names.raw)
-    assert sum(raw_ends.values()) == n, f"raw holds {sum(raw_ends.values())} records, wrote {n}"
-    print(f"[bench] pre-produced {n} envelopes in {phase['produce_s']:.1f} s")
-
-    # 3. baselines (before the worker, so they have the machine to themselves)
-    base_tx = await baseline(
-        bootstrap, names.raw, scratch, n, transactional=True, tag=tag, timeout_s=args.phase_timeout
-    )
-    base_plain = await baseline(
-        bootstrap, names.raw, scratch, n, transactional=False, tag=tag, timeout_s=args.phase_timeout
-    )
-    print(
-        f"[bench] baseline: transactional {base_tx['events_per_s']:.0f} ev/s, "
-        f"plain {base_plain['events_per_s']:.0f} ev/s"
-    )
-
-    # 4. the worker on the backlog
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        TOPIC_PREFIX=prefix,
-        WORKER_ID=settings.worker_id,
-        TENANTS_FILE=str(tenants_file),
-        SHARED_POOL_THRESHOLD=str(shared_threshold),
-    )
-    observer = Observer(bootstrap, names)
-    await observer.start()
-    worker = worker_service(env, free_port(), log_dir)
-    result: dict[str, Any] = {}
-    try:
-        t_spawn = time.perf_counter()
-        worker.start()
-        assert worker.proc is not None
-        sampler = RssSampler(worker.proc.pid)
-        if peak_rss_mib(worker.proc.pid)[0] is None:
-            sampler.start()
-        t_ready = await wait_ready(worker, args.phase_timeout)
-        expand_done = asyncio.create_task(
-            committed_reach(bootstrap, f"{settings.worker_id}-expand", raw_ends, args.phase_timeout)
-        )
-        done = await observer.wait_for(lambda: len(observer.result_events) >= n, args.phase_timeout)
-        t_done = time.perf_counter()
-        t_expand = await expand_done
-        if not done:
-            raise RuntimeError(
-                f"worker produced {len(observer.result_events)}/{n} results within {args.phase_timeout} s; "
-                f"see {worker.log_path}"
-            )
-        stream_s = t_done - t_ready
-        # let stragglers (there should be none) arrive, then check exactly-once and the trigger count
-        await asyncio.sleep(1.0)
-        backlog_triggers = len(observer.triggers)
-        events_per_s = n / stream_s
-        print(
-            f"[bench] worker ready in {t_ready - t_spawn:.1f} s; {n} events through both stages in "
-            f"{stream_s:.2f} s ({events_per_s:.0f} ev/s); {backlog_triggers} triggers"
-        )
-
-        # 5. paced phase for trigger latency
-        rate = args.paced_rate or max(20.0, min(400.0, 0.4 * events_per_s))
-        before_results = len(observer.result_events)
-        sent, wall_start, _wall_end = await paced(
-            bootstrap, names.raw, workload, registry, rate=rate, seconds=args.paced_seconds
-        )
-        caught_up = await observer.wait_for(
-            lambda: len(observer.result_events) >= before_results + sent, args.phase_timeout
-        )
-        await asyncio.sleep(1.0)
-        latencies = [
-            (seen - datetime.fromisoformat(trig["emitted_at"]).timestamp()) * 1000
-            for seen, trig in observer.triggers[backlog_triggers:]
-            if datetime.fromisoformat(trig["emitted_at"]).timestamp() >= wall_start - 1
-        ]
-        print(
-            f"[bench] paced {sent} events at {rate:.0f} ev/s: {len(latencies)} triggers, "
-            f"caught up: {caught_up}"
-        )
-
-        peak, how = peak_rss_mib(worker.proc.pid)
-        if peak is None:
-            peak, how = await sampler.stop(), "psutil-sampled"
+    runs: dict[str, dict[str, Any]] = {}
+    for key in args.runs:
+        run = RUNS[key]
+        if not run.layout:
+            runs[key] = await loop_run(bench, run)
         else:
-            await sampler.stop()
-    finally:
-        worker.stop()
-        await observer.stop()
+            paced_at = [args.paced_rate, 0.0] if key == "stage1" else None
+            runs[key] = await pipeline_run(bench, run, paced_at)
+    memory = await memory_run(bench, args.seekers) if args.seekers else None
 
-    expand_tx = await count_markers(bootstrap, names.expand_state)
-    count_tx = await count_markers(bootstrap, names.count_state)
-    trigger_ids = [t["trigger_id"] for _, t in observer.triggers]
-    result = {
+    tx = runs.get("tx")
+    for r in runs.values():
+        if tx is not None:
+            r["vs_tx_events_per_s"] = r["events_per_s"] / tx["events_per_s"]
+            r["vs_tx_cpu_per_event"] = r["cpu_s_per_1k_events"] / tx["cpu_s_per_1k_events"]
+    return {
         **run_header("scripts.bench", bootstrap, broker_kind),
+        "clock": CLOCK,
         "config": {
             "events": n,
             "requests": dict(data.requests),
@@ -836,130 +1272,199 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
             "domains": 5 * N_TENANTS,
             "tasks": N_TENANTS,
             "thresholds": thresholds,
-            "topic_partitions": settings.topic_partitions,
-            "stage_batch": settings.stage_batch,
-            "seed": args.seed,
-        },
-        "pipeline": {
-            "ready_s": t_ready - t_spawn,
-            "stream_s": stream_s,
-            "expand_done_s": None if t_expand is None else t_expand - t_ready,
-            "events_per_s": events_per_s,
-            "items_per_s": data.items / stream_s,
             "counting_units": sum(counted.values()),
-            "triggers_expected": expected_triggers,
-            "triggers_seen": backlog_triggers,
-            "results_seen": observer.results_total,
-            "duplicate_triggers": len(trigger_ids) - len(set(trigger_ids)),
-            "transactions": {
-                "expand_at_least": expand_tx,
-                "count": count_tx,
-                "method": "commit markers on the stages' changelog topics",
-            },
+            "topic_partitions": base.topic_partitions,
+            "stage_batch": base.stage_batch,
+            "seed": args.seed,
+            "runs": args.runs,
         },
-        "baseline": {"transactional": base_tx, "plain": base_plain},
-        "ratio": {
-            "pipeline_vs_transactional_baseline": events_per_s / base_tx["events_per_s"],
-            "pipeline_vs_plain_baseline": events_per_s / base_plain["events_per_s"],
-        },
-        "trigger_latency_ms": {
-            "method": "paced phase: wall time a read_committed consumer sees the trigger minus its "
-            "emitted_at (= received_at of the crossing event, stamped just before it was produced)",
-            "rate_events_per_s": rate,
-            "events": sent,
-            "samples": len(latencies),
-            "p50": percentile(latencies, 0.50),
-            "p90": percentile(latencies, 0.90),
-            "p99": percentile(latencies, 0.99),
-            "max": max(latencies) if latencies else None,
-            "caught_up": caught_up,
-        },
-        "worker_peak_rss_mib": peak,
-        "worker_peak_rss_method": how,
-        "phases_s": phase,
+        "runs": runs,
+        "memory": memory,
     }
-    return result
+
+
+CLOCK = (
+    "every run on fresh topics and groups with the same data set: start the processor processes, wait "
+    "until they are ready and own every partition (idle on empty input), write the data set in one "
+    "open Kafka transaction (invisible to their read_committed consumers), t0, commit it, t1 when a "
+    "read_committed reader has seen the last output (pipeline: a result on feedback.results for every "
+    "raw event; loops: every record on their output topic). CPU: utime+stime of the processor "
+    "processes over t0..t1 (/proc/<pid>/stat); the loops run in a child process of their own."
+)
+STORE_NOTE = (
+    "the store stage (raw events into SQL) is not part of the stream measured here: "
+    "python -m scripts.store_bench measures it"
+)
 
 
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def table(r: dict[str, Any]) -> str:
-    p, b, lat = r["pipeline"], r["baseline"], r["trigger_latency_ms"]
-    rows = [
-        (
-            "run",
-            "items/s",
-            "events/s",
-            "ratio vs tx",
-            "trig p50 ms",
-            "trig p99 ms",
-            "peak RSS MiB",
-            "batches",
-        ),
-        (
-            "pipeline (expand+count, EOS)",
-            fmt(p["items_per_s"], ".0f"),
-            fmt(p["events_per_s"], ".0f"),
-            fmt(r["ratio"]["pipeline_vs_transactional_baseline"], ".2f"),
-            fmt(lat["p50"], ".0f"),
-            fmt(lat["p99"], ".0f"),
-            fmt(r["worker_peak_rss_mib"], ".0f"),
-            f"{p['transactions']['expand_at_least']}+{p['transactions']['count']}",
-        ),
-    ]
-    items_per_event = r["config"]["items"] / r["config"]["events"]
-    for label, key in (("baseline, transactional", "transactional"), ("baseline, plain", "plain")):
-        rows.append(
-            (
-                label,
-                fmt(b[key]["events_per_s"] * items_per_event, ".0f"),
-                fmt(b[key]["events_per_s"], ".0f"),
-                fmt(b[key]["events_per_s"] / b["transactional"]["events_per_s"], ".2f"),
-                "",
-                "",
-                "",
-                str(b[key]["batches"]),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+def render(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
         )
-        for row in rows
+        for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    notes = [
-        "batches: transactions (expand+count) from commit markers on the changelogs; baseline: per partition",
-        "ratio vs tx = events/s / events/s of the transactional baseline (same raw data, same run); "
-        f"pipeline / plain baseline = {r['ratio']['pipeline_vs_plain_baseline']:.2f}; "
-        f"{r['config']['events']} events, {r['config']['items']} items, nproc {r['nproc']}",
-        f"worker ready in {p['ready_s']:.1f} s (excluded); stream {p['stream_s']:.2f} s; triggers "
-        f"{p['triggers_seen']} (expected {p['triggers_expected']}); trigger latency over "
-        f"{lat['samples']} triggers at {lat['rate_events_per_s']:.0f} ev/s paced",
+    return lines
+
+
+def transactions_cell(run: dict[str, Any]) -> str:
+    """A loop's transactions (batches), a pipeline's expand+count (commit markers on the changelogs)."""
+    if "transactions" in run:
+        return f"{run['transactions']['expand_at_least']}+{run['transactions']['count']}"
+    return str(run.get("batches", "-"))
+
+
+def rss_cell(peaks: dict[str, float | None]) -> str:
+    return ", ".join(f"{name} {fmt(mib, '.0f')}" for name, mib in peaks.items())
+
+
+def table(r: dict[str, Any]) -> str:
+    rows: list[tuple[str, ...]] = [
+        (
+            "run",
+            "procs",
+            "events/s",
+            "vs tx loop",
+            "CPU s/1k ev",
+            "CPU vs tx loop",
+            "ev/CPU-s",
+            "transactions",
+            "peak RSS MiB",
+        )
     ]
-    return "\n".join([*lines, "", *notes])
+    for run in r["runs"].values():
+        rows.append(
+            (
+                run["label"] + (" (under py-spy)" if run.get("profiled") else ""),
+                str(run["processes"]),
+                fmt(run["events_per_s"], ".0f"),
+                fmt(run.get("vs_tx_events_per_s"), ".2f"),
+                fmt(run["cpu_s_per_1k_events"], ".3f"),
+                fmt(run.get("vs_tx_cpu_per_event"), ".2f"),
+                fmt(run["events_per_cpu_s"], ".0f"),
+                transactions_cell(run),
+                rss_cell(run["peak_rss_mib"]),
+            )
+        )
+    out = render(rows)
+    stage1 = r["runs"].get("stage1", {})
+    if stage1.get("trigger_latency_ms"):
+        lat_rows: list[tuple[str, ...]] = [
+            (
+                "trigger latency, 1 process per stage",
+                "ev/s",
+                "achieved",
+                "samples",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "caught up",
+            )
+        ]
+        for lat, what in zip(stage1["trigger_latency_ms"], ("paced", "paced at 80 % of max"), strict=False):
+            lat_rows.append(
+                (
+                    what,
+                    fmt(lat["rate_events_per_s"], ".0f"),
+                    fmt(lat["achieved_events_per_s"], ".0f"),
+                    str(lat["samples"]),
+                    fmt(lat["p50"], ".0f"),
+                    fmt(lat["p90"], ".0f"),
+                    fmt(lat["p99"], ".0f"),
+                    str(lat["caught_up"]),
+                )
+            )
+        out += ["", *render(lat_rows)]
+    if r.get("memory"):
+        m = r["memory"]
+        out += [
+            "",
+            f"memory: expand process at {m['seekers']:,} distinct seekers: "
+            f"VmRSS {fmt(m['rss_mib'], '.0f')} MiB "
+            f"(settled idle {fmt(m['idle_rss_mib'], '.0f')} MiB, peak {fmt(m['peak_rss_mib'], '.0f')} MiB), "
+            f"{fmt(m['bytes_per_seeker'], '.0f')} bytes per seeker; took {m['seconds']:.0f} s",
+        ]
+    busy = [
+        f"{run['label']}: {run['machine_busy_cores']:.2f} cores busy, "
+        f"{run['other_busy_cores']:.2f} of them not the processors"
+        for run in r["runs"].values()
+    ]
+    checks = [
+        f"{run['label']}: triggers {run['triggers_seen']}/{run['triggers_expected']}, "
+        f"duplicates {run['duplicate_triggers']}, results {run['results_seen']}"
+        for run in r["runs"].values()
+        if "triggers_seen" in run
+    ]
+    c = r["config"]
+    notes = [
+        f"clock: {r['clock']}",
+        f"data: {c['events']} raw events ({c['items']} items, {c['counting_units']} counting units), "
+        f"{c['topic_partitions']} partitions, STAGE_BATCH {c['stage_batch']}, nproc {r['nproc']}",
+        "vs tx loop: events/s / the transactional loop's; CPU vs tx loop: CPU per event / the loop's; "
+        "transactions: the loops' batches, the pipeline's expand+count commit markers on the changelogs",
+        STORE_NOTE,
+        "machine during each timed phase (/proc/stat; the broker and this process included):",
+        *[f"  {line}" for line in busy],
+        *checks,
+    ]
+    return "\n".join([*out, "", *notes])
+
+
+def verdict(r: dict[str, Any]) -> list[str]:
+    """The checks that make a run worth reading; empty when all hold."""
+    failed = []
+    for run in r["runs"].values():
+        if "triggers_seen" in run:
+            if run["triggers_seen"] != run["triggers_expected"]:
+                failed.append(
+                    f"{run['label']}: triggers {run['triggers_seen']} != {run['triggers_expected']}"
+                )
+            if run["duplicate_triggers"]:
+                failed.append(f"{run['label']}: {run['duplicate_triggers']} duplicate triggers")
+            for lat in run.get("trigger_latency_ms", []):
+                if not lat["caught_up"]:
+                    failed.append(
+                        f"{run['label']}: paced phase at {lat['rate_events_per_s']:.0f} ev/s not caught up"
+                    )
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000, help="raw events of the throughput phase")
-    parser.add_argument("--triggers", type=int, default=300, help="about how many triggers the backlog fires")
-    parser.add_argument("--paced-rate", type=float, default=0.0, help="events/s (default: 40%% of measured)")
-    parser.add_argument("--paced-seconds", type=float, default=20.0)
-    parser.add_argument("--phase-timeout", type=float, default=150.0, help="bound on each phase, seconds")
-    add_run_arguments(parser, "bench", seed=7)
-    result = run_and_report("bench", measure, parser.parse_args(argv), table)
-    ok = (
-        result["pipeline"]["triggers_seen"] == result["pipeline"]["triggers_expected"]
-        and result["pipeline"]["duplicate_triggers"] == 0
-        and result["trigger_latency_ms"]["caught_up"]
+    parser.add_argument(
+        "--triggers", type=int, default=300, help="about how many triggers the data set fires"
     )
-    if not ok:
-        print("WARNING: trigger count or catch-up check failed (see JSON)", file=sys.stderr)
-    return 0 if ok else 1
+    parser.add_argument(
+        "--runs",
+        type=lambda s: [k for k in s.split(",") if k],
+        default=list(RUNS),
+        help=f"which rows, comma-separated, of {','.join(RUNS)} (default all)",
+    )
+    parser.add_argument("--paced-rate", type=float, default=400.0, help="events/s of the first paced phase")
+    parser.add_argument("--paced-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--seekers", type=int, default=0, help="also measure expand's RSS at N distinct seekers"
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy each worker into DIR (throughput)")
+    parser.add_argument("--profile-top", type=int, default=25, help="lines of each profile summary")
+    parser.add_argument("--phase-timeout", type=float, default=180.0, help="bound on each phase, seconds")
+    add_run_arguments(parser, "bench", seed=7)
+    args = parser.parse_args(argv)
+    unknown = [k for k in args.runs if k not in RUNS]
+    if unknown:
+        parser.error(f"unknown runs {unknown}; choose from {','.join(RUNS)}")
+    result = run_and_report("bench", measure, args, table)
+    failed = verdict(result)
+    for line in failed:
+        print(f"WARNING: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 transactions; the store stage, exactly once into the SQL feedback store), ``/ready`` and ``/metrics``.
 
 Run with ``python -m pipeline.stream.worker worker`` (faust's CLI; ``... ensure-topics`` is an operator
-command). The stages run on :mod:`pipeline.stream.runtime` rather than faust agents under faust's
-``exactly_once`` (its module docstring says why); faust gives the process its CLI, lifecycle
+command). ``WORKER_STAGES`` (default ``expand,count,store``) picks the stages this process runs, so
+each stage can be its own process (one core each) and scale out: processes running the same stage
+share its partitions through the stage's consumer group. The stages run on
+:mod:`pipeline.stream.runtime` rather than faust agents under faust's ``exactly_once`` (its module
+docstring says why); faust gives the process its CLI, lifecycle
 (``@app.service``), web server and views (``@app.page``), and starts none of its own Kafka clients.
 """
 
@@ -115,8 +118,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
 
     @app.service
     class Stages(mode.Service):
-        """The three stages, started and stopped with the app. Topics are ensured first (the stages'
-        producers need their partitions); the store stage's database is closed after it stops."""
+        """The stages of ``WORKER_STAGES`` (all three by default), started and stopped with the app.
+        Topics are ensured first (the stages' producers need their partitions); the store stage's
+        database is opened only if it runs here, and closed after it stops."""
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
@@ -126,12 +130,15 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
 
         async def on_start(self) -> None:
             await topics.ensure_topics(bootstrap, settings)
-            self.db = await open_database(settings)
-            log.info("feedback store: %s", describe(settings))
-            self.runners = [
-                *build_runners(settings, bootstrap),
-                build_store_runner(settings, bootstrap, self.db),
-            ]
+            stages = settings.worker_stages
+            log.info("worker stages: %s", ",".join(stages))
+            if "expand" in stages or "count" in stages:
+                expand, count = build_runners(settings, bootstrap)
+                self.runners += [r for r in (expand, count) if r.stage.name in stages]
+            if "store" in stages:
+                self.db = await open_database(settings)
+                log.info("feedback store: %s", describe(settings))
+                self.runners.append(build_store_runner(settings, bootstrap, self.db))
             for runner in self.runners:
                 await runner.start()
 
@@ -143,8 +150,10 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 await self.db.close()
 
         def readiness(self) -> tuple[bool, dict[str, list[int]]]:
-            """Ready once every stage owns its share of partitions (their state restored)."""
-            ready = len(self.runners) == 3 and all(r.ready.is_set() for r in self.runners)
+            """Ready once every stage this process runs owns its share of partitions (their state
+            restored); the answer names those stages only."""
+            started = len(self.runners) == len(settings.worker_stages)
+            ready = started and all(r.ready.is_set() for r in self.runners)
             owned = {
                 r.stage.name if isinstance(r, StageRunner) else r.name: r.partitions for r in self.runners
             }

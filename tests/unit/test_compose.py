@@ -10,15 +10,15 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from pipeline.settings import REPO_ROOT, Settings
+from pipeline.settings import ALL_STAGES, REPO_ROOT, Settings
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 PROMETHEUS = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus.yml").read_text(encoding="utf-8"))
 DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
 
-APP_SERVICES = ("ingest", "worker-1", "worker-2")
-WORKERS = ("worker-1", "worker-2")
+WORKERS = ("worker-expand", "worker-count", "worker-store")
+APP_SERVICES = ("ingest", *WORKERS)
 FIELDS = {name.upper() for name in Settings.model_fields}
 
 
@@ -80,7 +80,7 @@ def listeners(value: str) -> dict[str, tuple[str, int]]:
 
 
 def test_the_services_exist() -> None:
-    assert {"kafka", "ingest", "worker-1", "worker-2", "prometheus"} <= set(SERVICES)
+    assert {"kafka", "ingest", *WORKERS, "prometheus"} <= set(SERVICES)
 
 
 def test_the_app_services_build_this_repo_and_wait_for_a_healthy_broker() -> None:
@@ -104,6 +104,11 @@ def test_app_environment_is_settings(service: str) -> None:
     unknown = set(env(service)) - FIELDS
     assert not unknown, f"{service}: {sorted(unknown)} are not fields of pipeline.settings.Settings"
     settings_of(service)  # and every value parses
+
+
+def test_every_stage_runs_in_a_worker_process_of_its_own() -> None:
+    stages = [settings_of(s).worker_stages for s in WORKERS]
+    assert sorted(stages) == sorted((stage,) for stage in ALL_STAGES)
 
 
 def test_the_workers_are_one_consumer_group_and_the_ingests_unique_transactional_ids() -> None:
@@ -138,7 +143,7 @@ def test_published_ports_reach_the_port_the_service_listens_on(service: str) -> 
 
 def test_host_ports_are_the_settings_defaults() -> None:
     assert published("ingest") == [(DEFAULTS.ingest_port, int(env("ingest")["INGEST_PORT"]))]
-    assert published("worker-1") == [(DEFAULTS.worker_port, int(env("worker-1")["WORKER_PORT"]))]
+    assert published("worker-expand") == [(DEFAULTS.worker_port, int(env("worker-expand")["WORKER_PORT"]))]
     hosts = [h for s in SERVICES for h, _ in published(s)]
     assert len(hosts) == len(set(hosts)), "two services publish the same host port"
 
