@@ -12,11 +12,15 @@ Starts, on the broker of ``pipeline.kafka.broker.find_broker`` with its own ``TO
   body, parses it as JSON and answers 200 JSON, on the same stack (aiohttp, ``AppRunner``,
   ``TCPSite``, no access log) in its own process.
 
-Each case (seed 000 with 1 and with 100 items, seed 002 arrays of 1 and of 100 items) is driven
-against the ingest and then the baseline with an aiohttp client at a fixed concurrency, bounded
-in time (``--duration``) and count (``--max-requests``), after a short warm-up. Between ingest
-runs the worker is given time to drain what the last case wrote (bounded). Reported per case:
-requests/s, items/s, latency p50/p99, status counts, and requests/s relative to the baseline.
+Each case (seed 000 with 1 and with 100 items; seeds 001, 002, 003 and 004 with 1 item; a seed
+002 array of 100 items) is driven against the ingest and then the baseline with an aiohttp client
+at a fixed concurrency, bounded in time (``--duration``) and count (``--max-requests``), after a
+short warm-up. Between ingest runs the worker is given time to drain what the last case wrote
+(bounded). Reported per case: requests/s, items/s, latency p50/p99, status counts, and requests/s
+relative to the baseline. One clock for every run: the load generator's ``time.perf_counter``,
+from the first measured request sent to the last answer read (latency: request sent to answer
+read, same clock). ``--cases`` runs a subset; ``--profile`` records a py-spy profile of the ingest
+during each ingest run (``<logs>/profile-<case>.txt``, py-spy's raw format).
 
 The load generator shares the machine's cores with the ingest, the worker and the broker, so the
 absolute numbers are lower bounds; the ratio against the baseline (driven identically in the same
@@ -30,10 +34,14 @@ import asyncio
 import contextlib
 import math
 import random
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +58,12 @@ from pipeline.procs import Service, child_env, free_port, ingest_service, worker
 from pipeline.settings import REPO_ROOT, Settings
 from scripts.bench import (
     N_TENANTS,
+    SCORE_SOURCES,
+    SEARCH_TYPES,
     Workload,
     percentile,
     ranking_domains,
+    task_id,
     tenant_key,
     tenants_data,
 )
@@ -82,6 +93,7 @@ async def _baseline_health(request: web.Request) -> web.Response:
 async def serve_baseline(port: int) -> None:
     app = web.Application(client_max_size=1_048_577)
     app.router.add_post("/v1/feedback", _baseline_feedback)
+    app.router.add_post("/api/v1/feedback", _baseline_feedback)
     app.router.add_get("/healthz", _baseline_health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -106,12 +118,17 @@ def baseline_service(env: dict[str, str], port: int, log_dir: Path) -> Service:
 # --- request bodies --------------------------------------------------------------------------------
 
 
+FEEDBACK_PATH = "/v1/feedback"
+SCORED_PATH = "/api/v1/feedback"
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
     items: int
     bodies: list[bytes]
     through_stream: bool  # the answer waits for the worker (seed 000)
+    path: str = FEEDBACK_PATH
 
 
 def ranking_body(workload: Workload, n_items: int) -> bytes:
@@ -119,11 +136,60 @@ def ranking_body(workload: Workload, n_items: int) -> bytes:
     return orjson.dumps(req.model.model_dump(mode="json", exclude_defaults=True))
 
 
-def build_cases(workload: Workload, pool: int) -> list[Case]:
+def correction_body(rng: random.Random) -> bytes:
+    """Seed 001, as the bench's workload writes it."""
+    return orjson.dumps(
+        {
+            "case_id": f"case-{rng.randrange(1000)}",
+            "module": rng.choice(["intent_classifier", "extract.quote", "router"]),
+            "original_output": {"intent": "billing", "confidence": round(rng.random(), 3)},
+            "corrected_output": {"intent": "refund"},
+            "actor": {"type": "agent", "id": f"agent-{rng.randrange(50)}"},
+        }
+    )
+
+
+def scored_body(rng: random.Random) -> bytes:
+    """Seed 003 for the load tenant's task."""
+    return orjson.dumps(
+        {
+            "task_id": task_id(0),
+            "inputs": {"ticket_text": f"Login fails on browser {rng.randrange(100)}", "priority": "high"},
+            "output": "Authentication issue. Check OAuth token handling.",
+            "score": round(rng.random(), 3),
+            "source": rng.choice(SCORE_SOURCES),
+            "metadata": {"model": "gpt-4o", "latency_ms": rng.randrange(100, 900)},
+        }
+    )
+
+
+def search_body(rng: random.Random) -> bytes:
+    """Seed 004: one event of a search (its session from the body)."""
+    search = uuid.UUID(int=rng.getrandbits(128), version=4)
+    doc_n = rng.randrange(8)
+    return orjson.dumps(
+        {
+            "event_type": rng.choice(SEARCH_TYPES),
+            "search_id": str(search),
+            "session_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "doc_id": str(uuid.uuid5(search, f"doc{doc_n}")),
+            "passage_id": str(uuid.uuid5(search, f"passage{doc_n}")),
+            "rank": doc_n + 1,
+            "query": f"query {rng.randrange(50)}",
+            "agent_context": {"agent": "support-bot", "step": rng.randrange(1, 6)},
+        }
+    )
+
+
+def build_cases(workload: Workload, pool: int, seed: int) -> list[Case]:
+    rng = random.Random(seed)
     return [
         Case("seed000 x1", 1, [ranking_body(workload, 1) for _ in range(pool)], True),
         Case("seed000 x100", 100, [ranking_body(workload, 100) for _ in range(pool // 4)], True),
+        Case("seed001 x1", 1, [correction_body(rng) for _ in range(pool)], False),
         Case("seed002 x1", 1, [orjson.dumps(workload.inference_items(1)) for _ in range(pool)], False),
+        Case("seed003 x1", 1, [scored_body(rng) for _ in range(pool)], False, SCORED_PATH),
+        Case("seed004 x1", 1, [search_body(rng) for _ in range(pool)], False),
         Case(
             "seed002 x100",
             100,
@@ -133,11 +199,50 @@ def build_cases(workload: Workload, pool: int) -> list[Case]:
     ]
 
 
+CASE_NAMES = (
+    "seed000 x1",
+    "seed000 x100",
+    "seed001 x1",
+    "seed002 x1",
+    "seed003 x1",
+    "seed004 x1",
+    "seed002 x100",
+)
+
+
 # --- the driver ------------------------------------------------------------------------------------
 
 
+def profile(pid: int, duration_s: float, out: Path) -> Callable[[], None]:
+    """Start py-spy on ``pid`` for ``duration_s`` when called (once the measured part begins)."""
+
+    def start() -> None:
+        spy = REPO_ROOT.parent / "main" / ".venv" / "bin" / "py-spy"
+        exe = shutil.which("py-spy") or (str(spy) if spy.exists() else None)
+        if exe is None:
+            print("[load] --profile: py-spy not found")
+            return
+        argv = [exe, "record", "-p", str(pid), "-d", f"{max(1, int(duration_s))}", "-r", "200"]
+        subprocess.Popen(
+            [*argv, "-f", "raw", "-o", str(out), "--nonblocking"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        print(f"[load] profiling the ingest into {out}")
+
+    return start
+
+
 async def drive(
-    url: str, case: Case, *, key: str, concurrency: int, duration_s: float, max_requests: int, warmup: int
+    url: str,
+    case: Case,
+    *,
+    key: str,
+    concurrency: int,
+    duration_s: float,
+    max_requests: int,
+    warmup: int,
+    on_measure: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """POST the case's bodies from ``concurrency`` workers until the time or count bound."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -162,6 +267,8 @@ async def drive(
         for _ in range(math.ceil(warmup / concurrency)):
             await asyncio.gather(*(one() for _ in range(concurrency)))
 
+        if on_measure is not None:
+            on_measure()
         issued = 0
         deadline = time.perf_counter() + duration_s
 
@@ -238,7 +345,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
     print(f"[load] broker {bootstrap} ({broker_kind}), prefix {prefix}, logs {log_dir}")
 
     env = stack_env(settings, f"ingest-{tag}")
-    cases = build_cases(Workload(seed=args.seed), pool=400)
+    cases = [c for c in build_cases(Workload(seed=args.seed), 400, args.seed) if c.name in args.cases]
     ingest_port, baseline_port = free_port(), free_port()
     worker = worker_service(env, free_port(), log_dir)
     ingest = ingest_service(env, ingest_port, log_dir)
@@ -255,14 +362,18 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
             for target, port in (("ingest", ingest_port), ("baseline", baseline_port)):
                 # the worker drains what earlier runs wrote first, so it does not compete with this one
                 row[f"drain_before_{target}_s"] = await wait_drained(bootstrap, settings, args.drain_timeout)
+                spy = None
+                if args.profile and target == "ingest" and ingest.proc is not None:
+                    spy = profile(ingest.proc.pid, args.duration, log_dir / f"profile-{case.name}.txt")
                 row[target] = await drive(
-                    f"http://127.0.0.1:{port}/v1/feedback",
+                    f"http://127.0.0.1:{port}{case.path}",
                     case,
                     key=tenant_key(0),
                     concurrency=args.concurrency,
                     duration_s=args.duration,
                     max_requests=args.max_requests,
                     warmup=args.warmup,
+                    on_measure=spy,
                 )
             row["ratio_rps"] = row["ingest"]["requests_per_s"] / row["baseline"]["requests_per_s"]
             results.append(row)
@@ -323,6 +434,8 @@ def table(r: dict[str, Any]) -> str:
         f"{cfg['max_requests']} requests), nproc {r['nproc']}; the load generator shares the cores",
         "seed 000 answers wait for the worker's count result (202 after result_wait_s); "
         "vs baseline = ingest req/s / baseline req/s",
+        "one clock for every run: the load generator's time.perf_counter, first measured request sent "
+        "to last answer read (latency: request sent to answer read)",
     ]
     return "\n".join(lines)
 
@@ -335,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=64, help="requests before measuring")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="bound on waiting for the worker")
     add_run_arguments(parser, "load", seed=11)
+    parser.add_argument(
+        "--cases", type=lambda v: v.split(","), default=list(CASE_NAMES), help="comma-separated subset"
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the ingest during each ingest run")
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_baseline:

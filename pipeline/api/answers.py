@@ -31,6 +31,7 @@ __all__ = [
     "Answering",
     "correction",
     "inference_feedback",
+    "item_answers",
     "item_results",
     "ranking_outcome",
     "scored_entry",
@@ -79,24 +80,39 @@ def correction(a: Answering) -> Answer:
     return Answer(200, answer.model_dump(mode="json"))
 
 
-def item_results(intake: Intake) -> list[InferenceFeedbackResult]:
-    """Seed 002's per-item answers: the feedback ids of each written event, or why an item failed."""
+def item_answers(intake: Intake) -> list[dict[str, Any]]:
+    """Seed 002's per-item answers as JSON-ready dicts, exactly ``InferenceFeedbackResult``'s
+    ``model_dump(mode="json")`` (a unit test holds them equal) without a model per item: the
+    feedback ids of each written event, or why an item failed."""
     failed = {r.index: r for r in intake.rejected}
-    written = iter(intake.events)
-    results: list[InferenceFeedbackResult] = []
+    flat_keys = intake.flat_keys if len(intake.flat_keys) == len(intake.events) else None
+    results: list[dict[str, Any]] = []
+    written = 0
     for index in range(intake.items if intake.items is not None else len(intake.events) + len(failed)):
         rejection = failed.get(index)
         if rejection is not None:
-            results.append(InferenceFeedbackResult.failed(400, rejection.message))
+            error = {"status_code": 400, "message": rejection.message}
+            results.append({"feedback_ids": None, "error": error})
             continue
-        event = cast(InferenceFeedbackEnvelope, next(written))
-        keys = [entry.key for entry in flatten_feedback(event.payload.feedback)]
-        results.append(InferenceFeedbackResult.ok({k: feedback_id(event.event_id, k) for k in keys}))
+        event = cast(InferenceFeedbackEnvelope, intake.events[written])
+        keys = (
+            flat_keys[written]
+            if flat_keys is not None
+            else [entry.key for entry in flatten_feedback(event.payload.feedback)]
+        )
+        written += 1
+        event_id = event.event_id
+        results.append({"feedback_ids": {k: feedback_id(event_id, k) for k in keys}, "error": None})
     return results
 
 
+def item_results(intake: Intake) -> list[InferenceFeedbackResult]:
+    """Seed 002's per-item answers as models (the publisher's ``PublishResult``)."""
+    return [InferenceFeedbackResult.model_validate(answer) for answer in item_answers(intake)]
+
+
 def inference_feedback(a: Answering) -> Answer:
-    return Answer(200, [r.model_dump(mode="json") for r in item_results(a.intake)])
+    return Answer(200, item_answers(a.intake))
 
 
 def scored_entry(event: ScoredOutputEnvelope) -> ScoredOutputResponse:

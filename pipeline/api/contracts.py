@@ -207,6 +207,11 @@ class CorrectionError(BaseModel):
 # --- seed 002: inference feedback ----------------------------------------------------------------
 
 
+#: The feedback dict the validator flattened last and its entries (one slot: the intake asks for
+#: them right after validating the item; identity, not equality, so it is never another dict's).
+_LAST_FLATTENED: list[tuple[dict[str, Any], list[FlatEntry]] | None] = [None]
+
+
 class InferenceFeedbackEvent(_Request):
     """One item of the seed 002 array; ``feedback`` must flatten (checked here, per item)."""
 
@@ -238,13 +243,18 @@ class InferenceFeedbackEvent(_Request):
         (every key becomes a signal and a feedback id).
         """
         try:
-            flatten_feedback(value, max_keys=MAX_KEYS_PER_ITEM, max_key_chars=MAX_ID_CHARS)
+            entries = flatten_feedback(value, max_keys=MAX_KEYS_PER_ITEM, max_key_chars=MAX_ID_CHARS)
         except FlattenError as err:
             raise ValueError(str(err)) from None
+        _LAST_FLATTENED[0] = (value, entries)
         return value
 
     def entries(self) -> list[FlatEntry]:
-        """The flattened feedback (cannot fail: validation already flattened it once)."""
+        """The flattened feedback (cannot fail: validation already flattened it once). Right after
+        validation (the intake's next step) the validator's own result is reused, not redone."""
+        last = _LAST_FLATTENED[0]
+        if last is not None and last[0] is self.feedback:
+            return list(last[1])
         return flatten_feedback(self.feedback)
 
     def feedback_ids(self) -> dict[str, str]:

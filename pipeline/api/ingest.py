@@ -1,8 +1,9 @@
 """The HTTP ingest: validate feedback of the five contracts and write it, durable, to ``feedback.raw``.
 
 Thin by design: no training logic and no state beyond the tenants file, rate buckets and
-idempotency answers. A request is answered only after Kafka acknowledged its events (one
-transaction per group of requests, so a failure leaves nothing half-written).
+idempotency answers. A request is answered only after Kafka acknowledged its events (one record:
+an idempotent acks=all send; several: one transaction per group of requests, so a failure leaves
+nothing half-written; :class:`pipeline.kafka.io.AckedWriter`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, RateLimit
 from pipeline.api.intake import erasure_record
 from pipeline.api.stream_view import StreamView
 from pipeline.ids import canonical_uuid, new_request_id
-from pipeline.kafka.io import OutRecord, PublishError, TransactionalWriter
+from pipeline.kafka.io import AckedWriter, OutRecord, PublishError, Writer
 from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.limits import MAX_DOMAIN_CHARS, MAX_ID_CHARS
 from pipeline.rules.counters import DomainCounter
@@ -190,7 +191,7 @@ class Ingest:
         self,
         settings: Settings,
         tenants: TenantRegistry,
-        writer: TransactionalWriter,
+        writer: Writer,
         view: StreamView,
         store: Database | None = None,
     ) -> None:
@@ -723,13 +724,13 @@ def list_query(request: web.Request) -> tuple[str | None, int, int]:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until cancelled: topics, the transactional writer, then HTTP."""
+    """Run until cancelled: topics, the writer, then HTTP."""
     bootstrap = settings.kafka_bootstrap_servers
     if not bootstrap:
         raise SystemExit("KAFKA_BOOTSTRAP_SERVERS is not set (make run and the tests set it for you)")
     tenants = load_tenants(settings.tenants_file)
     await ensure_topics(bootstrap, settings)
-    writer = TransactionalWriter(
+    writer = AckedWriter(
         bootstrap,
         transactional_id=settings.ingest_instance,
         timeout_s=settings.produce_timeout_s,

@@ -30,7 +30,6 @@ from pipeline.api.wording import describe_validation_error
 from pipeline.ids import canonical_uuid, new_event_id
 from pipeline.kafka.io import OutRecord
 from pipeline.limits import MAX_DEPTH, MAX_ID_CHARS, MAX_KEYS_PER_REQUEST, DepthExceeded, deepest_path
-from pipeline.rules.flatten import flatten_feedback
 from pipeline.tenants import BUILTIN_LABELS, FeedbackMode, Tenant
 from pipeline.wire.envelope import (
     Contract,
@@ -139,6 +138,9 @@ class Intake:
     rejected: list[ItemRejection] = field(default_factory=list)
     items: int | None = None
     accepted_items: int | None = None
+    #: seed 002: the flattened feedback keys of each event (in ``events``' order), so the answer
+    #: does not flatten the feedback again
+    flat_keys: list[list[str]] = field(default_factory=list)
 
     def accepted_count(self) -> int:
         return len(self.events) if self.accepted_items is None else self.accepted_items
@@ -151,10 +153,42 @@ def check_edge(body: object) -> None:
 
     Raises :class:`Refused` (400 ``TOO_DEEP``, message and details name the path and the limit).
     """
+    if _shallow(body, MAX_DEPTH):
+        return
     try:
         deepest_path(body, MAX_DEPTH)
     except DepthExceeded as err:
         raise Refused(400, "TOO_DEEP", str(err), {"path": err.path, "limit": err.limit}) from None
+
+
+def _shallow(body: object, limit: int) -> bool:
+    """True if ``body`` is plain parsed JSON (dicts, lists, scalars) nesting at most ``limit``
+    containers: the common case, checked without building paths. Anything else (too deep, or a
+    Mapping that is not a dict) is left to :func:`deepest_path`, which names the path."""
+    stack: list[tuple[object, int]] = [(body, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        kind = type(node)
+        if kind is dict:
+            children: Any = node.values()  # type: ignore[attr-defined]
+        elif kind is list:
+            children = node
+        elif isinstance(node, Mapping):
+            return False
+        else:
+            continue
+        if depth > limit:
+            return False
+        for child in children:
+            kind = type(child)
+            if kind in _CONTAINERS or (kind not in _SCALARS and isinstance(child, Mapping)):
+                push((child, depth + 1))
+    return True
+
+
+_CONTAINERS = frozenset({dict, list})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def check_items(n: int, limit: int | None) -> None:
@@ -303,7 +337,8 @@ def inference_feedback(ctx: Context, items: Sequence[object], *, max_items: int 
     for index, raw in enumerate(items):
         checked = validate_inference_item(raw)
         if isinstance(checked, InferenceFeedbackEvent):
-            keys += len(flatten_feedback(checked.feedback))
+            flat = [entry.key for entry in checked.entries()]
+            keys += len(flat)
             if keys > MAX_KEYS_PER_REQUEST:  # stop here: the rest is not worth validating
                 raise Refused(
                     413,
@@ -313,6 +348,7 @@ def inference_feedback(ctx: Context, items: Sequence[object], *, max_items: int 
                 )
             payload = inference_payload(checked)
             out.events.append(InferenceFeedbackEnvelope(**base_fields(ctx, domain), payload=payload))
+            out.flat_keys.append(flat)
         else:
             out.rejected.append(ItemRejection(index, checked.message, "invalid"))
     return out

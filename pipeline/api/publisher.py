@@ -2,8 +2,9 @@
 
 Same contracts, same validation, same envelope as the HTTP ingest (both go through
 :func:`pipeline.contracts.accept`),
-so the stream cannot tell the two paths apart except by ``origin``. Writes are transactional
-(all events of one call or none) and acknowledged (acks=all) before ``publish`` returns::
+so the stream cannot tell the two paths apart except by ``origin``. Writes are atomic (all events
+of one call or none: one event is an idempotent send, several a transaction, as on the ingest)
+and acknowledged (acks=all) before ``publish`` returns::
 
     async with FeedbackPublisher(bootstrap, load_tenants(path), tenant_id="acme") as pub:
         result = await pub.publish({"domain": "dating", "items": [...]})
@@ -22,7 +23,7 @@ from pipeline.api import intake
 from pipeline.api.answers import item_results
 from pipeline.api.contracts import InferenceFeedbackResult
 from pipeline.ids import new_request_id
-from pipeline.kafka.io import TransactionalWriter
+from pipeline.kafka.io import AckedWriter
 from pipeline.kafka.topics import topic_names
 from pipeline.settings import Settings
 from pipeline.tenants import TenantRegistry
@@ -64,7 +65,7 @@ class FeedbackPublisher:
         self.tenant = tenant
         self.settings = settings or Settings(kafka_bootstrap_servers=bootstrap)
         self.topic = topic_names(self.settings).raw
-        self.writer = TransactionalWriter(
+        self.writer = AckedWriter(
             bootstrap,
             transactional_id=transactional_id or f"publisher-{tenant_id}-{uuid.uuid4().hex[:12]}",
             timeout_s=self.settings.produce_timeout_s,

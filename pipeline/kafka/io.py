@@ -1,8 +1,10 @@
-"""Atomic, acknowledged writes to Kafka: group commit over a transactional producer.
+"""Atomic, acknowledged writes to Kafka.
 
-One request may become several raw events on several partitions. Writing them in one Kafka
-transaction means a failure leaves nothing half-written (the stream reads ``read_committed``);
-grouping concurrent requests into one transaction keeps the cost of a commit shared.
+A request that becomes ONE record is atomic by itself: :class:`AckedWriter` sends it through an
+idempotent ``acks=all`` producer (no transaction) and answers on its acknowledgement. A request
+that becomes several records (several partitions) is written in one Kafka transaction, so a
+failure leaves nothing half-written (the stream reads ``read_committed``); grouping concurrent
+requests into one transaction (:class:`TransactionalWriter`) keeps the cost of a commit shared.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
+from aiokafka.structs import RecordMetadata
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +264,176 @@ class TransactionalWriter:
                     if not fut.done():
                         fut.set_exception(PublishError(f"Kafka unavailable: {exc!r}"))
                 await asyncio.sleep(0.5)
+
+
+class Writer(Protocol):
+    """What the ingest and the publisher write through (tests use an in-memory one)."""
+
+    async def write(self, records: Sequence[OutRecord]) -> list[Written]: ...
+
+
+class AckedWriter:
+    """One record: an idempotent ``acks=all`` send, answered on its acknowledgement; several: the
+    transactional group commit of :class:`TransactionalWriter` (nothing half-written).
+
+    Why one record needs no transaction: a read_committed reader sees a non-transactional record
+    as soon as it is below the high watermark, i.e. acknowledged by every in-sync replica (what
+    ``acks=all`` waits for); idempotence (producer id and sequence numbers) keeps the producer's
+    own retries from writing it twice; and a send that failed or timed out is never retried later:
+    the producer is discarded at once with every record still queued in it (:meth:`_discard`), so
+    a 503 means it was not written (the one window left, a broker that wrote the record but whose
+    answer was lost, is the same as a transaction whose commit answer was lost).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        transactional_id: str,
+        timeout_s: float = 5.0,
+        max_group: int = 2000,
+        lanes: int = 4,
+    ) -> None:
+        self.transactional = TransactionalWriter(
+            bootstrap,
+            transactional_id=transactional_id,
+            timeout_s=timeout_s,
+            max_group=max_group,
+            lanes=lanes,
+        )
+        self._bootstrap = bootstrap
+        self._client_id = f"{transactional_id}-acked"
+        self._timeout_s = timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._ready = asyncio.Event()  # set while a producer is up
+        #: why the last (re)start failed, while the broker is away: writes then fail fast
+        self._unavailable: str | None = None
+        self._restart: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._inflight = 0
+
+    @property
+    def fenced(self) -> str | None:
+        """Set once Kafka fenced the transactional path; every write is then refused (503)."""
+        return self.transactional.fenced
+
+    @fenced.setter
+    def fenced(self, reason: str | None) -> None:
+        self.transactional.fenced = reason
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=bootstrap_list(self._bootstrap),
+            client_id=self._client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,  # one produce request in flight per broker: the next one batches meanwhile
+            max_request_size=MAX_REQUEST_BYTES,
+            request_timeout_ms=int(self._timeout_s * 1000),
+        )
+
+    async def start(self) -> None:
+        producer = self._new_producer()
+        await asyncio.wait_for(producer.start(), timeout=max(self._timeout_s * 6, 30))
+        self._producer = producer
+        self._ready.set()
+        await self.transactional.start()
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Stop; with ``drain_s``, first let writes in flight be acknowledged (bounded)."""
+        for _ in range(int(drain_s * 100)):  # polled: only at shutdown
+            if not self._inflight:
+                break
+            await asyncio.sleep(0.01)
+        self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restart
+        producer, self._producer = self._producer, None
+        self._ready.clear()
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=self._timeout_s)
+        for task in list(self._background):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        await self.transactional.stop(drain_s=drain_s)
+
+    async def write(self, records: Sequence[OutRecord]) -> list[Written]:
+        """Write ``records`` atomically; raise PublishError if Kafka did not acknowledge in time."""
+        if not records:
+            return []
+        if self.fenced:
+            raise PublishError(self.fenced)
+        if len(records) > 1:
+            return await self.transactional.write(records)
+        return [await self._write_one(records[0])]
+
+    async def _write_one(self, r: OutRecord) -> Written:
+        self._inflight += 1
+        producer: AIOKafkaProducer | None = None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                while (producer := self._producer) is None:
+                    if self._unavailable is not None or self._stopping:
+                        raise PublishError(self._unavailable or "writer stopped")
+                    await self._ready.wait()  # a restart after a failed send: usually milliseconds
+                fut = await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+                meta: RecordMetadata = await fut
+        except TimeoutError as exc:
+            reason = f"Kafka did not acknowledge within {self._timeout_s:g} s"
+            self._discard(producer, reason)
+            raise PublishError(reason) from exc
+        except PublishError:
+            raise
+        except Exception as exc:  # refused by the broker, or discarded with its producer
+            self._discard(producer, f"Kafka write failed: {exc!r}")
+            raise PublishError(f"Kafka write failed: {exc!r}") from exc
+        finally:
+            self._inflight -= 1
+        return Written(meta.topic, meta.partition, meta.offset)
+
+    def _discard(self, producer: AIOKafkaProducer | None, reason: str) -> None:
+        """Drop ``producer`` and every record still queued in it, so none is sent after its caller
+        was told it failed; a fresh producer is started in the background."""
+        if producer is None or producer is not self._producer:
+            return  # already discarded (another write of the same producer failed first)
+        assert producer is not None
+        log.warning("idempotent producer discarded (%s); starting a new one", reason)
+        sender = producer._sender
+        if sender is not None and sender.sender_task is not None:
+            sender.sender_task.cancel()  # nothing more leaves this producer
+        producer._message_accumulator.fail_all(PublishError(reason))
+        self._producer = None
+        self._ready.clear()
+        closing = asyncio.create_task(self._close(producer), name="acked-writer-close")
+        self._background.add(closing)
+        closing.add_done_callback(self._background.discard)
+        if not self._stopping and (self._restart is None or self._restart.done()):
+            self._restart = asyncio.create_task(self._start_again(), name="acked-writer-restart")
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), timeout=self._timeout_s)
+
+    async def _start_again(self) -> None:
+        """New producers until one starts; meanwhile writes fail fast once an attempt failed."""
+        while not self._stopping:
+            candidate = self._new_producer()
+            try:
+                await asyncio.wait_for(candidate.start(), timeout=self._timeout_s)
+            except Exception as exc:
+                log.warning("Kafka producer restart failed: %r; retrying", exc)
+                self._unavailable = f"Kafka unavailable: {exc!r}"
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(candidate.stop(), timeout=self._timeout_s)
+                await asyncio.sleep(0.5)
+                continue
+            self._producer, self._unavailable = candidate, None
+            self._ready.set()
+            return
 
 
 async def partitions_of(bootstrap: str, topics: list[str]) -> dict[str, list[int]]:

@@ -81,7 +81,9 @@ async def test_broker_down_is_503_with_nothing_written_then_recovers(
 
         second_broker.run("stop")
         refused: list[str] = []
-        for contract_body in (CORRECTION, [{"id": str(uuid.uuid4()), "feedback": {"ok": True}}]):
+        # one record each (an idempotent send), then two (a transaction): both paths refuse alike
+        two_items = [{"id": str(uuid.uuid4()), "feedback": {"ok": True}} for _ in range(2)]
+        for contract_body in (CORRECTION, [{"id": str(uuid.uuid4()), "feedback": {"ok": True}}], two_items):
             correlation_id = f"down-{uuid.uuid4().hex[:8]}"
             started = time.monotonic()
             status, body, headers = await post(

@@ -116,6 +116,11 @@ async def test_two_ingests_with_one_instance_id_the_fenced_one_says_so_and_answe
     first = start_ingest("ingest-fenced-a", ingest_instance=shared)
     second = start_ingest("ingest-fenced-b", ingest_instance=shared)  # fences the first one's producers
     search = {"event_type": "result_helpful"}
+    # one record needs no transaction (an idempotent send, no transactional id to fence): the first
+    # transactional write, a request of several records, is where Kafka tells the first one
+    two = [{"id": str(uuid.uuid4()), "feedback": {"ok": True}} for _ in range(2)]
+    status, answer, _ = await post(first, "/v1/feedback", two)
+    assert status == 503 and "INGEST_INSTANCE" in answer["error"]["message"], answer
 
     statuses = [(await post(first, "/v1/feedback", search))[0] for _ in range(3)]
     assert set(statuses) == {503}, statuses
