@@ -20,6 +20,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import RecordMetadata
 
+from pipeline.kafka.partitioner import partitioner
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # topics that take big messages say so (pipeline.kafka.topics)
@@ -100,6 +102,7 @@ class TransactionalWriter:
     def _new_producer(self, lane: int) -> AIOKafkaProducer:
         tid = f"{self._transactional_id}-{lane}"
         return AIOKafkaProducer(
+            partitioner=partitioner,  # Kafka's murmur2, in half aiokafka's time
             bootstrap_servers=bootstrap_list(self._bootstrap),
             client_id=tid,
             transactional_id=tid,
@@ -324,6 +327,7 @@ class AckedWriter:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
+            partitioner=partitioner,  # Kafka's murmur2, in half aiokafka's time
             bootstrap_servers=bootstrap_list(self._bootstrap),
             client_id=self._client_id,
             enable_idempotence=True,

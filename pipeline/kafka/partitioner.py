@@ -9,9 +9,10 @@ them with aiokafka's over random keys of every length) in about half the time.
 
 from __future__ import annotations
 
+import random
 import struct
 
-__all__ = ["default_partition", "murmur2"]
+__all__ = ["default_partition", "murmur2", "partitioner"]
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -46,3 +47,10 @@ def murmur2(data: bytes) -> int:
 def default_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` among ``partitions``."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's ``partitioner`` hook with our murmur2 (a keyless record goes anywhere available)."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]

@@ -27,3 +27,16 @@ def test_known_partitions_of_the_java_client() -> None:
     assert [default_partition(k, 4) for k in (b"dating", b"u_alice", b"")] == [
         (aiokafka_murmur2(k) & 0x7FFFFFFF) % 4 for k in (b"dating", b"u_alice", b"")
     ]
+
+
+def test_the_producers_hook_partitions_as_aiokafka_does() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from pipeline.kafka.partitioner import partitioner
+
+    rng = random.Random(7)
+    for _ in range(500):
+        key = rng.randbytes(rng.randrange(1, 60))
+        parts = list(range(rng.randrange(1, 12)))
+        assert partitioner(key, parts, parts) == DefaultPartitioner()(key, parts, parts)
+    assert partitioner(None, [0, 1, 2], [1]) == 1
