@@ -31,8 +31,9 @@ from pipeline.wire.records import StageResult, from_json
 log = logging.getLogger(__name__)
 
 #: Memory a kept request and a kept result take beyond the result's JSON bytes (dict and list slots,
-#: the bytes object and id strings), as measured with tracemalloc (docs/design.md).
-REQUEST_OVERHEAD_BYTES = 400
+#: the bytes object and id strings), as measured with tracemalloc (docs/design.md). The request's id
+#: string (~85 bytes) is its own: msgspec, unlike pydantic-core, does not share it from a cache.
+REQUEST_OVERHEAD_BYTES = 500
 RESULT_OVERHEAD_BYTES = 80
 #: Requests whose event count is known only from a wait that timed out on this instance (the 202
 #: path), remembered for ``GET /v1/requests/{id}``.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
 
 import msgspec
 from msgspec import Meta, Struct
@@ -111,6 +111,10 @@ class _Record(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Output records are immutable and reject unknown fields, so the schema is the whole truth."""
 
 
+def _tag(record: Struct) -> str:
+    return cast(str, type(record).__struct_config__.tag)
+
+
 # --- feedback.signals ----------------------------------------------------------------------------
 
 
@@ -145,6 +149,11 @@ class _Unit(_Record, frozen=True, kw_only=True, tag_field="kind"):
     event_id: Annotated[str, Meta(description="The raw event that produced this unit.")]
     received_at: AwareDatetime
     counts: Annotated[bool, Meta(description="Whether the unit advances the domain's train threshold.")]
+
+    @property
+    def kind(self) -> str:
+        """The unit's kind (the ``kind`` tag on the wire)."""
+        return _tag(self)
 
 
 class TripletUnit(_Unit, frozen=True, kw_only=True, tag="triplet"):
@@ -321,6 +330,10 @@ class UnitsBatch(_Record, frozen=True, kw_only=True, tag_field="kind", tag="unit
         | None
     ) = None
 
+    @property
+    def kind(self) -> str:
+        return _tag(self)
+
 
 class RawUnitsBatch(UnitsBatch, frozen=True, kw_only=True, tag="units"):
     """A :class:`UnitsBatch` whose units stay JSON (``msgspec.Raw``): the count stage reads the
@@ -337,6 +350,10 @@ class TrainRequest(_Record, frozen=True, kw_only=True, tag_field="kind", tag="tr
     tenant: str
     domain: str
     requested_at: AwareDatetime
+
+    @property
+    def kind(self) -> str:
+        return _tag(self)
 
 
 UnitsMessage: TypeAlias = UnitsBatch | TrainRequest
