@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
 import msgspec
 from msgspec import Meta, Struct
 
-from pipeline.ids import uuid5_str
+from pipeline.ids import uuid5_namer
 
 __all__ = [
     "MAX_RESULT_TRIGGERS",
@@ -96,10 +96,16 @@ def from_json(type_: type[R], data: bytes | str) -> R:
     return decoder(type_).decode(data)
 
 
+_record_uuid5 = uuid5_namer(RECORD_NAMESPACE)
+
+
 def deterministic_id(kind: str, *parts: str | int) -> str:
     """A uuid5 of a kind and its parts; each part is length-prefixed so no tuple aliases another."""
-    name = "|".join([f"{len(s)}:{s}" for s in (kind, *map(str, parts))])
-    return uuid5_str(RECORD_NAMESPACE, name)
+    name = f"{len(kind)}:{kind}"
+    for part in parts:
+        s = part if part.__class__ is str else str(part)
+        name += f"|{len(s)}:{s}"
+    return _record_uuid5(name)
 
 
 def signal_id(*, event_id: str, subject: str, key: str) -> str:

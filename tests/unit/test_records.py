@@ -1,4 +1,4 @@
-"""The output records: JSON round-trips, deterministic ids, the tagged training unit, what decoding refuses."""
+"""The output records: JSON round-trips, ids, the tagged training unit, what decoding refuses."""
 
 from __future__ import annotations
 
