@@ -21,6 +21,7 @@ from pipeline.wire.records import (
     TripletOrigin,
     TripletUnit,
     deterministic_id,
+    record_uuid5,
 )
 
 __all__ = [
@@ -130,15 +131,14 @@ class Limits(Struct, frozen=True, kw_only=True):
 
 
 def triplet_id(*, domain: str, anchor: str, positive: Observation, negative: Observation) -> str:
-    """Same pair of observations -> same id (replay); a superseding outcome has a new event id."""
-    return deterministic_id(
-        "triplet",
-        domain,
-        anchor,
-        positive.candidate_id,
-        positive.event_id,
-        negative.candidate_id,
-        negative.event_id,
+    """Same pair of observations -> same id (replay); a superseding outcome has a new event id.
+
+    ``deterministic_id("triplet", domain, anchor, positive candidate and event, negative candidate
+    and event)``, its name written in one f-string (the stream makes one per triplet)."""
+    pc, pe, nc, ne = positive.candidate_id, positive.event_id, negative.candidate_id, negative.event_id
+    return record_uuid5(
+        f"7:triplet|{len(domain)}:{domain}|{len(anchor)}:{anchor}|{len(pc)}:{pc}|{len(pe)}:{pe}"
+        f"|{len(nc)}:{nc}|{len(ne)}:{ne}"
     )
 
 
@@ -180,17 +180,16 @@ def expand_outcomes(
 
     cutoff = now - timedelta(seconds=limits.max_age_seconds)
     fresh = [(o.observed_at, i, o) for i, o in enumerate(merged) if o.observed_at >= cutoff]
-    fresh.sort(key=lambda t: (t[0], t[1]))
+    fresh.sort()  # by time, then arrival (indexes are unique: observations are never compared)
     kept = [o for _, _, o in fresh[-limits.max_items :]]
 
     kept_objs = {id(o) for o in kept}
     new_ids = {c for c, o in latest_new.items() if id(o) in kept_objs}
-    rank = {o.candidate_id: i for i, o in enumerate(kept)}
     units: list[TripletUnit] = []
-    for p in kept:
+    for i, p in enumerate(kept):
         if not p.positive or p.weight == 0:
             continue
-        for n in kept:
+        for j, n in enumerate(kept):
             if n.grade >= p.grade or n.weight == 0:
                 continue
             if p.candidate_id not in new_ids and n.candidate_id not in new_ids:
@@ -203,7 +202,7 @@ def expand_outcomes(
                 )
             if weight <= 0:  # underflow of tiny weights
                 continue
-            newer = p if rank[p.candidate_id] > rank[n.candidate_id] else n
+            newer = p if i > j else n  # kept is oldest first
             units.append(
                 TripletUnit(  # fields computed from decoded observations, the weight checked above
                     unit_id=triplet_id(domain=domain, anchor=anchor, positive=p, negative=n),

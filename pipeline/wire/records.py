@@ -52,6 +52,7 @@ __all__ = [
     "erasure_id",
     "from_json",
     "record_json_schemas",
+    "record_uuid5",
     "signal_id",
     "to_builtins",
     "to_json",
@@ -96,7 +97,8 @@ def from_json(type_: type[R], data: bytes | str) -> R:
     return decoder(type_).decode(data)
 
 
-_record_uuid5 = uuid5_namer(RECORD_NAMESPACE)
+#: ``name -> uuid5(RECORD_NAMESPACE, name)``: every id below (a hot path may build its name itself).
+record_uuid5 = uuid5_namer(RECORD_NAMESPACE)
 
 
 def deterministic_id(kind: str, *parts: str | int) -> str:
@@ -105,7 +107,7 @@ def deterministic_id(kind: str, *parts: str | int) -> str:
     for part in parts:
         s = part if part.__class__ is str else str(part)
         name += f"|{len(s)}:{s}"
-    return _record_uuid5(name)
+    return record_uuid5(name)
 
 
 def signal_id(*, event_id: str, subject: str, key: str) -> str:

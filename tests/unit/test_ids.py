@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from pipeline.ids import canonical_uuid, uuid5_str
 from pipeline.rules.counters import trigger_id
 from pipeline.rules.flatten import feedback_id
+from pipeline.rules.triplets import Observation, triplet_id
 from pipeline.wire.records import RECORD_NAMESPACE, deterministic_id, erasure_id, signal_id
 
+AT = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
 U = "6f1c2d3e-4b5a-4c7d-8e9f-a0b1c2d3e4f5"
 
 
@@ -96,3 +99,30 @@ def test_uuid5_str_is_uuid5_for_any_name_and_namespace() -> None:
     for namespace in (RECORD_NAMESPACE, uuid.NAMESPACE_DNS, uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1)):
         for name in names:
             assert uuid5_str(namespace, name) == str(uuid.uuid5(namespace, name)), (namespace, name)
+
+
+def test_triplet_id_is_the_deterministic_id_of_its_parts() -> None:
+    rng = random.Random(9)
+
+    def text() -> str:
+        return "".join(rng.choice("ab|:é0-") for _ in range(rng.randrange(0, 40)))
+
+    for _ in range(300):
+        domain, anchor, pc, pe, nc, ne = (text() for _ in range(6))
+        p = Observation(
+            candidate_id=pc, label="l", grade=2.0, positive=True, weight=1.0, event_id=pe, observed_at=AT
+        )
+        n = Observation(
+            candidate_id=nc, label="l", grade=0.0, positive=False, weight=1.0, event_id=ne, observed_at=AT
+        )
+        expected = deterministic_id("triplet", domain, anchor, pc, pe, nc, ne)
+        assert triplet_id(domain=domain, anchor=anchor, positive=p, negative=n) == expected
+    stored_parts, stored = STORED_IDS[0]
+    _, domain, anchor, pc, pe, nc, ne = (str(s) for s in stored_parts)
+    p = Observation(
+        candidate_id=pc, label="l", grade=2.0, positive=True, weight=1.0, event_id=pe, observed_at=AT
+    )
+    n = Observation(
+        candidate_id=nc, label="l", grade=0.0, positive=False, weight=1.0, event_id=ne, observed_at=AT
+    )
+    assert triplet_id(domain=domain, anchor=anchor, positive=p, negative=n) == stored
