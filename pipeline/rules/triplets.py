@@ -185,11 +185,12 @@ def expand_outcomes(
 
     kept_objs = {id(o) for o in kept}
     new_ids = {c for c, o in latest_new.items() if id(o) in kept_objs}
+    rank = {o.candidate_id: i for i, o in enumerate(kept)}
     units: list[TripletUnit] = []
-    for i, p in enumerate(kept):
+    for p in kept:
         if not p.positive or p.weight == 0:
             continue
-        for j, n in enumerate(kept):
+        for n in kept:
             if n.grade >= p.grade or n.weight == 0:
                 continue
             if p.candidate_id not in new_ids and n.candidate_id not in new_ids:
@@ -202,7 +203,7 @@ def expand_outcomes(
                 )
             if weight <= 0:  # underflow of tiny weights
                 continue
-            newer = p if i > j else n  # kept is oldest first
+            newer = p if rank[p.candidate_id] > rank[n.candidate_id] else n
             units.append(
                 TripletUnit(  # fields computed from decoded observations, the weight checked above
                     unit_id=triplet_id(domain=domain, anchor=anchor, positive=p, negative=n),
