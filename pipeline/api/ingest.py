@@ -36,7 +36,7 @@ from pipeline.store import sql as store_sql
 from pipeline.store.sql import Database, ErasureRow, open_database
 from pipeline.tenants import Tenant, TenantRegistry, load_tenants
 from pipeline.wire.envelope import Contract, Envelope
-from pipeline.wire.records import TrainRequest
+from pipeline.wire.records import TrainRequest, to_builtins, to_json
 
 log = logging.getLogger("pipeline.api.ingest")
 
@@ -554,9 +554,7 @@ class Ingest:
         )
         waiting = self.view.expect(call.request_id, 1)
         try:
-            record = OutRecord(
-                self.topics.units, domain.encode(), orjson.dumps(msg.model_dump(mode="json")), []
-            )
+            record = OutRecord(self.topics.units, domain.encode(), to_json(msg), [])
             await self.write_records([record])
         except ApiError:
             self.view.forget(call.request_id)
@@ -584,7 +582,7 @@ class Ingest:
                     "request_id": call.request_id,
                 },
             )
-        trigger = result.triggers[0].model_dump(mode="json")
+        trigger = to_builtins(result.triggers[0])
         return json_response(
             200, {"triggered": True, "domain": domain, "request_id": call.request_id, "trigger": trigger}
         )
@@ -602,7 +600,7 @@ class Ingest:
                 headers={"Retry-After": "1"},
             )
         counter = self.view.domains.get(domain) or DomainCounter()
-        last = counter.last_trigger.model_dump(mode="json") if counter.last_trigger else None
+        last = to_builtins(counter.last_trigger) if counter.last_trigger else None
         return json_response(
             200,
             {
@@ -633,7 +631,7 @@ class Ingest:
                 "complete": status.complete and len(results) == len(status.results),
                 "triplets_generated": sum(r.units_generated for r in results),
                 "triplets_pending_train": results[-1].pending,
-                "results": [r.model_dump(mode="json") for r in results],
+                "results": [to_builtins(r) for r in results],
             },
         )
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 
 from pipeline.api.contracts import (
@@ -47,7 +46,7 @@ from pipeline.wire.envelope import (
     SearchEventEnvelope,
     SearchEventPayload,
 )
-from pipeline.wire.records import Erasure, erasure_id
+from pipeline.wire.records import Erasure, erasure_id, to_json
 
 __all__ = [
     "Context",
@@ -425,6 +424,6 @@ def erasure_record(
     return OutRecord(
         topic,
         f"{task_id}/{entry_id}".encode(),
-        orjson.dumps(msg.model_dump(mode="json")),
+        to_json(msg),
         [("request_id", request_id.encode()), ("tenant", tenant.encode())],
     )

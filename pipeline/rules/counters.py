@@ -8,29 +8,29 @@ partition, offset not beyond the last one seen) is recognised and not counted tw
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from datetime import datetime
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from msgspec import Meta, Struct
+from msgspec.structs import replace
 
 from pipeline.wire.records import TrainTrigger, TriggerRange, deterministic_id
 
 __all__ = ["DomainCounter", "count_units", "force_trigger", "trigger_id"]
 
 
-class DomainCounter(BaseModel):
-    """The faust-table state of one domain's counter (JSON-serialisable, immutable)."""
+class DomainCounter(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The count stage's table state of one domain's counter (JSON-serialisable, immutable)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    pending: int = Field(default=0, ge=0, description="Counted units since the last trigger.")
-    total: int = Field(default=0, ge=0, description="All counted units ever.")
-    sequence: int = Field(default=0, ge=0, description="Sequence of the last trigger (0: none yet).")
-    range_start: int | None = Field(
-        default=None, description="Offset of the first unit (counted or not) since the last trigger."
-    )
+    pending: Annotated[int, Meta(ge=0, description="Counted units since the last trigger.")] = 0
+    total: Annotated[int, Meta(ge=0, description="All counted units ever.")] = 0
+    sequence: Annotated[int, Meta(ge=0, description="Sequence of the last trigger (0: none yet).")] = 0
+    range_start: Annotated[
+        int | None, Meta(description="Offset of the first unit (counted or not) since the last trigger.")
+    ] = None
     range_partition: int | None = None
-    last_partition: int | None = Field(default=None, description="Where the last unit seen was written.")
-    last_offset: int | None = Field(default=None, description="Offset of the last unit seen.")
+    last_partition: Annotated[int | None, Meta(description="Where the last unit seen was written.")] = None
+    last_offset: Annotated[int | None, Meta(description="Offset of the last unit seen.")] = None
     last_trigger: TrainTrigger | None = None
 
 
@@ -46,7 +46,7 @@ def _emit(
     reason: Literal["threshold", "manual", "repartition"],
     threshold: int,
     end_offset: int,
-    at: AwareDatetime,
+    at: datetime,
     topic: str,
 ) -> tuple[DomainCounter, TrainTrigger]:
     """Close the open range into a trigger and start afresh (pending 0, no range)."""
@@ -70,14 +70,8 @@ def _emit(
         ),
         emitted_at=at,
     )
-    state = state.model_copy(
-        update={
-            "pending": 0,
-            "sequence": sequence,
-            "range_start": None,
-            "range_partition": None,
-            "last_trigger": trigger,
-        }
+    state = replace(
+        state, pending=0, sequence=sequence, range_start=None, range_partition=None, last_trigger=trigger
     )
     return state, trigger
 
@@ -89,7 +83,7 @@ def count_units(
     threshold: int,
     partition: int,
     offsets_and_counts: Sequence[tuple[int, bool]],
-    at: AwareDatetime,
+    at: datetime,
     topic: str = "feedback.triplets",
 ) -> tuple[DomainCounter, list[TrainTrigger]]:
     """Advance the counter over units written at (partition, offset), in order.
@@ -128,12 +122,16 @@ def count_units(
                 topic=topic,
             )
             triggers.append(trigger)
-        update: dict[str, object] = {"last_partition": partition, "last_offset": offset}
-        if state.range_start is None:
-            update |= {"range_start": offset, "range_partition": partition}
-        if counts:
-            update |= {"pending": state.pending + 1, "total": state.total + 1}
-        state = state.model_copy(update=update)
+        opens = state.range_start is None
+        state = replace(
+            state,
+            last_partition=partition,
+            last_offset=offset,
+            range_start=offset if opens else state.range_start,
+            range_partition=partition if opens else state.range_partition,
+            pending=state.pending + 1 if counts else state.pending,
+            total=state.total + 1 if counts else state.total,
+        )
         if counts and state.pending >= threshold:
             state, trigger = _emit(
                 state,
@@ -153,7 +151,7 @@ def force_trigger(
     *,
     domain: str,
     threshold: int,
-    at: AwareDatetime,
+    at: datetime,
     last_offset: int | None,
     topic: str = "feedback.triplets",
 ) -> tuple[DomainCounter, TrainTrigger | None]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
+import msgspec
 import orjson
 
 from pipeline.rules.triplets import (
@@ -45,6 +46,7 @@ __all__ = [
     "Expansion",
     "Plan",
     "correction_plan",
+    "decode_state",
     "expand_with",
     "inference_feedback_plan",
     "ranking_outcome_plan",
@@ -55,6 +57,22 @@ __all__ = [
 
 #: The expand table: a history per ``domain/anchor`` key, and the partition's clock.
 ExpandState: TypeAlias = SeekerHistory | StreamClock
+_HISTORY = msgspec.json.Decoder(SeekerHistory)
+_CLOCK = msgspec.json.Decoder(StreamClock)
+
+
+def decode_state(value: bytes) -> ExpandState:
+    """A changelog value of the expand table: a history, else the clock (neither carries a tag,
+    as the values written before msgspec did not; each refuses the other's fields)."""
+    try:
+        return _HISTORY.decode(value)
+    except msgspec.ValidationError as not_history:
+        try:
+            return _CLOCK.decode(value)
+        except msgspec.ValidationError as not_clock:
+            raise msgspec.ValidationError(
+                f"neither a seeker history ({not_history}) nor the stream clock ({not_clock})"
+            ) from None
 
 
 @dataclass
@@ -83,7 +101,7 @@ class Plan:
 
 def units_batch(event: Envelope, units: Sequence[TrainingUnit], **over: Any) -> UnitsBatch:
     """The ``feedback.units`` batch of an event (``over`` replaces fields, e.g. a pooled copy's)."""
-    return UnitsBatch.model_construct(  # built from a decoded envelope and our own units
+    return UnitsBatch(  # built from a decoded envelope and our own units
         **{
             "request_id": event.request_id,
             "event_id": event.event_id,

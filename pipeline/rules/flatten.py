@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.ids import uuid5_str
+from pipeline.ids import uuid5_namer
 
 __all__ = ["FEEDBACK_ID_NAMESPACE", "FlatEntry", "FlattenError", "feedback_id", "flatten_feedback"]
 
@@ -145,9 +145,12 @@ def flatten_feedback(
     return list(out.values())
 
 
+_feedback_uuid5 = uuid5_namer(FEEDBACK_ID_NAMESPACE)
+
+
 def feedback_id(event_id: str, key: str) -> str:
     """A uuid5 of (event id, flattened key): the HTTP answer and the stream derive the same id.
 
     The event id's length is part of the name, so no (event id, key) pair can alias another.
     """
-    return uuid5_str(FEEDBACK_ID_NAMESPACE, f"{len(event_id)}:{event_id}:{key}")
+    return _feedback_uuid5(f"{len(event_id)}:{event_id}:{key}")

@@ -49,27 +49,31 @@ def signal(
     tags: dict[str, str] | None = None,
     optimize: str | None = None,
     sid: str | None = None,
+    at: str | None = None,
+    contract: str | None = None,
 ) -> dict[str, Any]:
-    """One signal as a JSON-ready dict in ``Signal``'s field order (the stream's hot path: building
-    models for every signal costs more than the rest of the rule)."""
+    """One signal as a JSON-ready dict in ``Signal``'s field order (the registry's signal rules return
+    these; ``at`` and ``contract``: the event's time as JSON and its contract, when the caller made
+    them once for all of an event's signals)."""
     return {
         "signal_id": sid or signal_id(event_id=event.event_id, subject=subject, key=key),
         "event_id": event.event_id,
         "tenant": event.tenant,
         "domain": event.domain,
-        "contract": event.contract,
+        "contract": contract or event.contract,
         "key": key,
         "value": value,
         "reason": reason,
         "tags": tags or {},
         "optimize": optimize,
         "subject": subject,
-        "received_at": json_time(event.received_at),
+        "received_at": at or json_time(event.received_at),
     }
 
 
 def inference_feedback_signals(event: InferenceFeedbackEnvelope) -> list[dict[str, Any]]:
     p = event.payload
+    at, contract, tags = json_time(event.received_at), event.contract, p.tags or {}
     return [
         signal(
             event,
@@ -77,9 +81,11 @@ def inference_feedback_signals(event: InferenceFeedbackEnvelope) -> list[dict[st
             e.value,
             p.id,
             reason=e.reason,
-            tags=p.tags or {},
+            tags=tags,
             optimize=p.optimize,
             sid=feedback_id(event.event_id, e.key),
+            at=at,
+            contract=contract,
         )
         for e in flatten_feedback(p.feedback)
     ]
@@ -87,6 +93,7 @@ def inference_feedback_signals(event: InferenceFeedbackEnvelope) -> list[dict[st
 
 def ranking_outcome_signals(event: RankingOutcomeEnvelope) -> list[dict[str, Any]]:
     p = event.payload
+    at, contract = json_time(event.received_at), event.contract
     return [
         signal(
             event,
@@ -94,6 +101,8 @@ def ranking_outcome_signals(event: RankingOutcomeEnvelope) -> list[dict[str, Any
             item.outcome,
             f"{p.seeker_id}->{item.candidate_id}",
             tags={"grade": f"{item.grade:g}", "weight": f"{item.weight:g}"},
+            at=at,
+            contract=contract,
         )
         for item in p.items
     ]

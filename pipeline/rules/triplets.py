@@ -11,9 +11,18 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+import msgspec
+from msgspec import Meta, Struct
 
-from pipeline.wire.records import PreferenceUnit, ScoredUnit, TripletOrigin, TripletUnit, deterministic_id
+from pipeline.wire.records import (
+    AwareDatetime,
+    PreferenceUnit,
+    ScoredUnit,
+    TripletOrigin,
+    TripletUnit,
+    deterministic_id,
+    record_uuid5,
+)
 
 __all__ = [
     "BUILTIN_GRADES",
@@ -55,42 +64,44 @@ SIGNAL_ONLY_SEARCH_EVENTS: frozenset[str] = frozenset(
 )
 
 
-class Observation(BaseModel):
-    """The latest known outcome of one candidate for one anchor (seeker, search list...)."""
+class _State(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Stage state: immutable, unknown fields refused (its changelog is read back on restore)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Observation(_State, frozen=True, kw_only=True):
+    """The latest known outcome of one candidate for one anchor (seeker, search list...).
+
+    Grades and weights come from decoded envelopes (whose types bound them) or from constants here;
+    JSON cannot carry a non-finite number, so decoding keeps them finite.
+    """
 
     candidate_id: str
     label: str
-    grade: float = Field(ge=0, le=MAX_GRADE, allow_inf_nan=False)
+    grade: Annotated[float, Meta(ge=0, le=MAX_GRADE)]
     positive: bool
-    weight: float = Field(ge=0, allow_inf_nan=False)
+    weight: Annotated[float, Meta(ge=0)]
     event_id: str
     observed_at: AwareDatetime
 
 
-class SeekerHistory(BaseModel):
+class SeekerHistory(_State, frozen=True, kw_only=True):
     """Per-(domain, anchor) state in the expand stage's table: bounded, oldest first, one row per candidate.
 
     Domain and anchor live in the table key, not in each row, to keep the JSON small.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    observations: list[Observation] = Field(default_factory=list)
+    observations: list[Observation] = []
 
 
-class StreamClock(BaseModel):
+class StreamClock(_State, frozen=True, kw_only=True):
     """Per-partition stream time of the expand stage (its changelog's key ``\\x00clock``).
 
     ``stream_time`` is the newest ``received_at`` seen on the partition: histories are cut and
     expired by it, never by the wall clock, so a replay expires the same histories at the same input.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     stream_time: AwareDatetime
-    swept_at: AwareDatetime | None = Field(default=None, description="Stream time of the last sweep.")
+    swept_at: Annotated[datetime, Meta(tz=True, description="Stream time of the last sweep.")] | None = None
 
 
 def expired(history: SeekerHistory, stream_time: datetime, limits: Limits) -> bool:
@@ -105,25 +116,29 @@ def expired(history: SeekerHistory, stream_time: datetime, limits: Limits) -> bo
     return newest < stream_time - timedelta(seconds=limits.max_age_seconds)
 
 
-class Limits(BaseModel):
+class Limits(Struct, frozen=True, kw_only=True):
     """Bounds on a history, so a hot anchor cannot grow its state (or its triplets) forever."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_items: int
+    max_age_seconds: float
 
-    max_items: Annotated[int, Field(ge=1)]
-    max_age_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    def __post_init__(self) -> None:
+        """Configuration, built once: checked here (msgspec checks ``Meta`` only when decoding)."""
+        if not (isinstance(self.max_items, int) and self.max_items >= 1):
+            raise ValueError(f"max_items must be an integer of at least 1, got {self.max_items!r}")
+        if not (math.isfinite(self.max_age_seconds) and self.max_age_seconds > 0):
+            raise ValueError(f"max_age_seconds must be finite and above 0, got {self.max_age_seconds!r}")
 
 
 def triplet_id(*, domain: str, anchor: str, positive: Observation, negative: Observation) -> str:
-    """Same pair of observations -> same id (replay); a superseding outcome has a new event id."""
-    return deterministic_id(
-        "triplet",
-        domain,
-        anchor,
-        positive.candidate_id,
-        positive.event_id,
-        negative.candidate_id,
-        negative.event_id,
+    """Same pair of observations -> same id (replay); a superseding outcome has a new event id.
+
+    ``deterministic_id("triplet", domain, anchor, positive candidate and event, negative candidate
+    and event)``, its name written in one f-string (the stream makes one per triplet)."""
+    pc, pe, nc, ne = positive.candidate_id, positive.event_id, negative.candidate_id, negative.event_id
+    return record_uuid5(
+        f"7:triplet|{len(domain)}:{domain}|{len(anchor)}:{anchor}|{len(pc)}:{pc}|{len(pe)}:{pe}"
+        f"|{len(nc)}:{nc}|{len(ne)}:{ne}"
     )
 
 
@@ -165,7 +180,7 @@ def expand_outcomes(
 
     cutoff = now - timedelta(seconds=limits.max_age_seconds)
     fresh = [(o.observed_at, i, o) for i, o in enumerate(merged) if o.observed_at >= cutoff]
-    fresh.sort(key=lambda t: (t[0], t[1]))
+    fresh.sort()  # by time, then arrival (indexes are unique: observations are never compared)
     kept = [o for _, _, o in fresh[-limits.max_items :]]
 
     kept_objs = {id(o) for o in kept}
@@ -199,7 +214,7 @@ def expand_outcomes(
             continue
         newer = p if rp > rn else n
         units.append(
-            TripletUnit.model_construct(  # fields computed from validated observations
+            TripletUnit(  # fields computed from decoded observations, the weight checked above
                 unit_id=triplet_id(domain=domain, anchor=anchor, positive=p, negative=n),
                 domain=domain,
                 tenant=tenant,
@@ -290,14 +305,13 @@ def pooled_copy(unit: PreferenceUnit, *, module: str, pool: str) -> PreferenceUn
     case id (just the module). The outputs stay: they are the training content.
     """
     event_id = deterministic_id("pooled-event", unit.event_id)
-    return unit.model_copy(
-        update={
-            "unit_id": deterministic_id("preference", event_id),
-            "domain": pool,
-            "tenant": None,
-            "event_id": event_id,
-            "anchor": module,
-        }
+    return msgspec.structs.replace(
+        unit,
+        unit_id=deterministic_id("preference", event_id),
+        domain=pool,
+        tenant=None,
+        event_id=event_id,
+        anchor=module,
     )
 
 
@@ -314,7 +328,14 @@ def scored_unit(
     metadata: dict[str, Any] | None,
     received_at: AwareDatetime,
 ) -> ScoredUnit:
-    """A seed 003 entry as a training unit; ``seed`` entries train but never advance the threshold."""
+    """A seed 003 entry as a training unit; ``seed`` entries train but never advance the threshold.
+
+    The score must be in [0, 1] (``feedback.triplets``' own rule, checked here since building a
+    record does not validate it): an older event on ``feedback.raw`` may carry another, which the
+    stage then dead-letters instead of writing a unit its consumers would refuse.
+    """
+    if score is not None and not (0.0 <= score <= 1.0):  # NaN fails too
+        raise ValueError(f"a scored unit's score must be within [0, 1], got {score!r}")
     return ScoredUnit(
         unit_id=deterministic_id("scored", event_id),
         domain=domain,

@@ -12,21 +12,54 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import TypeAlias
 
-import orjson
+import msgspec
 
 from pipeline import metrics
 from pipeline.kafka.topics import TopicNames
 from pipeline.rules.counters import DomainCounter, count_units, force_trigger
 from pipeline.stream.runtime import Record, Sent, Table, Tx
-from pipeline.wire.records import MAX_RESULT_TRIGGERS, StageResult, TrainRequest, TrainTrigger, to_json
+from pipeline.wire.records import (
+    MAX_RESULT_TRIGGERS,
+    RawUnitsBatch,
+    StageResult,
+    TrainRequest,
+    TrainTrigger,
+    to_json,
+)
+
+_COUNTER = msgspec.json.Decoder(DomainCounter)
 
 
 class UnknownDomain(LookupError):
     """No tenant owns the domain (any more): nothing to count against."""
+
+
+class UnitHead(msgspec.Struct, frozen=True):
+    """What counting reads of a unit (the rest is skipped by the decoder, never built)."""
+
+    kind: str
+    counts: bool
+
+
+_MESSAGE = msgspec.json.Decoder(RawUnitsBatch | TrainRequest)
+_HEAD = msgspec.json.Decoder(UnitHead)
+#: A decoded ``feedback.units`` message: the batch (units kept as their JSON) and what each unit
+#: says of itself, or a train request.
+Incoming: TypeAlias = tuple[RawUnitsBatch, list[UnitHead]] | tuple[TrainRequest, None]
+
+
+def parse(value: bytes) -> Incoming:
+    """Decode a ``feedback.units`` message; the units stay bytes, written to ``feedback.triplets`` as
+    they came. The topic is internal (only the expand stage and the ingest write it); anything that
+    does not decode (or a unit without ``kind`` and ``counts``) goes to the DLQ."""
+    msg = _MESSAGE.decode(value)
+    if isinstance(msg, TrainRequest):
+        return msg, None
+    if msg.chunk >= msg.chunks:
+        raise ValueError(f"bad chunk {msg.chunk!r} of {msg.chunks!r}")
+    return msg, [_HEAD.decode(u) for u in msg.units]
 
 
 class CountStage:
@@ -38,10 +71,10 @@ class CountStage:
         self._thresholds: dict[str, int] = {}
 
     def decode_state(self, value: bytes) -> DomainCounter:
-        return DomainCounter.model_validate_json(value)
+        return _COUNTER.decode(value)
 
     def encode_state(self, state: DomainCounter) -> bytes:
-        return state.model_dump_json().encode()
+        return to_json(state)
 
     def threshold(self, domain: str) -> int:
         """The domain's threshold (cached: the tenants file is read once per process)."""
@@ -54,72 +87,89 @@ class CountStage:
         return t
 
     async def process(self, records: Sequence[Record], table: Table[DomainCounter], tx: Tx) -> None:
-        # 1. decode and write every unit: their offsets bound the triggers' ranges
+        # 1. decode and write every unit (its bytes as they came): their offsets bound the triggers' ranges
         decoded: list[tuple[Incoming, int, list[Sent]]] = []
+        triplets = self.names.triplets
         for rec in records:
-            msg = await tx.decode(rec, Incoming.parse)
-            if msg is None:
+            incoming = await tx.decode(rec, parse)
+            if incoming is None:
                 continue
+            msg = incoming[0]
             threshold = await tx.attempt(rec, self.threshold, msg.domain)
             if threshold is None:
                 continue
-            key = msg.domain.encode()
-            futures = [await tx.send(self.names.triplets, orjson.dumps(u), key=key) for u in msg.units]
-            decoded.append((msg, threshold, futures))
+            futures = []
+            if isinstance(msg, RawUnitsBatch):
+                key = msg.domain.encode()
+                futures = [await tx.send(triplets, bytes(u), key=key) for u in msg.units]
+            decoded.append((incoming, threshold, futures))
         await tx.flush()
 
         # 2. count in order, emit triggers and results; the runtime writes each changed domain once
         produced: collections.Counter[tuple[str, str]] = collections.Counter()
         now = time.time()
-        for msg, threshold, futures in decoded:
-            key = msg.domain.encode()
+        latency = metrics.PROCESSING_LATENCY.labels(self.name)
+        for (msg, heads), threshold, futures in decoded:
+            domain = msg.domain
+            key = domain.encode()
             counter = table.get(key) or DomainCounter()
             triggers: list[TrainTrigger] = []
-            if msg.train is None:
-                metas = [f.result() for f in futures]
-                if metas:
+            if heads is not None:
+                assert isinstance(msg, RawUnitsBatch)
+                at = msg.received_at
+                if futures:
+                    metas = [f.result() for f in futures]
                     counter, triggers = count_units(
                         counter,
-                        domain=msg.domain,
+                        domain=domain,
                         threshold=threshold,
                         partition=metas[0].partition,
-                        offsets_and_counts=[(m.offset, c) for m, c in zip(metas, msg.counts, strict=True)],
-                        at=msg.received_at,
-                        topic=self.names.triplets,
+                        offsets_and_counts=[(m.offset, h.counts) for m, h in zip(metas, heads, strict=True)],
+                        at=at,
+                        topic=triplets,
                     )
-                for unit in msg.units:
-                    produced[msg.domain, unit["kind"]] += 1
-                metrics.PROCESSING_LATENCY.labels(self.name).observe(
-                    max(0.0, now - msg.received_at.timestamp())
+                for head in heads:
+                    produced[domain, head.kind] += 1
+                latency.observe(max(0.0, now - at.timestamp()))
+                units_generated, units_counted = len(heads), sum(h.counts for h in heads)
+                event_id, reply, chunk, chunks, request_events = (
+                    msg.event_id,
+                    msg.reply,
+                    msg.chunk,
+                    msg.chunks,
+                    msg.request_events,
                 )
             else:
+                assert isinstance(msg, TrainRequest)
                 counter, trigger = force_trigger(
                     counter,
-                    domain=msg.domain,
+                    domain=domain,
                     threshold=threshold,
-                    at=msg.received_at,
+                    at=msg.requested_at,
                     last_offset=None,
-                    topic=self.names.triplets,
+                    topic=triplets,
                 )
                 triggers = [trigger] if trigger else []
+                units_generated = units_counted = 0
+                event_id, reply, chunk, chunks, request_events = None, True, 0, 1, None
             for trigger in triggers:
                 await tx.send(self.names.triggers, to_json(trigger), key=key)
-                metrics.TRIGGERS.labels(msg.domain, trigger.reason).inc()
-            if msg.reply:
-                result = StageResult.model_construct(
+                metrics.TRIGGERS.labels(domain, trigger.reason).inc()
+            if reply:
+                result = StageResult(
                     request_id=msg.request_id,
-                    event_id=msg.event_id,
-                    domain=msg.domain,
-                    kind="units" if msg.train is None else "train",
-                    units_generated=len(msg.units),
-                    units_counted=sum(msg.counts),
+                    event_id=event_id,
+                    domain=domain,
+                    kind="units" if heads is not None else "train",
+                    units_generated=units_generated,
+                    units_counted=units_counted,
                     pending=counter.pending,
                     threshold=threshold,
                     triggers=triggers[-MAX_RESULT_TRIGGERS:],  # results stay small; all are on the topic
                     triggers_total=len(triggers),
-                    chunk=msg.chunk,
-                    chunks=msg.chunks,
-                    request_events=msg.request_events,
+                    chunk=chunk,
+                    chunks=chunks,
+                    request_events=request_events,
                 )
                 await tx.send(self.names.results, to_json(result), key=msg.request_id.encode())
             table[key] = counter
@@ -128,58 +178,3 @@ class CountStage:
         for domain_key, changed in table.changes.items():
             if changed is not None:
                 metrics.PENDING.labels(domain_key.decode()).set(changed.pending)
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A ``feedback.units`` message, decoded lightly: units stay JSON objects, written as they came.
-
-    The topic is internal (only the expand stage and the ingest write it); anything that does not
-    parse goes to the DLQ.
-    """
-
-    domain: str
-    request_id: str
-    event_id: str | None
-    received_at: datetime
-    units: list[dict[str, Any]]
-    counts: list[bool]
-    reply: bool
-    train: TrainRequest | None
-    chunk: int = 0
-    chunks: int = 1
-    request_events: int | None = None
-
-    @classmethod
-    def parse(cls, value: bytes) -> Incoming:
-        raw = orjson.loads(value)
-        if raw.get("kind") == "train":
-            train = TrainRequest.model_validate(raw)
-            return cls(train.domain, train.request_id, None, train.requested_at, [], [], True, train)
-        if raw.get("kind") != "units":
-            raise ValueError(f"unknown message kind {raw.get('kind')!r}")
-        units = raw["units"]
-        if not isinstance(units, list) or not all(isinstance(u, dict) and "kind" in u for u in units):
-            raise ValueError("units must be a list of training units")
-        chunk, chunks = raw.get("chunk", 0), raw.get("chunks", 1)
-        if not (isinstance(chunk, int) and isinstance(chunks, int) and 0 <= chunk < chunks):
-            raise ValueError(f"bad chunk {chunk!r} of {chunks!r}")
-        request_events = raw.get("request_events")
-        if request_events is not None and not (isinstance(request_events, int) and request_events >= 1):
-            raise ValueError(f"bad request_events {request_events!r}")
-        received_at = datetime.fromisoformat(raw["received_at"])
-        if received_at.tzinfo is None:
-            raise ValueError("received_at needs a time zone")
-        return cls(
-            domain=str(raw["domain"]),
-            request_id=str(raw["request_id"]),
-            event_id=str(raw["event_id"]),
-            received_at=received_at,
-            units=units,
-            counts=[bool(u["counts"]) for u in units],
-            reply=bool(raw.get("reply", True)),
-            train=None,
-            chunk=chunk,
-            chunks=chunks,
-            request_events=request_events,
-        )

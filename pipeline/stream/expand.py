@@ -20,17 +20,16 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from pydantic import TypeAdapter
+import msgspec
 
 from pipeline import contracts, metrics
 from pipeline.contracts import expand_event
 from pipeline.kafka.topics import UNITS_CHUNK_BYTES, TopicNames
-from pipeline.rules.expansion import ExpandState
+from pipeline.rules.expansion import ExpandState, decode_state
 from pipeline.rules.triplets import Limits, SeekerHistory, StreamClock, expired
 from pipeline.stream.runtime import Record, Table, Tx
-from pipeline.wire.records import TrainingUnit, UnitsBatch, to_json
+from pipeline.wire.records import RawUnitsBatch, UnitsBatch, to_json
 
-_STATE: TypeAdapter[ExpandState] = TypeAdapter(ExpandState)
 #: The clock's key: table keys of histories always contain '/', so it cannot collide.
 CLOCK_KEY = b"\x00clock"
 
@@ -38,21 +37,27 @@ CLOCK_KEY = b"\x00clock"
 def chunk_batch(batch: UnitsBatch, budget: int = UNITS_CHUNK_BYTES) -> list[bytes]:
     """The ``feedback.units`` messages of one batch: itself if its units fit ``budget`` bytes, else
     chunks of consecutive units each under ``budget`` (a unit bigger than that is a chunk alone),
-    numbered ``chunk`` 0..``chunks``-1 in order."""
+    numbered ``chunk`` 0..``chunks``-1 in order.
+
+    The batch is encoded once; only a batch over budget has its units encoded one by one, and the
+    chunks carry those bytes as they are (``RawUnitsBatch``) instead of encoding each unit again.
+    """
     whole = to_json(batch)
     if len(whole) <= budget or len(batch.units) <= 1:
         return [whole]
-    groups: list[list[TrainingUnit]] = [[]]
+    groups: list[list[msgspec.Raw]] = [[]]
     size = 0
     for unit in batch.units:
-        n = len(to_json(unit)) + 1  # and a comma
+        raw = msgspec.Raw(to_json(unit))
+        n = len(raw) + 1  # and a comma
         if groups[-1] and size + n > budget:
             groups.append([])
             size = 0
-        groups[-1].append(unit)
+        groups[-1].append(raw)
         size += n
+    fields = {f: getattr(batch, f) for f in batch.__struct_fields__}
     return [
-        to_json(batch.model_copy(update={"units": group, "chunk": i, "chunks": len(groups)}))
+        to_json(RawUnitsBatch(**{**fields, "units": group, "chunk": i, "chunks": len(groups)}))
         for i, group in enumerate(groups)
     ]
 
@@ -81,10 +86,10 @@ class ExpandStage:
         )
 
     def decode_state(self, value: bytes) -> ExpandState:
-        return _STATE.validate_json(value)
+        return decode_state(value)
 
     def encode_state(self, state: ExpandState) -> bytes:
-        return state.model_dump_json().encode()
+        return to_json(state)
 
     async def process(self, records: Sequence[Record], table: Table[ExpandState], tx: Tx) -> None:
         clock = table.get(CLOCK_KEY)

@@ -40,7 +40,7 @@ from pipeline.store.sql import (
 )
 from pipeline.stream.partitions import Clients, KafkaClients, PartitionRunner
 from pipeline.wire import envelope
-from pipeline.wire.records import Erasure
+from pipeline.wire.records import Erasure, from_json
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class StoreRunner(PartitionRunner[int | None]):
                     if entry is not None:
                         batch.entries.append(entry)
                 else:
-                    erasure = Erasure.model_validate_json(rec.value or b"")
+                    erasure = from_json(Erasure, rec.value or b"")
                     batch.erasures.append(
                         ErasureRow(erasure.entry_id, erasure.tenant, micros(erasure.requested_at))
                     )

@@ -2,58 +2,112 @@
 
 Every id here is a uuid5 under one fixed namespace, derived from the event (never the wall clock
 or randomness), so replaying ``feedback.raw`` reproduces the same records byte for byte.
+
+The records are frozen msgspec ``Struct``s (unknown fields refused, tagged unions on ``kind``),
+encoded and decoded straight from bytes by module-level encoders and decoders: the stream builds
+and writes several of them per event, and pydantic cost it about a sixth of its CPU. msgspec checks
+the ``Meta`` constraints (``ge``, ``le``, aware times) when it *decodes*, not when a record is
+built: the rules that build a record from a value a wire event can carry check it themselves
+(:func:`pipeline.rules.triplets.scored_unit`, the finite weights of ``expand_outcomes``).
 """
 
 from __future__ import annotations
 
 import base64
 import uuid
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+import msgspec
+from msgspec import Meta, Struct
 
-from pipeline.ids import uuid5_str
+from pipeline.ids import uuid5_namer
 
 __all__ = [
     "MAX_RESULT_TRIGGERS",
     "RECORD_NAMESPACE",
     "TRAINING_UNIT",
+    "UNITS_MESSAGE",
+    "AwareDatetime",
     "DeadLetter",
     "DeadLetterReason",
     "Erasure",
     "PreferenceUnit",
+    "RawUnitsBatch",
     "ScoredUnit",
     "Signal",
     "SignalValue",
+    "StageResult",
+    "TrainRequest",
     "TrainTrigger",
     "TrainingUnit",
     "TriggerRange",
     "TripletOrigin",
     "TripletUnit",
+    "UnitsBatch",
+    "UnitsMessage",
     "dead_letter",
+    "decoder",
     "deterministic_id",
     "erasure_id",
+    "from_json",
     "record_json_schemas",
+    "record_uuid5",
     "signal_id",
+    "to_builtins",
+    "to_json",
 ]
 
 # uuid5(NAMESPACE_DNS, "records.feedstream"), written out so it can never drift.
 RECORD_NAMESPACE = uuid.UUID("8337371b-0279-5c1c-aa9a-005deb23349a")
 
-SignalValue = bool | float | str
-TripletOrigin = Literal["ranking_outcome", "search_event"]
-Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+SignalValue: TypeAlias = bool | float | str
+TripletOrigin: TypeAlias = Literal["ranking_outcome", "search_event"]
+#: A time with a zone (decoding refuses a naive one); UTC is written with ``Z``, as pydantic did.
+AwareDatetime: TypeAlias = Annotated[datetime, Meta(tz=True)]
+Weight: TypeAlias = Annotated[float, Meta(ge=0)]
+
+_ENCODER = msgspec.json.Encoder()
+R = TypeVar("R")
 
 
-def to_json(model: BaseModel) -> bytes:
-    """JSON bytes of a record, straight from pydantic's serializer (the stream's hot path)."""
-    return model.__pydantic_serializer__.to_json(model)
+def to_json(record: Struct) -> bytes:
+    """JSON bytes of a record (the stream's hot path: one C call, no intermediate dict)."""
+    return _ENCODER.encode(record)
+
+
+def to_builtins(record: Struct) -> Any:
+    """A record as JSON-ready Python values (dicts, lists, ``Z`` times as strings): for answers."""
+    return msgspec.to_builtins(record)
+
+
+_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def decoder(type_: type[R]) -> msgspec.json.Decoder[R]:
+    """The (cached) JSON decoder of a record type or union; raises ``msgspec.ValidationError``."""
+    dec = _DECODERS.get(type_)
+    if dec is None:
+        dec = _DECODERS[type_] = msgspec.json.Decoder(type_)
+    return dec
+
+
+def from_json(type_: type[R], data: bytes | str) -> R:
+    """Decode and validate ``data`` as ``type_`` (a ``msgspec.ValidationError``, a ValueError, if not)."""
+    return decoder(type_).decode(data)
+
+
+#: ``name -> uuid5(RECORD_NAMESPACE, name)``: every id below (a hot path may build its name itself).
+record_uuid5 = uuid5_namer(RECORD_NAMESPACE)
 
 
 def deterministic_id(kind: str, *parts: str | int) -> str:
     """A uuid5 of a kind and its parts; each part is length-prefixed so no tuple aliases another."""
-    name = "|".join(f"{len(s)}:{s}" for s in (kind, *(str(p) for p in parts)))
-    return uuid5_str(RECORD_NAMESPACE, name)
+    name = f"{len(kind)}:{kind}"
+    for part in parts:
+        s = part if part.__class__ is str else str(part)
+        name += f"|{len(s)}:{s}"
+    return record_uuid5(name)
 
 
 def signal_id(*, event_id: str, subject: str, key: str) -> str:
@@ -61,48 +115,58 @@ def signal_id(*, event_id: str, subject: str, key: str) -> str:
     return deterministic_id("signal", event_id, subject, key)
 
 
-class _Record(BaseModel):
+class _Record(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Output records are immutable and reject unknown fields, so the schema is the whole truth."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def _tag(record: Struct) -> str:
+    return cast(str, type(record).__struct_config__.tag)
 
 
 # --- feedback.signals ----------------------------------------------------------------------------
 
 
-class Signal(_Record):
+class Signal(_Record, frozen=True, kw_only=True):
     """One scalar piece of feedback about one subject, whatever contract it arrived through."""
 
     signal_id: str
     event_id: str
     tenant: str
     domain: str
-    contract: str = Field(description="The contract of the raw event (e.g. ranking_outcome).")
-    key: str = Field(description="Flattened dot key, or a field name such as outcome/score/event_type.")
+    contract: Annotated[str, Meta(description="The contract of the raw event (e.g. ranking_outcome).")]
+    key: Annotated[
+        str, Meta(description="Flattened dot key, or a field name such as outcome/score/event_type.")
+    ]
     value: SignalValue
     reason: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = {}
     optimize: Literal["max", "min"] | None = None
-    subject: str = Field(description="What the signal is about: inference id, seeker->candidate, case...")
+    subject: Annotated[
+        str, Meta(description="What the signal is about: inference id, seeker->candidate, case...")
+    ]
     received_at: AwareDatetime
 
 
 # --- feedback.triplets ---------------------------------------------------------------------------
 
 
-class _Unit(_Record):
-    unit_id: str = Field(description="Deterministic: a replay yields the same id.")
+class _Unit(_Record, frozen=True, kw_only=True, tag_field="kind"):
+    unit_id: Annotated[str, Meta(description="Deterministic: a replay yields the same id.")]
     domain: str
-    tenant: str | None = Field(description="None when the unit belongs to the shared pool.")
-    event_id: str = Field(description="The raw event that produced this unit.")
+    tenant: Annotated[str | None, Meta(description="None when the unit belongs to the shared pool.")]
+    event_id: Annotated[str, Meta(description="The raw event that produced this unit.")]
     received_at: AwareDatetime
-    counts: bool = Field(description="Whether the unit advances the domain's train threshold.")
+    counts: Annotated[bool, Meta(description="Whether the unit advances the domain's train threshold.")]
+
+    @property
+    def kind(self) -> str:
+        """The unit's kind (the ``kind`` tag on the wire)."""
+        return _tag(self)
 
 
-class TripletUnit(_Unit):
+class TripletUnit(_Unit, frozen=True, kw_only=True, tag="triplet"):
     """anchor prefers positive over negative, pulled by ``weight``."""
 
-    kind: Literal["triplet"] = "triplet"
     anchor: str
     positive: str
     negative: str
@@ -110,87 +174,96 @@ class TripletUnit(_Unit):
     origin: TripletOrigin
 
 
-class PreferenceUnit(_Unit):
+class PreferenceUnit(_Unit, frozen=True, kw_only=True, tag="preference"):
     """A correction: for ``anchor`` the corrected output is chosen over the original one."""
 
-    kind: Literal["preference"] = "preference"
-    anchor: str = Field(description="module:case_id")
-    chosen: Any = Field(description="The corrected output.")
-    rejected: Any = Field(description="The original output.")
+    anchor: Annotated[str, Meta(description="module:case_id")]
+    chosen: Annotated[Any, Meta(description="The corrected output.")]
+    rejected: Annotated[Any, Meta(description="The original output.")]
     weight: Weight = 1.0
 
 
-class ScoredUnit(_Unit):
+class ScoredUnit(_Unit, frozen=True, kw_only=True, tag="scored"):
     """A scored input/output pair (seed 003); seed-sourced entries train but do not count."""
 
-    kind: Literal["scored"] = "scored"
     task_id: str
     inputs: dict[str, Any] | None = None
     output: str | None = None
-    score: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    score: Annotated[float, Meta(ge=0, le=1)] | None = None
     source: str
     metadata: dict[str, Any] | None = None
 
 
-TrainingUnit = Annotated[TripletUnit | PreferenceUnit | ScoredUnit, Field(discriminator="kind")]
-TRAINING_UNIT: TypeAdapter[TrainingUnit] = TypeAdapter(TrainingUnit)
+TrainingUnit: TypeAlias = TripletUnit | PreferenceUnit | ScoredUnit
+#: Decodes one ``feedback.triplets`` value (tagged by ``kind``).
+TRAINING_UNIT: msgspec.json.Decoder[TrainingUnit] = msgspec.json.Decoder(TrainingUnit)
 
 
 # --- train.triggers ------------------------------------------------------------------------------
 
 
-class TriggerRange(_Record):
+class TriggerRange(_Record, frozen=True, kw_only=True):
     """Where the trainer finds the units of this trigger: one partition, offsets inclusive."""
 
-    topic: str = Field(default="feedback.triplets", description="feedback.triplets (with any TOPIC_PREFIX).")
-    partition: int = Field(ge=0)
-    start_offset: int = Field(ge=0)
-    end_offset: int = Field(ge=0, description="Inclusive.")
+    topic: Annotated[str, Meta(description="feedback.triplets (with any TOPIC_PREFIX).")] = (
+        "feedback.triplets"
+    )
+    partition: Annotated[int, Meta(ge=0)]
+    start_offset: Annotated[int, Meta(ge=0)]
+    end_offset: Annotated[int, Meta(ge=0, description="Inclusive.")]
 
 
-class TrainTrigger(_Record):
+class TrainTrigger(_Record, frozen=True, kw_only=True):
     """Ask the trainer to fine-tune a domain on the units in ``range``."""
 
-    trigger_id: str = Field(description="uuid5 of (domain, sequence).")
+    trigger_id: Annotated[str, Meta(description="uuid5 of (domain, sequence).")]
     domain: str
-    reason: Literal["threshold", "manual", "repartition"] = Field(
-        description="threshold: pending reached it; manual: POST /v1/train; repartition: the domain's "
-        "units moved to another partition of feedback.triplets, so the open range was closed."
-    )
-    count: int = Field(ge=0, description="Counted units in the range.")
-    threshold: int = Field(ge=1)
-    sequence: int = Field(ge=1, description="1, 2, 3... per domain.")
+    reason: Annotated[
+        Literal["threshold", "manual", "repartition"],
+        Meta(
+            description="threshold: pending reached it; manual: POST /v1/train; repartition: the domain's "
+            "units moved to another partition of feedback.triplets, so the open range was closed."
+        ),
+    ]
+    count: Annotated[int, Meta(ge=0, description="Counted units in the range.")]
+    threshold: Annotated[int, Meta(ge=1)]
+    sequence: Annotated[int, Meta(ge=1, description="1, 2, 3... per domain.")]
     range: TriggerRange
-    emitted_at: AwareDatetime = Field(description="Time of the event that caused the trigger.")
+    emitted_at: Annotated[datetime, Meta(tz=True, description="Time of the event that caused the trigger.")]
 
 
 # --- feedback.dlq --------------------------------------------------------------------------------
 
 
-DeadLetterReason = Literal["schema_violation", "processing_failure", "size_violation"]
+DeadLetterReason: TypeAlias = Literal["schema_violation", "processing_failure", "size_violation"]
 #: What a dead letter's ``error`` text is cut to (an exception's message may quote its input).
 MAX_DEAD_LETTER_ERROR_CHARS = 4096
 
 
-class DeadLetter(_Record):
+class DeadLetter(_Record, frozen=True, kw_only=True):
     """A message a stage could not process, kept verbatim (or its head, if it could not fit) for replay."""
 
     stage: str
-    reason: DeadLetterReason = Field(
-        description="schema_violation: undecodable or invalid input; processing_failure: a rule "
-        "raised; size_violation: an output the input produced is over its topic's size limit."
-    )
+    reason: Annotated[
+        DeadLetterReason,
+        Meta(
+            description="schema_violation: undecodable or invalid input; processing_failure: a rule "
+            "raised; size_violation: an output the input produced is over its topic's size limit."
+        ),
+    ]
     error_type: str
-    error: str = Field(description="The error's message (at most 4096 characters).")
-    original: str = Field(description="Base64 of the original message bytes (see original_truncated).")
-    original_size: int = Field(ge=0, description="Length of the original message in bytes.")
-    original_truncated: bool = Field(
-        default=False, description="True when only the head of the original fits the dead-letter topic."
-    )
+    error: Annotated[str, Meta(description="The error's message (at most 4096 characters).")]
+    original: Annotated[
+        str, Meta(description="Base64 of the original message bytes (see original_truncated).")
+    ]
+    original_size: Annotated[int, Meta(ge=0, description="Length of the original message in bytes.")]
+    original_truncated: Annotated[
+        bool, Meta(description="True when only the head of the original fits the dead-letter topic.")
+    ] = False
     topic: str
     partition: int
     offset: int
-    key: str | None = Field(default=None, description="The original key as text (its head if over 16 KiB).")
+    key: Annotated[str | None, Meta(description="The original key as text (its head if over 16 KiB).")] = None
     failed_at: AwareDatetime
 
     def original_bytes(self) -> bytes:
@@ -211,13 +284,15 @@ def dead_letter(
     partition: int,
     offset: int,
     key: bytes | None,
-    failed_at: AwareDatetime,
+    failed_at: datetime,
     max_original_bytes: int | None = None,
 ) -> DeadLetter:
     """Build a DeadLetter from what a consumer has in hand (raw bytes and the exception).
 
     ``max_original_bytes`` keeps only the head of a bigger original (``original_truncated``).
     """
+    if failed_at.tzinfo is None:
+        raise ValueError("failed_at needs a time zone")
     kept = original if max_original_bytes is None else original[: max(0, max_original_bytes)]
     message = str(error) or type(error).__name__
     return DeadLetter(
@@ -241,46 +316,64 @@ def dead_letter(
 # --- feedback.units and feedback.results (internal: between the stages, and back to the ingest) ---
 
 
-class UnitsBatch(_Record):
+class UnitsBatch(_Record, frozen=True, kw_only=True, tag_field="kind", tag="units"):
     """The training units one raw event produced, routed by domain to the counting stage."""
 
-    kind: Literal["units"] = "units"
     request_id: str
     event_id: str
     tenant: str | None
     domain: str
     contract: str
     received_at: AwareDatetime
-    units: list[TrainingUnit] = Field(default_factory=list)
-    reply: bool = Field(default=True, description="False for copies (the shared pool): no result.")
-    chunk: int = Field(default=0, ge=0, description="Index of this message among the event's chunks.")
-    chunks: int = Field(
-        default=1, ge=1, description="Messages the event's units were split into (each under a byte budget)."
-    )
-    request_events: int | None = Field(
-        default=None, ge=1, description="Raw events of the request, when the envelope says (completeness)."
-    )
+    units: list[TrainingUnit] = []
+    reply: Annotated[bool, Meta(description="False for copies (the shared pool): no result.")] = True
+    chunk: Annotated[int, Meta(ge=0, description="Index of this message among the event's chunks.")] = 0
+    chunks: Annotated[
+        int, Meta(ge=1, description="Messages the event's units were split into (each under a byte budget).")
+    ] = 1
+    request_events: (
+        Annotated[
+            int, Meta(ge=1, description="Raw events of the request, when the envelope says (completeness).")
+        ]
+        | None
+    ) = None
+
+    @property
+    def kind(self) -> str:
+        return _tag(self)
 
 
-class TrainRequest(_Record):
+class RawUnitsBatch(UnitsBatch, frozen=True, kw_only=True, tag="units"):
+    """A :class:`UnitsBatch` whose units stay JSON (``msgspec.Raw``): the count stage reads the
+    batch and passes each unit's bytes through to ``feedback.triplets`` as they came; the expand
+    stage writes chunks from units it encoded once. Same wire format as UnitsBatch."""
+
+    units: list[msgspec.Raw] = []  # type: ignore[assignment]
+
+
+class TrainRequest(_Record, frozen=True, kw_only=True, tag_field="kind", tag="train"):
     """``POST /v1/train``: force a trigger, ordered with the counts of its domain."""
 
-    kind: Literal["train"] = "train"
     request_id: str
     tenant: str
     domain: str
     requested_at: AwareDatetime
 
+    @property
+    def kind(self) -> str:
+        return _tag(self)
 
-UnitsMessage = Annotated[UnitsBatch | TrainRequest, Field(discriminator="kind")]
-UNITS_MESSAGE: TypeAdapter[UnitsMessage] = TypeAdapter(UnitsMessage)
+
+UnitsMessage: TypeAlias = UnitsBatch | TrainRequest
+#: Decodes one ``feedback.units`` value (tagged by ``kind``), units decoded too.
+UNITS_MESSAGE: msgspec.json.Decoder[UnitsMessage] = msgspec.json.Decoder(UnitsMessage)
 
 
 #: Triggers a result carries at most (the last ones); ``triggers_total`` says how many there were.
 MAX_RESULT_TRIGGERS = 16
 
 
-class StageResult(_Record):
+class StageResult(_Record, frozen=True, kw_only=True):
     """What the counting stage did with one chunk of a raw event's units, or a train request.
 
     An event whose units were split into ``chunks`` messages has one result per chunk (its
@@ -291,30 +384,33 @@ class StageResult(_Record):
     event_id: str | None = None
     domain: str
     kind: Literal["units", "train"]
-    units_generated: int = Field(ge=0)
-    units_counted: int = Field(ge=0)
-    pending: int = Field(ge=0)
-    threshold: int = Field(ge=1)
-    triggers: list[TrainTrigger] = Field(
-        default_factory=list, description="The last (at most 16) triggers this chunk caused, in order."
+    units_generated: Annotated[int, Meta(ge=0)]
+    units_counted: Annotated[int, Meta(ge=0)]
+    pending: Annotated[int, Meta(ge=0)]
+    threshold: Annotated[int, Meta(ge=1)]
+    triggers: Annotated[
+        list[TrainTrigger], Meta(description="The last (at most 16) triggers this chunk caused, in order.")
+    ] = []
+    triggers_total: Annotated[int, Meta(ge=0, description="All triggers this chunk caused.")] = 0
+    chunk: Annotated[int, Meta(ge=0)] = 0
+    chunks: Annotated[int, Meta(ge=1)] = 1
+    request_events: Annotated[int, Meta(ge=1, description="Raw events of the request, if known.")] | None = (
+        None
     )
-    triggers_total: int = Field(default=0, ge=0, description="All triggers this chunk caused.")
-    chunk: int = Field(default=0, ge=0)
-    chunks: int = Field(default=1, ge=1)
-    request_events: int | None = Field(default=None, ge=1, description="Raw events of the request, if known.")
 
 
-class Erasure(BaseModel):
+class Erasure(_Record, frozen=True, kw_only=True, tag_field="kind", tag="erasure"):
     """A feedback entry erased by its tenant (``DELETE /api/v1/feedback/{id}``): the store removes it
     and keeps a deleted marker; trainers drop the units whose ``event_id`` is ``entry_id``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["erasure"] = "erasure"
-    erasure_id: str = Field(description="uuid5 of the entry id: one erasure per entry, however often asked.")
+    erasure_id: Annotated[
+        str, Meta(description="uuid5 of the entry id: one erasure per entry, however often asked.")
+    ]
     tenant: str
-    entry_id: str = Field(description="The erased entry (seed 003 `id`, the raw event's `event_id`).")
-    task_id: str = Field(description="The entry's task (its domain on the other topics).")
+    entry_id: Annotated[
+        str, Meta(description="The erased entry (seed 003 `id`, the raw event's `event_id`).")
+    ]
+    task_id: Annotated[str, Meta(description="The entry's task (its domain on the other topics).")]
     requested_at: AwareDatetime
     request_id: str
     correlation_id: str
@@ -324,14 +420,26 @@ def erasure_id(entry_id: str) -> str:
     return deterministic_id("erasure", entry_id)
 
 
+def struct_json_schema(*types: Any) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a type, or ``anyOf`` several, with ``$defs`` (msgspec's)."""
+    refs, defs = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
+    schema: dict[str, Any] = dict(refs[0]) if len(refs) == 1 else {"anyOf": list(refs)}
+    if "$ref" in schema and len(schema) == 1:  # one struct: its own schema on top, the rest as $defs
+        name = schema["$ref"].rsplit("/", 1)[1]
+        schema = dict(defs.pop(name))
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
 def record_json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema of each output topic's value, keyed by the (unprefixed) topic name."""
     return {
-        "feedback.signals": Signal.model_json_schema(),
-        "feedback.triplets": TRAINING_UNIT.json_schema(),
-        "train.triggers": TrainTrigger.model_json_schema(),
-        "feedback.dlq": DeadLetter.model_json_schema(),
-        "feedback.units": UNITS_MESSAGE.json_schema(),
-        "feedback.results": StageResult.model_json_schema(),
-        "feedback.erasures": Erasure.model_json_schema(),
+        "feedback.signals": struct_json_schema(Signal),
+        "feedback.triplets": struct_json_schema(TrainingUnit),
+        "train.triggers": struct_json_schema(TrainTrigger),
+        "feedback.dlq": struct_json_schema(DeadLetter),
+        "feedback.units": struct_json_schema(UnitsMessage),
+        "feedback.results": struct_json_schema(StageResult),
+        "feedback.erasures": struct_json_schema(Erasure),
     }

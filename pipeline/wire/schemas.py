@@ -1,7 +1,6 @@
 """The JSON Schema (draft 2020-12) of every topic's message value: the contract with consumers.
 
-The schemas are generated from the types that write the messages (msgspec for ``feedback.raw``,
-pydantic for the others) and committed under
+The schemas are generated from the msgspec types that write the messages and committed under
 ``schemas/`` (one ``<topic>.schema.json`` per topic of :data:`pipeline.kafka.topics.TOPICS`, plus a
 ``README.md`` index), so a model change that alters the wire format shows up in review::
 
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from msgspec import Struct
 
 from pipeline.kafka import topics
 from pipeline.rules.counters import DomainCounter
@@ -52,19 +51,15 @@ SCHEMA_DIR = REPO_ROOT / "schemas"
 README = "README.md"
 
 
-def _doc(model: type[BaseModel]) -> str:
+def _doc(model: type[Struct]) -> str:
     """The first paragraph of a model's docstring, on one line."""
     doc = (inspect.getdoc(model) or "").replace("``", "`")
     return " ".join(doc.split("\n\n")[0].split())
 
 
-def _kinds(*models: type[BaseModel]) -> str:
-    """``kind`` (discriminator value): docstring, for each member of a union."""
-    parts = []
-    for m in models:
-        field = m.model_fields["kind"]
-        parts.append(f"{field.default} ({_doc(m).rstrip('.')})")
-    return "; ".join(parts)
+def _kinds(*models: type[Struct]) -> str:
+    """``kind`` (the tag): docstring, for each member of a union."""
+    return "; ".join(f"{m.__struct_config__.tag} ({_doc(m).rstrip('.')})" for m in models)
 
 
 @dataclass(frozen=True)
@@ -160,7 +155,7 @@ TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
     ),
     TopicSchema(
         topics.EXPAND_STATE,
-        lambda: TypeAdapter(SeekerHistory | StreamClock).json_schema(),
+        lambda: records.struct_json_schema(SeekerHistory, StreamClock),
         _doc(SeekerHistory)
         + " Key `\\u0000clock` holds the partition's stream time instead (newest received_at seen,"
         " and when histories were last swept for their age). Each change goes to the partition with"
@@ -173,7 +168,7 @@ TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
     ),
     TopicSchema(
         topics.COUNT_STATE,
-        DomainCounter.model_json_schema,
+        lambda: records.struct_json_schema(DomainCounter),
         _doc(DomainCounter)
         + " Each change goes to the partition with the number of the feedback.units partition it reflects; "
         "a null value (tombstone) deletes the key",

@@ -31,6 +31,7 @@ from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
+from pipeline.wire.records import to_builtins
 from scripts.common import write_raw
 from tests.conftest import LOG_DIR, TEST_TENANTS
 from tests.kafka_helpers import read_until
@@ -98,7 +99,7 @@ def replay(
         for batch in out.batches:
             for unit in batch.units:
                 assert unit.unit_id not in units
-                units[unit.unit_id] = unit.model_dump(mode="json")
+                units[unit.unit_id] = to_builtins(unit)
                 counted[unit.domain] += unit.counts
     return units, counted
 

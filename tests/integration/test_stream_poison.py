@@ -28,6 +28,7 @@ from pipeline.settings import Settings
 from pipeline.stream.runtime import key_partition
 from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
+from pipeline.wire.records import to_builtins
 from tests.conftest import TEST_TENANTS
 from tests.http_helpers import get, post
 from tests.kafka_helpers import produce, read_until
@@ -108,7 +109,7 @@ async def test_a_request_whose_units_exceed_the_topic_limit_is_answered_in_full(
     planned = publisher.plan(body)[0].events[0]
     limits = Limits(max_items=settings.seeker_max_items, max_age_seconds=settings.seeker_max_age_s)
     expected = len(expand_event(planned, {}, limits=limits, shared_pool="__shared__").batches[0].units)
-    assert len(orjson.dumps([u.model_dump(mode="json") for u in planned_units(planned, limits)])) > 4 << 20
+    assert len(orjson.dumps([to_builtins(u) for u in planned_units(planned, limits)])) > 4 << 20
 
     status, answer, _ = await post(ingest, "/v1/feedback", body, key=KEY)
     assert status in (200, 202), answer

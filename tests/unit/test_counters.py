@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pipeline.rules.counters import DomainCounter, count_units, force_trigger, trigger_id
-from pipeline.wire.records import TrainTrigger, TriggerRange
+from pipeline.wire.records import TrainTrigger, TriggerRange, from_json, to_json
 
 AT = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
 LATER = datetime(2024, 1, 15, 11, 0, tzinfo=UTC)
@@ -269,4 +269,4 @@ def test_state_round_trips_through_json() -> None:
         at=AT,
     )
     assert state.last_trigger is not None
-    assert DomainCounter.model_validate_json(state.model_dump_json()) == state
+    assert from_json(DomainCounter, to_json(state)) == state

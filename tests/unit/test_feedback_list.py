@@ -19,7 +19,7 @@ from pipeline.settings import Settings
 from pipeline.store.sql import Database, PartitionBatch, open_database, read_offsets, write_batch
 from pipeline.stream.store import raw_rows
 from pipeline.tenants import load_tenants
-from pipeline.wire.records import Erasure
+from pipeline.wire.records import Erasure, from_json
 from tests.inprocess import TENANTS, Edge, FakeView, FakeWriter
 from tests.unit.test_edge import TASK
 
@@ -148,7 +148,7 @@ async def test_delete_erases_the_entry_and_tells_kafka(store: Store) -> None:
     erasures = [r for r in store.edge.writer.records if r.topic == store.names.erasures]
     assert len(erasures) == 1
     record = erasures[0]
-    message = Erasure.model_validate_json(record.value)
+    message = from_json(Erasure, record.value)
     assert (message.entry_id, message.tenant, message.task_id) == (gone["id"], "dev", TASK)
     assert record.key == f"{TASK}/{gone['id']}".encode()
     size = len(record.key or b"") + len(record.value) + sum(len(k) + len(v) for k, v in record.headers)

@@ -1,11 +1,21 @@
-"""Canonical UUIDs: every spelling the edge accepts canonicalises; none raises (found by the hostile fuzz)."""
+"""Canonical UUIDs: every spelling the edge accepts canonicalises; none raises (found by the hostile fuzz).
+Reproducible ids: the same bytes as earlier code wrote."""
 
 from __future__ import annotations
 
+import random
+import uuid
+from datetime import UTC, datetime
+
 import pytest
 
-from pipeline.ids import canonical_uuid
+from pipeline.ids import canonical_uuid, uuid5_str
+from pipeline.rules.counters import trigger_id
+from pipeline.rules.flatten import feedback_id
+from pipeline.rules.triplets import Observation, triplet_id
+from pipeline.wire.records import RECORD_NAMESPACE, deterministic_id, erasure_id, signal_id
 
+AT = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
 U = "6f1c2d3e-4b5a-4c7d-8e9f-a0b1c2d3e4f5"
 
 
@@ -40,3 +50,79 @@ def test_every_accepted_spelling_is_canonical(spelling: str) -> None:
 )
 def test_other_spellings_are_refused_without_raising(spelling: str) -> None:
     assert canonical_uuid(spelling) is None
+
+
+# --- reproducible ids: byte-identical to what earlier code wrote (replays depend on it) -------------
+
+#: Written by the code of commit 3a30166 (uuid.uuid5 semantics, before the faster uuid5_str).
+STORED_IDS: list[tuple[tuple[str | int, ...], str]] = [
+    (
+        (
+            "triplet",
+            "dating",
+            "u_alice",
+            "u_bob",
+            "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
+            "u_carl",
+            "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2c",
+        ),
+        "6811903b-f7fb-525c-b38c-da50453cf4be",
+    ),
+    (("preference", "e1"), "05b775f7-9b7c-553b-9bfb-267147786c67"),
+    (("pooled-event", "e1"), "c51d8d81-22de-571d-a1f9-a57891fedbde"),
+    (("scored", "e"), "8c883d8f-11ab-56c5-8e69-fcc34ed86bc2"),
+    (("k",), "2cf806fa-2d59-5b7d-80fe-5275f3530d36"),
+    (("k", "a|b", "c"), "a0dcf827-69b4-5c10-9988-a60315988580"),
+    (("k", "ééé", 7, ""), "cb366db6-9a44-504c-a38a-e05da76bc3fe"),
+]
+
+
+@pytest.mark.parametrize(("parts", "stored"), STORED_IDS, ids=lambda v: str(v)[:20])
+def test_deterministic_ids_are_the_stored_ones(parts: tuple[str | int, ...], stored: str) -> None:
+    kind, *rest = parts
+    assert deterministic_id(str(kind), *rest) == stored
+
+
+def test_the_named_ids_are_the_stored_ones() -> None:
+    assert signal_id(event_id="e", subject="s->t", key="outcome") == "bc3c73cb-2f9a-543e-b020-d5cd23c11ebd"
+    assert trigger_id("dating", 12) == "19348c29-3def-5c67-a507-0de8422b8104"
+    assert erasure_id("0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b") == "e5490ba4-25a5-5621-a907-578e19fa7db5"
+    event = "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"
+    assert feedback_id(event, "accuracy.score") == "ba08e2fd-04e3-5137-9355-090a99775f36"
+
+
+def test_uuid5_str_is_uuid5_for_any_name_and_namespace() -> None:
+    rng = random.Random(5)
+    names = ["", "x", "é" * 50, "\x00|:", "🙂" * 3] + [
+        "".join(rng.choice("ab|:é0") for _ in range(rng.randrange(0, 80))) for _ in range(500)
+    ]
+    for namespace in (RECORD_NAMESPACE, uuid.NAMESPACE_DNS, uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1)):
+        for name in names:
+            assert uuid5_str(namespace, name) == str(uuid.uuid5(namespace, name)), (namespace, name)
+
+
+def test_triplet_id_is_the_deterministic_id_of_its_parts() -> None:
+    rng = random.Random(9)
+
+    def text() -> str:
+        return "".join(rng.choice("ab|:é0-") for _ in range(rng.randrange(0, 40)))
+
+    for _ in range(300):
+        domain, anchor, pc, pe, nc, ne = (text() for _ in range(6))
+        p = Observation(
+            candidate_id=pc, label="l", grade=2.0, positive=True, weight=1.0, event_id=pe, observed_at=AT
+        )
+        n = Observation(
+            candidate_id=nc, label="l", grade=0.0, positive=False, weight=1.0, event_id=ne, observed_at=AT
+        )
+        expected = deterministic_id("triplet", domain, anchor, pc, pe, nc, ne)
+        assert triplet_id(domain=domain, anchor=anchor, positive=p, negative=n) == expected
+    stored_parts, stored = STORED_IDS[0]
+    _, domain, anchor, pc, pe, nc, ne = (str(s) for s in stored_parts)
+    p = Observation(
+        candidate_id=pc, label="l", grade=2.0, positive=True, weight=1.0, event_id=pe, observed_at=AT
+    )
+    n = Observation(
+        candidate_id=nc, label="l", grade=0.0, positive=False, weight=1.0, event_id=ne, observed_at=AT
+    )
+    assert triplet_id(domain=domain, anchor=anchor, positive=p, negative=n) == stored

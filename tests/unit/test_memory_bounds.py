@@ -20,7 +20,7 @@ from pipeline.kafka.topics import topic_names
 from pipeline.settings import Settings
 from pipeline.stream import runtime as eos
 from pipeline.stream.runtime import key_partition
-from pipeline.wire.records import StageResult
+from pipeline.wire.records import StageResult, from_json, to_json
 
 
 @pytest.fixture
@@ -83,12 +83,10 @@ def test_the_ingest_view_holds_no_more_than_it_counts_under_request_churn(
     """VIEW_MAX_BYTES_PER_TENANT bounds memory: kept results, their requests and the view's indexes."""
     names = topic_names(Settings(topic_prefix=""))
     owners = {f"d{t}": f"t{t}" for t in range(4)}
-    # pydantic-core caches up to 16,384 short JSON strings process-wide (a fixed bound, ~1.4 MiB):
-    # fill it first, so only the view is measured. Its slots are picked by hash: 20,000 strings leave
-    # ~30 % of them with what earlier tests parsed (short strings, replaced during the measurement:
-    # +200 KiB after the store's SIGKILL test); 100,000 leave ~0.2 %
+    # JSON decoders may cache short strings process-wide in a fixed bound (pydantic-core did, up to
+    # 16,384; msgspec caches short keys): fill such caches first, so only the view is measured
     for i in range(100_000):
-        StageResult.model_validate_json(result_json(names, -1 - i))
+        from_json(StageResult, result_json(names, -1 - i))
     before = traced()
     view = StreamView("unused:9092", names, owner_of=owners.get, max_bytes_per_tenant=256 * 1024)
     for i in range(20_000):
@@ -102,9 +100,9 @@ def test_the_ingest_view_holds_no_more_than_it_counts_under_request_churn(
             units_counted=3,
             pending=i,
             threshold=500,
-        ).model_dump_json()
+        )
         # as aiokafka hands them over: bytes of their own size
-        view._apply(names.results, request_id.encode(), bytes(memoryview(value.encode())))
+        view._apply(names.results, request_id.encode(), bytes(memoryview(to_json(value))))
     accounted = sum(view.kept_bytes(f"t{t}") for t in range(4))
     assert accounted <= 4 * 256 * 1024
     held = traced() - before
@@ -112,7 +110,7 @@ def test_the_ingest_view_holds_no_more_than_it_counts_under_request_churn(
 
 
 def result_json(names: object, i: int) -> bytes:
-    return (
+    return to_json(
         StageResult(
             request_id=f"req_{uuid.UUID(int=abs(i)).hex}{'w' if i < 0 else ''}",
             event_id=f"evt_{uuid.UUID(int=abs(i)).hex}",
@@ -123,6 +121,4 @@ def result_json(names: object, i: int) -> bytes:
             pending=abs(i),
             threshold=500,
         )
-        .model_dump_json()
-        .encode()
     )

@@ -1,4 +1,4 @@
-"""The output records: JSON round-trips, deterministic ids, the discriminated training unit."""
+"""The output records: JSON round-trips, ids, the tagged training unit, what decoding refuses."""
 
 from __future__ import annotations
 
@@ -6,28 +6,43 @@ import base64
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
+import msgspec
+import orjson
 import pytest
-from pydantic import BaseModel, ValidationError
+from msgspec import ValidationError
 
 from pipeline.wire.records import (
     RECORD_NAMESPACE,
     TRAINING_UNIT,
+    UNITS_MESSAGE,
     DeadLetter,
     PreferenceUnit,
+    RawUnitsBatch,
     ScoredUnit,
     Signal,
     TrainTrigger,
     TriggerRange,
     TripletUnit,
+    UnitsBatch,
     dead_letter,
     deterministic_id,
+    from_json,
     record_json_schemas,
     signal_id,
+    to_builtins,
+    to_json,
 )
 
 AT = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
-COMMON = {"domain": "dating", "tenant": "acme", "event_id": "e1", "received_at": AT, "counts": True}
+COMMON: dict[str, Any] = {
+    "domain": "dating",
+    "tenant": "acme",
+    "event_id": "e1",
+    "received_at": AT,
+    "counts": True,
+}
 
 TRIPLET = TripletUnit(
     unit_id="u1",
@@ -87,24 +102,25 @@ TRIGGER = TrainTrigger(
     [_signal(True), _signal(4.5), _signal("clear"), TRIGGER],
     ids=["signal-bool", "signal-float", "signal-str", "trigger"],
 )
-def test_records_round_trip(record: BaseModel) -> None:
-    raw = record.model_dump_json()
-    assert type(record).model_validate_json(raw) == record
+def test_records_round_trip(record: Signal | TrainTrigger) -> None:
+    raw = to_json(record)
+    assert from_json(type(record), raw) == record
+    assert to_json(from_json(type(record), raw)) == raw
 
 
 @pytest.mark.parametrize("unit", [TRIPLET, PREFERENCE, SCORED], ids=["triplet", "preference", "scored"])
 def test_training_units_round_trip_through_the_union(unit: TripletUnit | PreferenceUnit | ScoredUnit) -> None:
-    raw = TRAINING_UNIT.dump_json(unit)
-    back = TRAINING_UNIT.validate_json(raw)
+    raw = to_json(unit)
+    back = TRAINING_UNIT.decode(raw)
     assert type(back) is type(unit)
     assert back == unit
     assert json.loads(raw)["kind"] == unit.kind
 
 
 def test_signal_values_keep_their_type() -> None:
-    assert Signal.model_validate_json(_signal(True).model_dump_json()).value is True
-    assert Signal.model_validate_json(_signal("4").model_dump_json()).value == "4"
-    number = Signal.model_validate_json(_signal(4).model_dump_json()).value
+    assert from_json(Signal, to_json(_signal(True))).value is True
+    assert from_json(Signal, to_json(_signal("4"))).value == "4"
+    number = from_json(Signal, to_json(_signal(4))).value
     assert number == 4.0 and isinstance(number, float)
 
 
@@ -135,7 +151,7 @@ def test_dead_letter_keeps_the_original_bytes() -> None:
         key="dating/u_alice",
         failed_at=AT,
     )
-    back = DeadLetter.model_validate_json(letter.model_dump_json())
+    back = from_json(DeadLetter, to_json(letter))
     assert back == letter
     assert back.original_bytes() == original
 
@@ -154,7 +170,7 @@ def test_dead_letter_without_key_or_message() -> None:
     )
     assert letter.key is None and letter.error == "KeyError" and letter.original == ""
     assert letter.reason == "schema_violation"
-    assert DeadLetter.model_validate_json(letter.model_dump_json()) == letter
+    assert from_json(DeadLetter, to_json(letter)) == letter
 
 
 def test_dead_letter_keeps_the_head_of_what_does_not_fit_and_says_so() -> None:
@@ -175,18 +191,54 @@ def test_dead_letter_keeps_the_head_of_what_does_not_fit_and_says_so() -> None:
     assert letter.original_truncated and letter.original_size == len(original)
     assert len(letter.error) == 4096 and letter.key == "k" * 16 * 1024
     with pytest.raises(ValidationError):
-        DeadLetter.model_validate({**letter.model_dump(), "reason": "it broke"})
+        from_json(DeadLetter, orjson.dumps({**to_builtins(letter), "reason": "it broke"}))
 
 
 def test_records_reject_unknown_fields_and_naive_times() -> None:
-    with pytest.raises(ValidationError):
-        TrainTrigger.model_validate({**TRIGGER.model_dump(), "extra": 1})
-    with pytest.raises(ValidationError):
-        TrainTrigger.model_validate({**TRIGGER.model_dump(), "emitted_at": datetime(2024, 1, 1)})
-    with pytest.raises(ValidationError):
-        TRAINING_UNIT.validate_python({**TRIPLET.model_dump(), "kind": "pair"})
-    with pytest.raises(ValidationError):
-        TRAINING_UNIT.validate_python({**TRIPLET.model_dump(), "weight": -1.0})
+    trigger, triplet = to_builtins(TRIGGER), to_builtins(TRIPLET)
+    with pytest.raises(ValidationError, match="unknown field `extra`"):
+        from_json(TrainTrigger, orjson.dumps({**trigger, "extra": 1}))
+    with pytest.raises(ValidationError, match="timezone"):
+        from_json(TrainTrigger, orjson.dumps({**trigger, "emitted_at": "2024-01-01T00:00:00"}))
+    with pytest.raises(ValidationError, match="Invalid value 'pair'"):
+        TRAINING_UNIT.decode(orjson.dumps({**triplet, "kind": "pair"}))
+    with pytest.raises(ValidationError, match="Expected `float` >= 0"):
+        TRAINING_UNIT.decode(orjson.dumps({**triplet, "weight": -1.0}))
+    with pytest.raises(ValidationError, match="Number out of range"):  # JSON's way to an infinite weight
+        TRAINING_UNIT.decode(orjson.dumps(triplet).replace(b'"weight":2.0', b'"weight":1e400'))
+    with pytest.raises(ValidationError, match="Expected `float` <= 1"):
+        TRAINING_UNIT.decode(orjson.dumps({**to_builtins(SCORED), "score": 1.5}))
+    with pytest.raises(ValidationError, match="required field `unit_id`"):
+        TRAINING_UNIT.decode(orjson.dumps({k: v for k, v in triplet.items() if k != "unit_id"}))
+
+
+def test_times_are_written_as_pydantic_wrote_them() -> None:
+    """UTC with ``Z``, other offsets as they are, microseconds only when there are some."""
+    from datetime import timedelta, timezone
+
+    plus2 = datetime(2024, 1, 15, 12, 35, 1, 250000, tzinfo=timezone(timedelta(hours=2)))
+    assert orjson.loads(to_json(TRIGGER))["emitted_at"] == "2024-01-15T10:35:00Z"
+    moved = msgspec.structs.replace(TRIGGER, emitted_at=plus2)
+    assert orjson.loads(to_json(moved))["emitted_at"] == "2024-01-15T12:35:01.250000+02:00"
+    assert to_builtins(TRIGGER)["emitted_at"] == "2024-01-15T10:35:00Z"
+
+
+def test_a_units_message_decodes_with_its_units_or_with_their_bytes() -> None:
+    batch = UnitsBatch(
+        request_id="r",
+        event_id="e1",
+        tenant="acme",
+        domain="dating",
+        contract="ranking_outcome",
+        received_at=AT,
+        units=[TRIPLET, PREFERENCE, SCORED],
+        request_events=2,
+    )
+    data = to_json(batch)
+    assert UNITS_MESSAGE.decode(data) == batch
+    raw = from_json(RawUnitsBatch, data)
+    assert [bytes(u) for u in raw.units] == [to_json(u) for u in batch.units]
+    assert to_json(raw) == data  # the same wire format, byte for byte
 
 
 def test_deterministic_ids() -> None:

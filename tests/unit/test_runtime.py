@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, Request
 
 from pipeline.stream.partitions import OFFSET_GAPS, Backoff
 from pipeline.stream.runtime import STAGE_ERRORS, Record, StageRunner, Table, Tx, fenced, transient
-from pipeline.wire.records import DeadLetter
+from pipeline.wire.records import DeadLetter, from_json, to_json
 from tests.fakekafka import Cluster, FakeClients, FakeConsumer, FakeProducer
 
 IN, OUT, LOG, DLQ = "in", "out", "changelog", "dlq"
@@ -183,7 +183,7 @@ async def test_undecodable_inputs_and_rule_failures_are_dead_lettered_by_the_run
     cluster.produce(IN, [b"bad json", b"ok", b"boom"])
     await owning(runner, consumer)
     await turn(runner)
-    letters = [DeadLetter.model_validate_json(v or b"") for v in cluster.values(DLQ)]
+    letters = [from_json(DeadLetter, v or b"") for v in cluster.values(DLQ)]
     assert [(d.offset, d.reason, d.stage) for d in letters] == [
         (0, "schema_violation", "counting"),
         (2, "processing_failure", "counting"),
@@ -198,7 +198,7 @@ async def test_a_refused_output_goes_careful_and_dead_letters_only_its_input() -
     await owning(runner, consumer)
     await turn(runner, 12)
     assert cluster.values(OUT) == [b"a", b"b", b"c"]
-    [letter] = [DeadLetter.model_validate_json(v or b"") for v in cluster.values(DLQ)]
+    [letter] = [from_json(DeadLetter, v or b"") for v in cluster.values(DLQ)]
     assert (letter.reason, letter.offset) == ("size_violation", 2)
     assert runner.state(0) == {b"n": 3, b"k": 3}
     assert cluster.offsets[GROUP, TP] >= 4 and not runner._careful
@@ -211,7 +211,7 @@ async def test_a_broker_refusal_re_takes_the_partition_and_still_dead_letters_on
     cluster.produce(IN, [b"a", b"b"])
     await turn(runner, 12)
     assert len(clients.producers) >= 2  # re-taken with a fresh, fencing producer
-    [letter] = [DeadLetter.model_validate_json(v or b"") for v in cluster.values(DLQ)]
+    [letter] = [from_json(DeadLetter, v or b"") for v in cluster.values(DLQ)]
     assert (letter.reason, letter.offset) == ("size_violation", 0)
     assert cluster.values(OUT) == [b"b"] and runner.state(0) == {b"n": 1, b"k": 1}
 
@@ -465,11 +465,11 @@ def test_dead_letters_through_the_real_tx_carry_the_reason() -> None:
         assert await tx.attempt(boom, rule, b"fine") == b"fine"
         await tx.flush()
         await producer.commit_transaction()
-        return [DeadLetter.model_validate_json(v or b"") for v in cluster.values(DLQ)]
+        return [from_json(DeadLetter, v or b"") for v in cluster.values(DLQ)]
 
     letters = asyncio.run(go())
     assert [(d.reason, d.offset, d.error_type) for d in letters] == [
         ("schema_violation", 0, "ValueError"),
         ("processing_failure", 1, "ArithmeticError"),
     ]
-    assert orjson.loads(letters[0].model_dump_json())["stage"] == "s"
+    assert orjson.loads(to_json(letters[0]))["stage"] == "s"

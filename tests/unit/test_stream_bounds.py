@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import msgspec
 import orjson
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError, RequestTimedOutError
@@ -43,6 +44,7 @@ from pipeline.wire.records import (
     TriggerRange,
     TripletUnit,
     UnitsBatch,
+    from_json,
     to_json,
 )
 from tests.fakekafka import FakeBatch
@@ -147,14 +149,14 @@ def test_a_big_batch_is_chunked_under_the_budget_in_order() -> None:
     assert units == [u.unit_id for u in batch.units]
     assert all(m["event_id"] == batch.event_id and m["request_id"] == batch.request_id for m in messages)
     for m in messages:
-        UnitsBatch.model_validate(m)
+        from_json(UnitsBatch, orjson.dumps(m))
 
 
 def test_a_unit_bigger_than_the_budget_is_a_chunk_of_its_own() -> None:
     out = expand_event(ranking("s", outcomes(3)), {}, limits=LIMITS, shared_pool="__shared__")
     units = out.batches[0].units
-    big = cast(TripletUnit, units[0]).model_copy(update={"anchor": "a" * 5000})
-    batch = out.batches[0].model_copy(update={"units": [units[1], big, units[2]]})
+    big = msgspec.structs.replace(cast(TripletUnit, units[0]), anchor="a" * 5000)
+    batch = msgspec.structs.replace(out.batches[0], units=[units[1], big, units[2]])
     messages = [orjson.loads(m) for m in chunk_batch(batch, 2000)]
     assert [len(m["units"]) for m in messages] == [1, 1, 1]
     assert messages[1]["units"][0]["anchor"] == "a" * 5000
@@ -167,7 +169,7 @@ def test_the_count_stage_answers_per_chunk_and_caps_triggers() -> None:
     tx = FakeTx()
     recs = [record(m, b"dating", i, NAMES.units) for i, m in enumerate(messages)]
     run(stage.process(recs, Table({}), cast(Tx, tx)))
-    results = [StageResult.model_validate(r) for r in tx.on(NAMES.results)]
+    results = [from_json(StageResult, orjson.dumps(r)) for r in tx.on(NAMES.results)]
     assert [(r.chunk, r.chunks) for r in results] == [(i, len(messages)) for i in range(len(messages))]
     assert sum(r.units_generated for r in results) == len(out.batches[0].units)
     assert all(len(r.triggers) == MAX_RESULT_TRIGGERS for r in results)
@@ -244,7 +246,7 @@ def test_a_dead_letter_always_fits_the_dead_letter_topic() -> None:
     run(tx.flush())
     (_, v1), (_, v2) = producer.sent
     assert v1 is not None and v2 is not None
-    letter, whole = DeadLetter.model_validate_json(v1), DeadLetter.model_validate_json(v2)
+    letter, whole = from_json(DeadLetter, v1), from_json(DeadLetter, v2)
     assert record_size(b"k" * 16 * 1024, v1) <= limit
     assert letter.original_truncated and letter.original_size == len(big)
     assert big.startswith(letter.original_bytes()) and len(letter.original_bytes()) > 20_000
@@ -332,7 +334,7 @@ def test_the_worst_history_the_edge_allows_fits_the_expand_changelog() -> None:
             for i in range(LIMITS.max_items)
         ]
     )
-    value = history.model_dump_json().encode()
+    value = to_json(history)
     key = ("d" * 128 + "/" + "\U0010ffff" * MAX_ID_CHARS).encode()
     assert len(value) / LIMITS.max_items <= topics.OBSERVATION_MAX_BYTES
     assert record_size(key, value) <= topics.expand_state_bytes(LIMITS.max_items)
