@@ -431,8 +431,11 @@ class PartitionRunner(ABC, Generic[H]):
         assigned = consumer.assignment()
         busy = set(self._inflight) | self._revoking
         active = [tp for tp in self._owned if tp not in self._paused and tp in assigned and tp not in busy]
-        if busy and not active:  # every partition has a batch under way: wait for one to end
-            await asyncio.wait(list(self._inflight.values()), timeout=self.poll_ms / 1000)
+        if busy and not active:  # every partition has a batch under way or is being let go
+            if self._inflight:
+                await asyncio.wait(list(self._inflight.values()), timeout=self.poll_ms / 1000)
+            else:
+                await asyncio.sleep(self.poll_ms / 1000)
             return
         before: dict[TopicPartition, int] = {}
         for tp in active:

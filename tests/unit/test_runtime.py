@@ -473,3 +473,12 @@ def test_dead_letters_through_the_real_tx_carry_the_reason() -> None:
         ("processing_failure", 1, "ArithmeticError"),
     ]
     assert orjson.loads(to_json(letters[0]))["stage"] == "s"
+
+
+async def test_a_turn_while_every_partition_is_being_revoked_waits_without_failing() -> None:
+    _, _, runner, consumer, _ = setup()
+    await owning(runner, consumer)
+    runner._revoking.add(TP)  # a revocation under way, no batch in flight: nothing to poll
+    await runner.step()  # must neither raise nor poll the partition
+    runner._revoking.discard(TP)
+    assert runner.partitions == [0]
