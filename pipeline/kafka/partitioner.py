@@ -53,4 +53,4 @@ def partitioner(key: bytes | None, all_partitions: list[int], available: list[in
     """aiokafka's ``partitioner`` hook with our murmur2 (a keyless record goes anywhere available)."""
     if key is None:
         return random.choice(available or all_partitions)
-    return all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
+    return all_partitions[default_partition(key, len(all_partitions))]

@@ -146,8 +146,9 @@ class KafkaClients:
             max_batch_size=256 * 1024,
             max_request_size=MAX_REQUEST_BYTES,
             transaction_timeout_ms=30_000,
-            # a transaction begun right after a commit can find the last one's markers still being
-            # written (CONCURRENT_TRANSACTIONS): retried after this, not aiokafka's 100 ms
+            # AddOffsetsToTxn and EndTxn answered CONCURRENT_TRANSACTIONS (the last transaction's
+            # markers still being written) are retried after this, not aiokafka's 100 ms; adding a
+            # partition uses pipeline.kafka.TXN_RETRY_BACKOFF_S
             retry_backoff_ms=20,
         )
         return producer
@@ -257,13 +258,15 @@ class PartitionRunner(ABC, Generic[H]):
     async def _close(self, tp: TopicPartition, handle: H) -> None:
         """Let ``tp`` go (revoked, dropped or about to be re-opened); must not raise."""
 
-    @abstractmethod
     async def _process(self, fetched: dict[TopicPartition, tuple[list[Record], int]]) -> None:
-        """Records of owned partitions (each with the consumer's position after them), under the lock."""
+        """Records of owned partitions (each with the consumer's position after them), under the lock
+        (runners that are not pipelined define it)."""
+        raise NotImplementedError
 
     async def _process_partition(self, tp: TopicPartition, records: list[Record], after: int) -> None:
-        """One partition's records (pipelined runners); the consumer stands at ``after`` after them."""
-        await self._process({tp: (records, after)})
+        """One partition's records; the consumer stands at ``after`` after them (pipelined runners
+        define it)."""
+        raise NotImplementedError
 
     async def _idle(self) -> None:
         """A poll found nothing."""

@@ -581,14 +581,6 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         await self._partition(tp, records, after)
         self._state_metrics()
 
-    async def _process(self, fetched: dict[TopicPartition, tuple[list[Record], int]]) -> None:
-        # partitions have their own producers: their transactions run side by side; the lock (held
-        # by the caller) makes a rebalance wait until every batch in flight has committed or aborted
-        await asyncio.gather(
-            *(self._partition(tp, records, after) for tp, (records, after) in fetched.items())
-        )
-        self._state_metrics()
-
     async def _partition(self, tp: TopicPartition, records: list[Record], after: int) -> None:
         """One partition's fetched records: one transaction, or one per input in careful mode."""
         p = tp.partition
