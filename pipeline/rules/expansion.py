@@ -39,7 +39,7 @@ from pipeline.wire.envelope import (
     SearchEventEnvelope,
     search_anchor,
 )
-from pipeline.wire.records import TrainingUnit, UnitsBatch
+from pipeline.wire.records import TrainingUnit, UnitsBatch, decoder
 
 __all__ = [
     "ExpandState",
@@ -57,8 +57,8 @@ __all__ = [
 
 #: The expand table: a history per ``domain/anchor`` key, and the partition's clock.
 ExpandState: TypeAlias = SeekerHistory | StreamClock
-_HISTORY = msgspec.json.Decoder(SeekerHistory)
-_CLOCK = msgspec.json.Decoder(StreamClock)
+_HISTORY = decoder(SeekerHistory)
+_CLOCK = decoder(StreamClock)
 
 
 def decode_state(value: bytes) -> ExpandState:

@@ -26,10 +26,11 @@ from pipeline.wire.records import (
     StageResult,
     TrainRequest,
     TrainTrigger,
+    decoder,
     to_json,
 )
 
-_COUNTER = msgspec.json.Decoder(DomainCounter)
+_COUNTER = decoder(DomainCounter)
 
 
 class UnknownDomain(LookupError):
