@@ -67,8 +67,46 @@ class DepthExceeded(ValueError):
 def deepest_path(value: Any, limit: int = MAX_DEPTH) -> None:
     """Raise :class:`DepthExceeded` if ``value`` (parsed JSON) nests deeper than ``limit``.
 
-    Iterative, so it cannot itself hit the recursion limit; stops at the first too-deep container.
+    Plain parsed JSON within the limit (the common case) is checked without building paths; only a
+    value that fails that (too deep, or a Mapping that is not a dict) is walked again to name the
+    path. Iterative, so it cannot itself hit the recursion limit.
     """
+    if not _within(value, limit):
+        _name_too_deep(value, limit)
+
+
+_CONTAINERS = frozenset({dict, list})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _within(value: Any, limit: int) -> bool:
+    """True if ``value`` is plain parsed JSON (dicts, lists, scalars) nesting at most ``limit``
+    containers; False if too deep or if it holds a Mapping that is not a dict (left to
+    :func:`_name_too_deep`)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        kind = type(node)
+        if kind is dict:
+            children: Any = node.values()
+        elif kind is list:
+            children = node
+        elif isinstance(node, Mapping):
+            return False
+        else:
+            continue
+        if depth > limit:
+            return False
+        for child in children:
+            kind = type(child)
+            if kind in _CONTAINERS or (kind not in _SCALARS and isinstance(child, Mapping)):
+                push((child, depth + 1))
+    return True
+
+
+def _name_too_deep(value: Any, limit: int) -> None:
+    """Raise :class:`DepthExceeded` naming the path of the first container deeper than ``limit``."""
     stack: list[tuple[Any, str, int]] = [(value, "", 1)]
     while stack:
         node, path, depth = stack.pop()

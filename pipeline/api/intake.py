@@ -152,42 +152,10 @@ def check_edge(body: object) -> None:
 
     Raises :class:`Refused` (400 ``TOO_DEEP``, message and details name the path and the limit).
     """
-    if _shallow(body, MAX_DEPTH):
-        return
     try:
         deepest_path(body, MAX_DEPTH)
     except DepthExceeded as err:
         raise Refused(400, "TOO_DEEP", str(err), {"path": err.path, "limit": err.limit}) from None
-
-
-def _shallow(body: object, limit: int) -> bool:
-    """True if ``body`` is plain parsed JSON (dicts, lists, scalars) nesting at most ``limit``
-    containers: the common case, checked without building paths. Anything else (too deep, or a
-    Mapping that is not a dict) is left to :func:`deepest_path`, which names the path."""
-    stack: list[tuple[object, int]] = [(body, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, depth = pop()
-        kind = type(node)
-        if kind is dict:
-            children: Any = node.values()  # type: ignore[attr-defined]
-        elif kind is list:
-            children = node
-        elif isinstance(node, Mapping):
-            return False
-        else:
-            continue
-        if depth > limit:
-            return False
-        for child in children:
-            kind = type(child)
-            if kind in _CONTAINERS or (kind not in _SCALARS and isinstance(child, Mapping)):
-                push((child, depth + 1))
-    return True
-
-
-_CONTAINERS = frozenset({dict, list})
-_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def check_items(n: int, limit: int | None) -> None:

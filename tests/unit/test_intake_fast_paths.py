@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.api import answers, intake
 from pipeline.api.contracts import InferenceFeedbackEvent, InferenceFeedbackResult
-from pipeline.limits import MAX_DEPTH, DepthExceeded, deepest_path
+from pipeline.limits import MAX_DEPTH, DepthExceeded, _name_too_deep, deepest_path
 from pipeline.rules.flatten import feedback_id, flatten_feedback
 from pipeline.tenants import load_tenants
 from pipeline.wire.envelope import InferenceFeedbackEnvelope
@@ -73,11 +73,12 @@ def _nested(depth: int, kind: str) -> Any:
 def test_the_quick_depth_check_agrees_with_the_one_that_names_the_path(depth: int, kind: str) -> None:
     body = _nested(depth, kind)
     try:
-        deepest_path(body, MAX_DEPTH)
+        _name_too_deep(body, MAX_DEPTH)  # the walk that names the path, alone
         deep = None
     except DepthExceeded as err:
         deep = err
     if deep is None:
+        deepest_path(body, MAX_DEPTH)
         intake.check_edge(body)
     else:
         with pytest.raises(intake.Refused) as refused:
