@@ -25,6 +25,8 @@ RESULTS = "feedback.results"
 ERASURES = "feedback.erasures"
 EXPAND_STATE = "feedstream.expand.changelog"
 COUNT_STATE = "feedstream.count.changelog"
+DLQ_REPLAYS = "feedback.dlq.replays"
+TRAININGS = "train.completed"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class TopicNames:
     expand_state: str
     erasures: str
     count_state: str
+    dlq_replays: str
+    trainings: str
 
 
 def topic_names(settings: Settings) -> TopicNames:
@@ -56,6 +60,8 @@ def topic_names(settings: Settings) -> TopicNames:
         expand_state=p + EXPAND_STATE,
         erasures=p + ERASURES,
         count_state=p + COUNT_STATE,
+        dlq_replays=p + DLQ_REPLAYS,
+        trainings=p + TRAININGS,
     )
 
 
@@ -81,6 +87,8 @@ MiB = 1024 * KiB
 # * expand changelog: SEEKER_MAX_ITEMS observations of at most OBSERVATION_MAX_BYTES plus the key:
 #   about 420 KiB for 200 items -> 512 KiB (grows with SEEKER_MAX_ITEMS, see expand_state_bytes);
 # * erasures: ids, tenant and times (< 2 KiB; the ids are canonical UUIDs) -> 1 MiB;
+# * dlq replays: one marker per replayed dead letter (its coordinates and when) -> 1 MiB;
+# * train.completed: a training result (trigger, model version, a few metrics, < 64 KiB) -> 1 MiB;
 # * dlq: a dead letter carries its original in base64 (4/3) plus the error: 4 MiB inputs -> 8 MiB.
 #   A dead letter that would still not fit keeps only the head of its original, and says so.
 MESSAGE_BYTES: dict[str, int] = {
@@ -94,6 +102,8 @@ MESSAGE_BYTES: dict[str, int] = {
     ERASURES: 1 * MiB,
     EXPAND_STATE: 512 * KiB,
     COUNT_STATE: 1 * MiB,
+    DLQ_REPLAYS: 1 * MiB,
+    TRAININGS: 1 * MiB,
 }
 #: Kafka's default (broker ``message.max.bytes``), for a topic we did not declare.
 DEFAULT_MESSAGE_BYTES = 1 * MiB + 12
@@ -188,6 +198,17 @@ TOPICS: tuple[TopicSpec, ...] = (
         COUNT_STATE,
         "Internal changelog: pending/total/last trigger per domain; also read by GET /v1/domains.",
         {"cleanup.policy": "compact"},
+    ),
+    TopicSpec(
+        DLQ_REPLAYS,
+        "One marker per dead letter replayed (feedstream dlq replay), written in the replay's "
+        "transaction: a dead letter is replayed once.",
+        {"cleanup.policy": "compact"},
+    ),
+    TopicSpec(
+        TRAININGS,
+        "Training results: a trainer says it trained on a trigger (model version, metrics).",
+        {"retention.ms": "-1"},
     ),
 )
 

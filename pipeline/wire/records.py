@@ -420,6 +420,50 @@ def erasure_id(entry_id: str) -> str:
     return deterministic_id("erasure", entry_id)
 
 
+# --- feedback.dlq.replays (operators: `feedstream dlq replay`) --------------------------------------
+
+
+class DlqReplay(_Record, frozen=True, kw_only=True):
+    """A dead letter replayed to its stage's input, written in the same transaction as the replayed
+    record: a replay skips every dead letter that already has one (compacted, keyed by the letter)."""
+
+    dlq_partition: Annotated[int, Meta(ge=0, description="The dead letter's partition of feedback.dlq.")]
+    dlq_offset: Annotated[int, Meta(ge=0, description="The dead letter's offset.")]
+    stage: str
+    reason: DeadLetterReason
+    to_topic: Annotated[str, Meta(description="Where the original was written again.")]
+    to_partition: Annotated[int, Meta(ge=0)]
+    replayed_at: AwareDatetime
+
+
+def dlq_replay_key(dlq_partition: int, dlq_offset: int) -> bytes:
+    """One key per dead letter: ``<partition>:<offset>`` of feedback.dlq."""
+    return f"{dlq_partition}:{dlq_offset}".encode()
+
+
+# --- train.completed (trainers: "I trained on trigger N") ------------------------------------------
+
+
+class TrainingResult(_Record, frozen=True, kw_only=True):
+    """A trainer reports that it trained a model on a trigger's range (POST /v1/domains/{d}/trainings)."""
+
+    training_id: Annotated[str, Meta(description="uuid5 of (domain, trigger_id, model_version).")]
+    domain: str
+    trigger_id: str
+    sequence: Annotated[int, Meta(ge=1, description="The trigger's sequence in its domain.")]
+    model_version: Annotated[str, Meta(min_length=1, max_length=256)]
+    metrics: Annotated[
+        dict[str, float], Meta(description="Evaluation metrics by name (at most 64).", max_length=64)
+    ] = {}
+    tenant: str
+    completed_at: AwareDatetime
+    reported_at: AwareDatetime
+
+
+def training_id(domain: str, trigger_id: str, model_version: str) -> str:
+    return deterministic_id("training", domain, trigger_id, model_version)
+
+
 def struct_json_schema(*types: Any) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a type, or ``anyOf`` several, with ``$defs`` (msgspec's)."""
     refs, defs = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
@@ -442,4 +486,6 @@ def record_json_schemas() -> dict[str, dict[str, Any]]:
         "feedback.units": struct_json_schema(UnitsMessage),
         "feedback.results": struct_json_schema(StageResult),
         "feedback.erasures": struct_json_schema(Erasure),
+        "feedback.dlq.replays": struct_json_schema(DlqReplay),
+        "train.completed": struct_json_schema(TrainingResult),
     }

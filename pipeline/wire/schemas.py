@@ -154,6 +154,22 @@ TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
         "worker (store stage), trainers",
     ),
     TopicSchema(
+        topics.DLQ_REPLAYS,
+        lambda: _RECORDS()[topics.DLQ_REPLAYS],
+        _doc(records.DlqReplay),
+        "`<dlq partition>:<dlq offset>` of the dead letter replayed",
+        "operators (feedstream dlq replay)",
+        "operators (feedstream dlq replay skips what is marked)",
+    ),
+    TopicSchema(
+        topics.TRAININGS,
+        lambda: _RECORDS()[topics.TRAININGS],
+        _doc(records.TrainingResult),
+        "domain",
+        "ingest (POST /v1/domains/{domain}/trainings), trainers",
+        "ingest (GET /v1/domains/{domain}), operators (feedstream status)",
+    ),
+    TopicSchema(
         topics.EXPAND_STATE,
         lambda: records.struct_json_schema(SeekerHistory, StreamClock),
         _doc(SeekerHistory)

@@ -261,6 +261,8 @@ def test_json_schemas_cover_every_output_topic() -> None:
         "feedback.units",
         "feedback.results",
         "feedback.erasures",
+        "feedback.dlq.replays",
+        "train.completed",
     }
     assert schemas["feedback.triplets"]["discriminator"]["propertyName"] == "kind"
     assert schemas["train.triggers"]["properties"]["emitted_at"]["format"] == "date-time"

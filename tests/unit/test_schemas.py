@@ -32,7 +32,15 @@ from pipeline.rules.counters import DomainCounter, count_units, force_trigger
 from pipeline.rules.triplets import Limits, SeekerHistory
 from pipeline.tenants import TenantRegistry, load_tenants
 from pipeline.wire import envelope, schemas
-from pipeline.wire.records import StageResult, TrainRequest, dead_letter, to_json
+from pipeline.wire.records import (
+    DlqReplay,
+    StageResult,
+    TrainingResult,
+    TrainRequest,
+    dead_letter,
+    to_json,
+    training_id,
+)
 
 TENANTS = Path(__file__).resolve().parent.parent / "data" / "tenants.test.yaml"
 AT = datetime(2024, 1, 15, 10, 35, tzinfo=UTC)
@@ -247,6 +255,34 @@ def _messages() -> dict[str, list[bytes]]:
         correlation_id="c-3",
     )
     out[topics.ERASURES].append(erasure.value)
+    out[topics.DLQ_REPLAYS].append(
+        to_json(
+            DlqReplay(
+                dlq_partition=0,
+                dlq_offset=41,
+                stage="expand",
+                reason="schema_violation",
+                to_topic=topics.RAW,
+                to_partition=2,
+                replayed_at=AT,
+            )
+        )
+    )
+    out[topics.TRAININGS].append(
+        to_json(
+            TrainingResult(
+                training_id=training_id("dating", trigger.trigger_id, "v7"),
+                domain="dating",
+                trigger_id=trigger.trigger_id,
+                sequence=trigger.sequence,
+                model_version="v7",
+                metrics={"ndcg@10": 0.41},
+                tenant="dev",
+                completed_at=AT,
+                reported_at=AT,
+            )
+        )
+    )
     return out
 
 

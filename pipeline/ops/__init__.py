@@ -1,0 +1,1 @@
+"""The operators' side: the ``feedstream`` command and what it reads from Kafka (status, dead letters)."""
