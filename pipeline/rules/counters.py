@@ -32,6 +32,9 @@ class DomainCounter(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     last_partition: Annotated[int | None, Meta(description="Where the last unit seen was written.")] = None
     last_offset: Annotated[int | None, Meta(description="Offset of the last unit seen.")] = None
     last_trigger: TrainTrigger | None = None
+    #: received_at of the oldest pending (counted) unit: when pending went from 0 to 1 (None while
+    #: nothing is pending); how long the domain has been waiting for a trigger.
+    pending_since: Annotated[datetime, Meta(tz=True)] | None = None
 
 
 def trigger_id(domain: str, sequence: int) -> str:
@@ -71,7 +74,13 @@ def _emit(
         emitted_at=at,
     )
     state = replace(
-        state, pending=0, sequence=sequence, range_start=None, range_partition=None, last_trigger=trigger
+        state,
+        pending=0,
+        sequence=sequence,
+        range_start=None,
+        range_partition=None,
+        last_trigger=trigger,
+        pending_since=None,
     )
     return state, trigger
 
@@ -131,6 +140,7 @@ def count_units(
             range_partition=partition if opens else state.range_partition,
             pending=state.pending + 1 if counts else state.pending,
             total=state.total + 1 if counts else state.total,
+            pending_since=at if counts and state.pending == 0 else state.pending_since,
         )
         if counts and state.pending >= threshold:
             state, trigger = _emit(

@@ -24,7 +24,14 @@ def test_below_threshold_only_counts() -> None:
     )
     assert triggers == []
     assert state == DomainCounter(
-        pending=2, total=2, sequence=0, range_start=10, range_partition=2, last_partition=2, last_offset=11
+        pending=2,
+        total=2,
+        sequence=0,
+        range_start=10,
+        range_partition=2,
+        last_partition=2,
+        last_offset=11,
+        pending_since=AT,  # the first counted unit's time
     )
 
 
@@ -60,6 +67,7 @@ def test_crossing_once() -> None:
         last_partition=2,
         last_offset=13,
         last_trigger=expected,
+        pending_since=LATER,  # the unit after the crossing starts the wait afresh
     )
 
 
@@ -270,3 +278,17 @@ def test_state_round_trips_through_json() -> None:
     )
     assert state.last_trigger is not None
     assert from_json(DomainCounter, to_json(state)) == state
+
+
+def test_pending_since_is_the_first_counted_unit_after_a_trigger_and_clears_with_it() -> None:
+    state, _ = count_units(
+        DomainCounter(), domain="d", threshold=3, partition=0, offsets_and_counts=[(1, False)], at=AT
+    )
+    assert state.pending_since is None  # an uncounted unit does not start the wait
+    state, _ = count_units(state, domain="d", threshold=3, partition=0, offsets_and_counts=[(2, True)], at=AT)
+    state, _ = count_units(
+        state, domain="d", threshold=3, partition=0, offsets_and_counts=[(3, True)], at=LATER
+    )
+    assert state.pending_since == AT
+    state, trigger = force_trigger(state, domain="d", threshold=3, at=LATER, last_offset=None)
+    assert trigger is not None and state.pending_since is None

@@ -254,6 +254,9 @@ DECODERS: dict[str, Callable[[bytes], Struct]] = {
     topics.EXPAND_STATE: _EXPAND.decode_state,
     topics.COUNT_STATE: _COUNT.decode_state,
 }
+#: Fields added to a topic's records after its stored examples were written: decoding an old record
+#: gives the default, and re-encoding writes it (nothing else may change).
+ADDED_FIELDS: dict[str, dict[str, object]] = {topics.COUNT_STATE: {"pending_since": None}}
 RECORDS = sorted(p for p in DATA.glob("*/v1/*.json") if p.parent.parent.name != topics.RAW)
 
 
@@ -266,7 +269,8 @@ def test_a_stored_record_decodes_and_re_encodes_to_the_same_values(path: Path) -
     data = path.read_bytes()
     record = DECODERS[path.parent.parent.name](data)
     again = to_json(record)
-    assert orjson.loads(again) == orjson.loads(data)  # nothing lost, nothing added
+    added = ADDED_FIELDS.get(path.parent.parent.name, {})
+    assert orjson.loads(again) == {**orjson.loads(data), **added}  # nothing lost, nothing else added
     assert DECODERS[path.parent.parent.name](again) == record
     assert to_json(DECODERS[path.parent.parent.name](again)) == again  # stable
 
