@@ -303,24 +303,43 @@ async def update_topic_configs(admin: AIOKafkaAdminClient, declared: dict[str, d
     return sorted(names)
 
 
+#: How long a topic another client just created may stay unknown to the broker answering us.
+UNKNOWN_TOPIC_WAIT_S = 10.0
+_UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION
+
+
 async def _describe(
     admin: AIOKafkaAdminClient, names: list[str]
 ) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
-    """Each topic's current configs, and those of them that are per-topic overrides."""
+    """Each topic's current configs, and those of them that are per-topic overrides.
+
+    A topic created a moment ago (by another worker starting beside us, or by us) can be unknown to
+    the broker that answers until its metadata arrives there: asked again until it is known.
+    """
     out: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
-    resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
-    for response in await admin.describe_configs(resources):
-        v0 = response.API_VERSION == 0
-        for code, message, _type, name, entries in response.resources:
-            if code != 0:
-                raise RuntimeError(f"describing topic {name} failed with Kafka error {code}: {message}")
-            current = {entry[0]: entry[1] for entry in entries}
-            overrides = {
-                entry[0]: entry[1]
-                for entry in entries
-                if (not entry[3] if v0 else entry[3] == _DYNAMIC_TOPIC_CONFIG) and not entry[4]
-            }
-            out[name] = (current, overrides)
+    deadline = asyncio.get_running_loop().time() + UNKNOWN_TOPIC_WAIT_S
+    pending = list(names)
+    while pending:
+        unknown: list[str] = []
+        resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in pending]
+        for response in await admin.describe_configs(resources):
+            v0 = response.API_VERSION == 0
+            for code, message, _type, name, entries in response.resources:
+                if code == _UNKNOWN_TOPIC and asyncio.get_running_loop().time() < deadline:
+                    unknown.append(name)
+                    continue
+                if code != 0:
+                    raise RuntimeError(f"describing topic {name} failed with Kafka error {code}: {message}")
+                current = {entry[0]: entry[1] for entry in entries}
+                overrides = {
+                    entry[0]: entry[1]
+                    for entry in entries
+                    if (not entry[3] if v0 else entry[3] == _DYNAMIC_TOPIC_CONFIG) and not entry[4]
+                }
+                out[name] = (current, overrides)
+        pending = unknown
+        if pending:
+            await asyncio.sleep(0.1)
     return out
 
 
