@@ -36,16 +36,32 @@ class Cluster:
     calls: list[tuple[str, str]] = field(default_factory=list)  # (transactional id, operation)
     changelog_gate: asyncio.Event | None = None  # set: restores may read; unset: they wait
 
-    def append(self, tp: TopicPartition, key: bytes | None, value: bytes | None) -> int:
+    def append(
+        self,
+        tp: TopicPartition,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> int:
         log = self.logs[tp]
-        log.append(ConsumerRecord(tp.topic, tp.partition, len(log), 0, 0, key, value, None, 0, 0, []))
+        log.append(
+            ConsumerRecord(tp.topic, tp.partition, len(log), 0, 0, key, value, None, 0, 0, list(headers))
+        )
         return len(log) - 1
 
-    def produce(self, topic: str, values: Sequence[bytes], *, partition: int = 0, key: bytes = b"k") -> None:
+    def produce(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        *,
+        partition: int = 0,
+        key: bytes = b"k",
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         """``values`` in one committed transaction (records, then a marker)."""
         tp = TopicPartition(topic, partition)
         for value in values:
-            self.append(tp, key, value)
+            self.append(tp, key, value, headers)
         self.logs[tp].append(None)
 
     def records(self, topic: str, partition: int = 0) -> list[Record]:
@@ -71,7 +87,7 @@ class FakeBatch:
     """A record batch being filled (aiokafka's ``BatchBuilder``: full after ``max_records``)."""
 
     def __init__(self, max_records: int = 64) -> None:
-        self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
         self.max_records = max_records
         self.closed = False
 
@@ -85,7 +101,7 @@ class FakeBatch:
         if self.closed or len(self.records) >= self.max_records:
             self.closed = True
             return None
-        self.records.append((key, value))
+        self.records.append((key, value, list(headers)))
         return object()
 
     def close(self) -> None:
@@ -107,7 +123,7 @@ class FakeProducer:
         self.stopped = False
         self._metadata = _Meta(cluster)
         self.client = _Client()
-        self._buffer: list[tuple[TopicPartition, bytes | None, bytes | None]] = []
+        self._buffer: list[tuple[TopicPartition, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
         self._offsets: dict[tuple[str, TopicPartition], int] = {}
         self._pending: collections.Counter[TopicPartition] = collections.Counter()  # buffered per partition
 
@@ -143,7 +159,7 @@ class FakeProducer:
         self._check("send")
         tp = TopicPartition(topic, partition or 0)
         offset = len(self.cluster.logs[tp]) + self._pending[tp]
-        self._buffer.append((tp, key, value))
+        self._buffer.append((tp, key, value, list(headers or ())))
         self._pending[tp] += 1
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))
@@ -159,7 +175,7 @@ class FakeProducer:
         self._check("send")
         tp = TopicPartition(topic, partition)
         offset = len(self.cluster.logs[tp]) + self._pending[tp]
-        self._buffer.extend((tp, key, value) for key, value in batch.records)
+        self._buffer.extend((tp, key, value, headers) for key, value, headers in batch.records)
         self._pending[tp] += len(batch.records)
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))
@@ -173,8 +189,8 @@ class FakeProducer:
     async def commit_transaction(self) -> None:
         self._check("commit")
         touched: set[TopicPartition] = set()
-        for tp, key, value in self._buffer:
-            self.cluster.append(tp, key, value)
+        for tp, key, value, headers in self._buffer:
+            self.cluster.append(tp, key, value, headers)
             touched.add(tp)
         for tp in touched:
             self.cluster.logs[tp].append(None)

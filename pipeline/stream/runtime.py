@@ -58,7 +58,13 @@ from pipeline import metrics
 from pipeline.kafka.io import MAX_REQUEST_BYTES
 from pipeline.kafka.partitioner import default_partition
 from pipeline.stream.partitions import Backoff, Clients, KafkaClients, PartitionRunner, Producer, Record
-from pipeline.wire.records import MAX_DEAD_LETTER_KEY_BYTES, DeadLetterReason, dead_letter, to_json
+from pipeline.wire.records import (
+    MAX_DEAD_LETTER_KEY_BYTES,
+    DeadLetterReason,
+    dead_letter,
+    dead_letter_headers,
+    to_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +415,9 @@ class Tx:
         """Park ``rec`` on the dead-letter topic with the error and its reason class.
 
         The letter always fits the topic: if the original (in base64) would not, only its head is kept
-        and ``original_truncated`` says so.
+        and ``original_truncated`` says so. Typed headers (``feedstream.dlq.*``) say the same as the
+        body for tools that filter on headers; the original's own headers follow (for a replay), unless
+        they alone would take over a quarter of the room.
         """
         if self.dlq is None:
             raise RuntimeError("this transaction has no dead-letter topic")
@@ -427,12 +435,17 @@ class Tx:
             "key": rec.key,
             "failed_at": datetime.now(UTC),
         }
-        value = to_json(dead_letter(**fields))
-        if record_size(key, value) > limit:
-            bare = record_size(key, to_json(dead_letter(**fields, max_original_bytes=0)))
+        letter = dead_letter(**fields)
+        kept = rec.headers or ()
+        if record_size(None, None, kept) > limit // 4:  # the originals' headers must not crowd it out
+            kept = ()
+        headers = dead_letter_headers(letter, kept)
+        value = to_json(letter)
+        if record_size(key, value, headers) > limit:
+            bare = record_size(key, to_json(dead_letter(**fields, max_original_bytes=0)), headers)
             fields["max_original_bytes"] = max(0, (limit - bare) * 3 // 4 - 4)
             value = to_json(dead_letter(**fields))
-        await self.send(self.dlq, value, key=key)
+        await self.send(self.dlq, value, key=key, headers=headers)
         metrics.DLQ.labels(self.stage, reason).inc()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
 
@@ -311,6 +312,40 @@ def dead_letter(
         else key[:MAX_DEAD_LETTER_KEY_BYTES].decode("utf-8", errors="backslashreplace"),
         failed_at=failed_at,
     )
+
+
+#: Headers of a dead letter (Kafka Connect's ``__connect.errors.*`` in our namespace): what tools filter
+#: on without decoding the body. The original record's own headers follow them, unchanged.
+DLQ_HEADER = "feedstream.dlq."
+#: The header a replayed record carries: ``<dlq partition>:<dlq offset>`` of its dead letter.
+REPLAY_HEADER = "feedstream.replay.of"
+#: What the exception message header is cut to (the body keeps 4096 characters).
+MAX_DLQ_HEADER_MESSAGE_BYTES = 512
+
+
+def dead_letter_headers(
+    letter: DeadLetter, original: Sequence[tuple[str, bytes]] = ()
+) -> list[tuple[str, bytes]]:
+    """The typed headers of ``letter``, then the original record's headers (ours dropped: a replayed
+    record that fails again gets fresh ones)."""
+    return [
+        (DLQ_HEADER + "stage", letter.stage.encode()),
+        (DLQ_HEADER + "reason", letter.reason.encode()),
+        (DLQ_HEADER + "topic", letter.topic.encode()),
+        (DLQ_HEADER + "partition", str(letter.partition).encode()),
+        (DLQ_HEADER + "offset", str(letter.offset).encode()),
+        (DLQ_HEADER + "exception.class", letter.error_type.encode()),
+        (
+            DLQ_HEADER + "exception.message",
+            letter.error.encode()[:MAX_DLQ_HEADER_MESSAGE_BYTES].decode("utf-8", "ignore").encode(),
+        ),
+        *original_headers(original),
+    ]
+
+
+def original_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """A dead letter's headers without ours (typed and replay): the original record's, to replay."""
+    return [(k, v) for k, v in headers if not k.startswith(DLQ_HEADER) and k != REPLAY_HEADER]
 
 
 # --- feedback.units and feedback.results (internal: between the stages, and back to the ingest) ---

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, Request
 
 from pipeline.stream.partitions import OFFSET_GAPS, Backoff
 from pipeline.stream.runtime import STAGE_ERRORS, Record, StageRunner, Table, Tx, fenced, transient
-from pipeline.wire.records import DeadLetter, from_json, to_json
+from pipeline.wire.records import DeadLetter, from_json, original_headers, to_json
 from tests.fakekafka import Cluster, FakeClients, FakeConsumer, FakeProducer
 
 IN, OUT, LOG, DLQ = "in", "out", "changelog", "dlq"
@@ -482,3 +482,26 @@ async def test_a_turn_while_every_partition_is_being_revoked_waits_without_faili
     await runner.step()  # must neither raise nor poll the partition
     runner._revoking.discard(TP)
     assert runner.partitions == [0]
+
+
+async def test_dead_letters_carry_typed_headers_and_the_originals_own() -> None:
+    """Kafka Connect style: stage, reason class, where the original was and the exception, as headers
+    (so tools filter without decoding the body); the original's headers ride along for a replay."""
+    cluster, _, runner, consumer, _ = setup()
+    cluster.produce(IN, [b"bad json"], headers=[("traceparent", b"00-abc-def-01")])
+    await owning(runner, consumer)
+    await turn(runner)
+    [letter] = cluster.records(DLQ)
+    headers = dict(letter.headers)
+    assert headers == {
+        "feedstream.dlq.stage": b"counting",
+        "feedstream.dlq.reason": b"schema_violation",
+        "feedstream.dlq.topic": IN.encode(),
+        "feedstream.dlq.partition": b"0",
+        "feedstream.dlq.offset": b"0",
+        "feedstream.dlq.exception.class": headers["feedstream.dlq.exception.class"],
+        "feedstream.dlq.exception.message": headers["feedstream.dlq.exception.message"],
+        "traceparent": b"00-abc-def-01",
+    }
+    assert headers["feedstream.dlq.exception.class"] in (b"ValueError", b"DecodeError", b"JSONDecodeError")
+    assert original_headers(letter.headers) == [("traceparent", b"00-abc-def-01")]
