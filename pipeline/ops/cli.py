@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 #: The modules that add commands to ``app`` (imported by ``main``).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.ops.dlq",)
 
 
 def load_commands() -> typer.Typer:
@@ -31,7 +31,3 @@ def load_commands() -> typer.Typer:
 
 def main() -> None:
     load_commands()()
-
-
-if __name__ == "__main__":
-    main()
