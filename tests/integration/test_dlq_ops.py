@@ -1,0 +1,227 @@
+"""``feedstream dlq`` on the real broker: typed headers, listing, and a replay after the cause is fixed.
+
+Its own topics and worker (expand and count), whose tenants file at first lacks the domain ``ghost``
+that the publisher's tenants own: the count stage dead-letters those units (processing_failure). A
+raw record that is not JSON is dead-lettered by expand (schema_violation). Then the worker restarts
+with the domain owned (the fix), the count letters are replayed: their units reach
+``feedback.triplets`` once, and a second replay replays nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from asyncio.subprocess import PIPE, STDOUT
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from pipeline.api.publisher import FeedbackPublisher
+from pipeline.kafka.broker import Broker
+from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
+from pipeline.ops import dlq
+from pipeline.procs import Service, child_env, free_port, worker_service
+from pipeline.settings import Settings
+from pipeline.tenants import load_tenants
+from pipeline.wire.records import REPLAY_HEADER
+from tests.conftest import LOG_DIR, TEST_TENANTS
+from tests.kafka_helpers import produce, read_until
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    names: TopicNames
+    env: dict[str, str]
+    fixed_tenants: Path
+    log_dir: Path
+
+    def worker(self, tenants: Path) -> Service:
+        env = child_env(self.env, tenants_file=tenants)
+        svc = worker_service(env, free_port(), self.log_dir, stages=["expand", "count"]).start()
+        svc.wait_ready()
+        return svc
+
+
+@pytest.fixture
+def stack(broker: Broker, service_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+    prefix = f"dlq{uuid.uuid4().hex[:8]}."
+    tenants = yaml.safe_load(TEST_TENANTS.read_text())
+    stream = next(t for t in tenants["tenants"] if t["id"] == "stream")
+    stream["domains"]["ghost"] = {"threshold": 1000}
+    fixed = tmp_path / "tenants.fixed.yaml"
+    fixed.write_text(yaml.safe_dump(tenants))
+    settings = Settings(
+        kafka_bootstrap_servers=broker.bootstrap,
+        topic_prefix=prefix,
+        worker_id=f"fs-{prefix[:-1]}",
+        tenants_file=fixed,
+    )
+    asyncio.new_event_loop().run_until_complete(ensure_topics(broker.bootstrap, settings))
+    env = child_env(service_env, topic_prefix=prefix, worker_id=settings.worker_id)
+    try:
+        yield Stack(settings, topic_names(settings), env, fixed, LOG_DIR / prefix)
+    finally:
+        asyncio.new_event_loop().run_until_complete(delete_prefixed_topics(broker.bootstrap, prefix))
+
+
+@pytest.fixture
+async def publisher(stack: Stack) -> AsyncIterator[FeedbackPublisher]:
+    pub = FeedbackPublisher(
+        stack.settings.kafka_bootstrap_servers or "",
+        load_tenants(stack.fixed_tenants),
+        "stream",
+        settings=stack.settings,
+    )
+    async with pub:
+        yield pub
+
+
+async def feedstream(stack: Stack, *args: str) -> str:
+    """Run ``feedstream ARGS`` (as ``python -m pipeline.ops``) against the stack's topics; its output."""
+    env = child_env(stack.env, tenants_file=stack.fixed_tenants, columns=200)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline.ops", *args, env=env, stdout=PIPE, stderr=STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
+def outcome(seeker: str, candidate: str, label: str) -> dict[str, Any]:
+    return {"seeker_id": seeker, "candidate_id": candidate, "outcome": label}
+
+
+async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
+    stack: Stack, publisher: FeedbackPublisher
+) -> None:
+    bootstrap = stack.settings.kafka_bootstrap_servers or ""
+    worker = stack.worker(TEST_TENANTS)  # does not know the domain "ghost" yet
+    try:
+        seeker = f"s-{uuid.uuid4().hex[:6]}"
+        res = await publisher.publish(
+            {
+                "domain": "ghost",
+                "items": [outcome(seeker, "bob", "accepted"), outcome(seeker, "carl", "rejected")],
+            }
+        )
+        await produce(
+            bootstrap, stack.names.raw, b"{not json", key=b"k", headers=[("traceparent", b"00-t-s-01")]
+        )
+        letters = await read_until(bootstrap, stack.names.dlq, lambda r: True, count=2, timeout_s=60)
+    finally:
+        worker.stop()
+
+    # typed headers on the real topic
+    by_stage = {dict(r.headers)["feedstream.dlq.stage"]: dict(r.headers) for r in letters}
+    assert by_stage[b"count"]["feedstream.dlq.reason"] == b"processing_failure"
+    assert by_stage[b"count"]["feedstream.dlq.topic"] == stack.names.units.encode()
+    assert by_stage[b"count"]["feedstream.dlq.exception.class"] == b"UnknownDomain"
+    assert by_stage[b"expand"]["feedstream.dlq.reason"] == b"schema_violation"
+    assert by_stage[b"expand"]["traceparent"] == b"00-t-s-01"  # the original's own header rides along
+
+    listed = [json.loads(line) for line in (await feedstream(stack, "dlq", "ls", "--json")).splitlines()]
+    assert {(x["stage"], x["reason"]) for x in listed} == {
+        ("count", "processing_failure"),
+        ("expand", "schema_violation"),
+    }
+    only = await feedstream(stack, "dlq", "ls", "--json", "--reason", "schema_violation")
+    assert [json.loads(line)["stage"] for line in only.splitlines()] == ["expand"]
+    assert (await feedstream(stack, "dlq", "ls", "--json", "--since", "1h")).count("\n") == 2
+    assert await feedstream(stack, "dlq", "ls", "--json", "--since", "2999-01-01") == ""
+    count_letter = next(x["letter"] for x in listed if x["stage"] == "count")
+    shown = await feedstream(stack, "dlq", "show", count_letter)
+    assert (
+        "UnknownDomain" in shown and "ghost" in shown and "feedstream.dlq.reason: processing_failure" in shown
+    )
+
+    # a dry run writes nothing
+    dry = await feedstream(stack, "dlq", "replay", "--stage", "count", "--dry-run")
+    assert "would replay 1, already replayed 0" in dry
+    assert await read_until(bootstrap, stack.names.dlq_replays, lambda r: True, count=1, timeout_s=2) == []
+
+    # the fix: the worker now knows the domain; replay the count letter, once
+    worker = stack.worker(stack.fixed_tenants)
+    try:
+        done = await feedstream(stack, "dlq", "replay", "--stage", "count")
+        assert "replayed 1, already replayed 0" in done
+        event_ids = set(res.event_ids)
+        units = await read_until(
+            bootstrap,
+            stack.names.triplets,
+            lambda r: orjson.loads(r.value)["event_id"] in event_ids,
+            count=1,
+            timeout_s=60,
+            settle_s=2.0,
+        )
+        assert len(units) == 1 and orjson.loads(units[0].value)["positive"] == "bob"
+        again = await feedstream(stack, "dlq", "replay", "--stage", "count")
+        assert "replayed 0, already replayed 1" in again
+        replayed = await read_until(
+            bootstrap,
+            stack.names.units,
+            lambda r: any(k == REPLAY_HEADER for k, _ in r.headers),
+            count=1,
+            settle_s=2.0,
+        )
+        assert len(replayed) == 1 and dict(replayed[0].headers)[REPLAY_HEADER] == count_letter.encode()
+        # the units arrive once: nothing was written twice
+        units = await read_until(
+            bootstrap,
+            stack.names.triplets,
+            lambda r: orjson.loads(r.value)["event_id"] in event_ids,
+            settle_s=2.0,
+        )
+        assert len(units) == 1
+        listed = [json.loads(x) for x in (await feedstream(stack, "dlq", "ls", "--json")).splitlines()]
+        assert {x["stage"]: x["replayed"] for x in listed} == {"count": True, "expand": False}
+    finally:
+        worker.stop()
+
+
+def test_selection_and_plan_are_pure() -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.wire.records import dead_letter
+
+    def letter(p: int, o: int, stage: str, truncated: bool = False) -> dlq.Letter:
+        body = dead_letter(
+            stage=stage,
+            reason="processing_failure",
+            error=ValueError("x"),
+            original=b"abc",
+            topic="t",
+            partition=0,
+            offset=o,
+            key=None,
+            failed_at=datetime(2026, 1, 1, 0, o, tzinfo=UTC),
+            max_original_bytes=1 if truncated else None,
+        )
+        return dlq.Letter(p, o, None, [("a", b"1"), ("feedstream.dlq.stage", b"x")], body)
+
+    xs = [
+        letter(0, 1, "count"),
+        letter(1, 2, "expand"),
+        letter(0, 3, "count", truncated=True),
+        letter(0, 4, "count"),
+    ]
+    assert [x.name for x in dlq.select(xs, stage="count", start=2)] == ["0:3", "0:4"]
+    assert [x.name for x in dlq.select(xs, end=datetime(2026, 1, 1, 0, 2, tzinfo=UTC))] == ["0:1", "1:2"]
+    assert [x.name for x in dlq.select(xs, partition=1)] == ["1:2"]
+    p = dlq.plan(xs, {(0, 1)})
+    assert ([x.name for x in p.replay], [x.name for x in p.already], [x.name for x in p.truncated]) == (
+        ["1:2", "0:4"],
+        ["0:1"],
+        ["0:3"],
+    )
+    assert dlq.replay_headers(xs[0]) == [("a", b"1"), (REPLAY_HEADER, b"0:1")]
+    assert dlq.parse_bound("12") == 12 and isinstance(dlq.parse_bound("2h"), datetime)
