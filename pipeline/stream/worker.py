@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import faust
@@ -24,6 +25,8 @@ from faust.web import Request, Response, View
 
 from pipeline import memtrace, metrics
 from pipeline.kafka import topics
+from pipeline.ops.page import render_status
+from pipeline.ops.status import collect
 from pipeline.rules.triplets import Limits
 from pipeline.settings import Settings, get_settings
 from pipeline.store.sql import Database, describe, open_database
@@ -163,6 +166,20 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(metrics.render(), content_type=metrics.CONTENT_TYPE_NO_CHARSET)
+
+    snapshot: list[tuple[float, str]] = []  # (monotonic time, page): one collection per second at most
+
+    @app.page("/status")
+    class Status(View):
+        """The operator's page (pipeline.ops.page): read from Kafka with its own short-lived clients,
+        never the stages'; cached a second so refreshing tabs cost one collection."""
+
+        async def get(self, request: Request) -> Response:
+            now = time.monotonic()
+            if not snapshot or now - snapshot[0][0] > 1.0:
+                page = render_status(await collect(settings, bootstrap), worker=settings.worker_id)
+                snapshot[:] = [(now, page)]
+            return self.html(snapshot[0][1])
 
     @app.page("/ready")
     class Ready(View):

@@ -9,92 +9,43 @@ with the domain owned (the fix), the count letters are replayed: their units rea
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import uuid
-from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
-from pipeline.kafka.topics import TopicNames, delete_prefixed_topics, ensure_topics, topic_names
 from pipeline.ops import dlq
-from pipeline.procs import Service, child_env, free_port, worker_service
-from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
 from pipeline.wire.records import REPLAY_HEADER
-from tests.conftest import LOG_DIR, TEST_TENANTS
+from tests.conftest import TEST_TENANTS
 from tests.kafka_helpers import produce, read_until
+from tests.stacks import Stack, own_stack
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Stack:
-    settings: Settings
-    names: TopicNames
-    env: dict[str, str]
-    fixed_tenants: Path
-    log_dir: Path
-
-    def worker(self, tenants: Path) -> Service:
-        env = child_env(self.env, tenants_file=tenants)
-        svc = worker_service(env, free_port(), self.log_dir, stages=["expand", "count"]).start()
-        svc.wait_ready()
-        return svc
-
-
 @pytest.fixture
 def stack(broker: Broker, service_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
-    prefix = f"dlq{uuid.uuid4().hex[:8]}."
-    tenants = yaml.safe_load(TEST_TENANTS.read_text())
-    stream = next(t for t in tenants["tenants"] if t["id"] == "stream")
-    stream["domains"]["ghost"] = {"threshold": 1000}
-    fixed = tmp_path / "tenants.fixed.yaml"
-    fixed.write_text(yaml.safe_dump(tenants))
-    settings = Settings(
-        kafka_bootstrap_servers=broker.bootstrap,
-        topic_prefix=prefix,
-        worker_id=f"fs-{prefix[:-1]}",
-        tenants_file=fixed,
-    )
-    asyncio.new_event_loop().run_until_complete(ensure_topics(broker.bootstrap, settings))
-    env = child_env(service_env, topic_prefix=prefix, worker_id=settings.worker_id)
-    try:
-        yield Stack(settings, topic_names(settings), env, fixed, LOG_DIR / prefix)
-    finally:
-        asyncio.new_event_loop().run_until_complete(delete_prefixed_topics(broker.bootstrap, prefix))
+    with own_stack(broker, service_env, tmp_path, "dlq", {"stream": {"ghost": {"threshold": 1000}}}) as s:
+        yield s
 
 
 @pytest.fixture
 async def publisher(stack: Stack) -> AsyncIterator[FeedbackPublisher]:
     pub = FeedbackPublisher(
         stack.settings.kafka_bootstrap_servers or "",
-        load_tenants(stack.fixed_tenants),
+        load_tenants(stack.tenants),
         "stream",
         settings=stack.settings,
     )
     async with pub:
         yield pub
-
-
-async def feedstream(stack: Stack, *args: str) -> str:
-    """Run ``feedstream ARGS`` (as ``python -m pipeline.ops``) against the stack's topics; its output."""
-    env = child_env(stack.env, tenants_file=stack.fixed_tenants, columns=200)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pipeline.ops", *args, env=env, stdout=PIPE, stderr=STDOUT
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, out.decode()
-    return out.decode()
 
 
 def outcome(seeker: str, candidate: str, label: str) -> dict[str, Any]:
@@ -129,30 +80,30 @@ async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
     assert by_stage[b"expand"]["feedstream.dlq.reason"] == b"schema_violation"
     assert by_stage[b"expand"]["traceparent"] == b"00-t-s-01"  # the original's own header rides along
 
-    listed = [json.loads(line) for line in (await feedstream(stack, "dlq", "ls", "--json")).splitlines()]
+    listed = [json.loads(line) for line in (await stack.feedstream("dlq", "ls", "--json")).splitlines()]
     assert {(x["stage"], x["reason"]) for x in listed} == {
         ("count", "processing_failure"),
         ("expand", "schema_violation"),
     }
-    only = await feedstream(stack, "dlq", "ls", "--json", "--reason", "schema_violation")
+    only = await stack.feedstream("dlq", "ls", "--json", "--reason", "schema_violation")
     assert [json.loads(line)["stage"] for line in only.splitlines()] == ["expand"]
-    assert (await feedstream(stack, "dlq", "ls", "--json", "--since", "1h")).count("\n") == 2
-    assert await feedstream(stack, "dlq", "ls", "--json", "--since", "2999-01-01") == ""
+    assert (await stack.feedstream("dlq", "ls", "--json", "--since", "1h")).count("\n") == 2
+    assert await stack.feedstream("dlq", "ls", "--json", "--since", "2999-01-01") == ""
     count_letter = next(x["letter"] for x in listed if x["stage"] == "count")
-    shown = await feedstream(stack, "dlq", "show", count_letter)
+    shown = await stack.feedstream("dlq", "show", count_letter)
     assert (
         "UnknownDomain" in shown and "ghost" in shown and "feedstream.dlq.reason: processing_failure" in shown
     )
 
     # a dry run writes nothing
-    dry = await feedstream(stack, "dlq", "replay", "--stage", "count", "--dry-run")
+    dry = await stack.feedstream("dlq", "replay", "--stage", "count", "--dry-run")
     assert "would replay 1, already replayed 0" in dry
     assert await read_until(bootstrap, stack.names.dlq_replays, lambda r: True, count=1, timeout_s=2) == []
 
     # the fix: the worker now knows the domain; replay the count letter, once
-    worker = stack.worker(stack.fixed_tenants)
+    worker = stack.worker()
     try:
-        done = await feedstream(stack, "dlq", "replay", "--stage", "count")
+        done = await stack.feedstream("dlq", "replay", "--stage", "count")
         assert "replayed 1, already replayed 0" in done
         event_ids = set(res.event_ids)
         units = await read_until(
@@ -164,7 +115,7 @@ async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
             settle_s=2.0,
         )
         assert len(units) == 1 and orjson.loads(units[0].value)["positive"] == "bob"
-        again = await feedstream(stack, "dlq", "replay", "--stage", "count")
+        again = await stack.feedstream("dlq", "replay", "--stage", "count")
         assert "replayed 0, already replayed 1" in again
         replayed = await read_until(
             bootstrap,
@@ -182,7 +133,7 @@ async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
             settle_s=2.0,
         )
         assert len(units) == 1
-        listed = [json.loads(x) for x in (await feedstream(stack, "dlq", "ls", "--json")).splitlines()]
+        listed = [json.loads(x) for x in (await stack.feedstream("dlq", "ls", "--json")).splitlines()]
         assert {x["stage"]: x["replayed"] for x in listed} == {"count": True, "expand": False}
     finally:
         worker.stop()
