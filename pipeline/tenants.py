@@ -2,7 +2,8 @@
 
 Loaded once from a YAML or JSON file and validated up front, so a bad file stops the process at
 start with the file, the field path and the reason, instead of failing on some later request.
-Run ``python -m pipeline.tenants hash-key KEY`` to hash a key, ``... check FILE`` to validate.
+Run ``feedstream tenants hash-key KEY`` to hash a key, ``feedstream tenants check FILE`` to validate
+(``python -m pipeline.tenants`` does the same without the console script).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ __all__ = [
 _KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 # The contracts whose bodies carry no domain, so a tenant names one for them.
 DEFAULT_CONTRACTS = frozenset({Contract.CORRECTION, Contract.INFERENCE_FEEDBACK, Contract.SEARCH_EVENT})
-_HASH_HINT = "hash the key with: python -m pipeline.tenants hash-key KEY"
+_HASH_HINT = "hash the key with: feedstream tenants hash-key KEY"
 
 
 class TenantsConfigError(ValueError):

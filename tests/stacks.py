@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sys
 import uuid
-from asyncio.subprocess import PIPE, STDOUT
+from asyncio.subprocess import PIPE
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +37,20 @@ class Stack:
     def bootstrap(self) -> str:
         return self.settings.kafka_bootstrap_servers or ""
 
-    async def feedstream(self, *args: str) -> str:
-        """Run ``feedstream ARGS`` (as ``python -m pipeline.ops``) on the stack's topics; its output."""
+    async def run(self, *args: str) -> tuple[int | None, str, str]:
+        """``feedstream ARGS`` (as ``python -m pipeline.ops``) on the stack's topics: status, out, err."""
         env = child_env(self.env, columns=200)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pipeline.ops", *args, env=env, stdout=PIPE, stderr=STDOUT
+            sys.executable, "-m", "pipeline.ops", *args, env=env, stdout=PIPE, stderr=PIPE
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 0, out.decode()
-        return out.decode()
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        return proc.returncode, out.decode(), err.decode()
+
+    async def feedstream(self, *args: str) -> str:
+        """``feedstream ARGS``'s output; it must succeed."""
+        status, out, err = await self.run(*args)
+        assert status == 0, out + err
+        return out
 
     def worker(self, tenants: Path | None = None, stages: tuple[str, ...] = ("expand", "count")) -> Service:
         """A worker on the stack's topics (``tenants``: another tenants file), ready."""

@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 #: The modules that add commands to ``app`` (imported by ``main``).
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.ops.status", "pipeline.ops.dlq")
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.ops.status", "pipeline.ops.dlq", "pipeline.ops.admin")
 
 
 def load_commands() -> typer.Typer:

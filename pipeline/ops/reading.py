@@ -88,3 +88,12 @@ async def read_topic(
                     todo.discard(tp)
     finally:
         await asyncio.shield(c.stop())
+
+
+async def follow_from_end(c: AIOKafkaConsumer, bootstrap: str, topic: str) -> None:
+    """Assign ``c`` every partition of ``topic`` at its current end: it then sees only what comes."""
+    numbers = (await partitions_of(bootstrap, [topic])).get(topic, [])
+    tps = [TopicPartition(topic, p) for p in numbers]
+    c.assign(tps)
+    for tp, end in (await c.end_offsets(tps)).items():
+        c.seek(tp, end)

@@ -215,7 +215,7 @@ def test_bad_labels(label: dict[str, Any], message: str) -> None:
 def test_plain_key_is_rejected_with_hint_and_not_echoed() -> None:
     message = _config_error({"tenants": [_tenant(api_keys=["my-very-secret-key"])]})
     assert message.startswith("t.yaml: tenants.0.api_keys.0: must be 'sha256:<64 hex digits>'")
-    assert "python -m pipeline.tenants hash-key KEY" in message
+    assert "feedstream tenants hash-key KEY" in message
     assert "my-very-secret-key" not in message
 
 
