@@ -37,6 +37,12 @@ SIGNALS = Counter("feedstream_signals_total", "Signals emitted.", ["domain"])
 TRIPLETS = Counter("feedstream_training_units_total", "Training units emitted.", ["domain", "kind"])
 TRIGGERS = Counter("feedstream_triggers_total", "Train triggers emitted.", ["domain", "reason"])
 PENDING = Gauge("feedstream_pending_units", "Training units pending per domain.", ["domain"])
+CONSUMER_LAG = Gauge(
+    "feedstream_consumer_lag",
+    "Offsets between a stage's input partition end (read_committed) and where the stage stands "
+    "(transaction markers included, as Kafka counts lag); set by the process that owns the partition.",
+    ["stage", "topic", "partition"],
+)
 DLQ = Counter("feedstream_dlq_total", "Messages sent to the dead-letter topic.", ["stage", "reason"])
 DISCARDED = Counter("feedstream_discarded_total", "Feedback discarded by tenant mode.", ["tenant", "mode"])
 STAGE_BATCHES = Counter("feedstream_stage_batches_total", "Committed stage transactions.", ["stage"])

@@ -249,6 +249,10 @@ class FakeConsumer:
     async def committed(self, partition: TopicPartition) -> int | None:
         return self.cluster.offsets.get((self.group_id, partition))
 
+    def last_stable_offset(self, partition: TopicPartition) -> int | None:
+        """The end a fetch reports (every transaction here is committed at once: the log's end)."""
+        return len(self.cluster.logs[partition])
+
     async def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return dict.fromkeys(partitions, 0)
 

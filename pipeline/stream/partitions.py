@@ -40,6 +40,7 @@ from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from prometheus_client import Counter
 
+from pipeline import metrics
 from pipeline.kafka.io import MAX_REQUEST_BYTES, bootstrap_list
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Consumer(Protocol):
     def resume(self, *partitions: TopicPartition) -> None: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     async def position(self, partition: TopicPartition) -> int: ...
+    def last_stable_offset(self, partition: TopicPartition) -> int | None: ...
     async def committed(self, partition: TopicPartition) -> int | None: ...
     async def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]: ...
     async def getmany(
@@ -345,6 +347,8 @@ class PartitionRunner(ABC, Generic[H]):
     def _forget(self, tp: TopicPartition) -> None:
         """Drop every runtime note about ``tp`` (subclasses extend)."""
         self._places.pop(tp, None)
+        with contextlib.suppress(KeyError):  # its new owner reports it
+            metrics.CONSUMER_LAG.remove(self.name, tp.topic, str(tp.partition))
         self._not_before.pop(tp, None)
         self._paused.discard(tp)
         self._attempts.pop(tp, None)
@@ -389,7 +393,15 @@ class PartitionRunner(ABC, Generic[H]):
         if place is not None:
             place.committed = next_offset
             place.expected = next_offset if position is None else position
+            self._report_lag(tp, place.expected)
         self._attempts.pop(tp, None)
+
+    def _report_lag(self, tp: TopicPartition, at: int) -> None:
+        """``feedstream_consumer_lag``: the partition's end as the last fetch saw it (read_committed:
+        the last stable offset) minus ``at``. Costs no request."""
+        end = self.consumer.last_stable_offset(tp)
+        if end is not None and end >= 0:
+            metrics.CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(max(0, end - at))
 
     def retry_later(self, tp: TopicPartition) -> bool:
         """Seek ``tp`` back to its committed offset and pause it for the next backoff delay; False when
@@ -450,6 +462,10 @@ class PartitionRunner(ABC, Generic[H]):
             max_records=self.max_batch * max(1, len(active)),
         )
         fetched = {tp: records for tp, records in fetched.items() if records}
+        for tp in active:  # what the fetch found nothing for stands where it is: that is its lag
+            if tp not in fetched and tp in self._places:
+                with contextlib.suppress(IllegalStateError):
+                    self._report_lag(tp, await consumer.position(tp))
         if not fetched:
             await self._idle()
             return

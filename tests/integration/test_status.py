@@ -11,6 +11,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -136,6 +137,18 @@ async def test_status_shows_domains_lag_and_dead_letters_in_the_command_and_a_re
         }
         assert len(lags) == 4 * stack.settings.topic_partitions  # expand, count; store reads two topics
         assert all(v == "0" for (stage, _, _), v in lags.items() if stage != "store")
+        # the worker's own lag gauge says the same (no request of its own: from its fetches)
+        metrics = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url[:-6] + "metrics").read().decode()
+        )
+        gauges = {
+            line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("feedstream_consumer_lag{")
+        }
+        for stage, topic in (("expand", stack.names.raw), ("count", stack.names.units)):
+            mine = [v for k, v in gauges.items() if f'stage="{stage}"' in k and f'topic="{topic}"' in k]
+            assert len(mine) == stack.settings.topic_partitions and not any(mine), gauges
         shot = tmp_path / "status.png"
         browse(url, f"--screenshot={shot}", "--window-size=1200,1400")
         data = shot.read_bytes()

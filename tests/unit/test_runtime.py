@@ -15,6 +15,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RequestTimedOutError
 
+from pipeline.metrics import CONSUMER_LAG
 from pipeline.stream.partitions import OFFSET_GAPS, Backoff
 from pipeline.stream.runtime import STAGE_ERRORS, Record, StageRunner, Table, Tx, fenced, transient
 from pipeline.wire.records import DeadLetter, from_json, original_headers, to_json
@@ -505,3 +506,31 @@ async def test_dead_letters_carry_typed_headers_and_the_originals_own() -> None:
     }
     assert headers["feedstream.dlq.exception.class"] in (b"ValueError", b"DecodeError", b"JSONDecodeError")
     assert original_headers(letter.headers) == [("traceparent", b"00-abc-def-01")]
+
+
+async def test_consumer_lag_is_the_end_minus_where_the_stage_stands_and_goes_with_the_partition() -> None:
+    """``feedstream_consumer_lag{stage,topic,partition}``: offsets between the read_committed end and
+    the stage's position (0 once caught up: markers passed), updated per batch and when idle."""
+    cluster, _, runner, consumer, _ = setup()
+    cluster.produce(IN, [b"a", b"b", b"c"])
+    await owning(runner, consumer)
+    await turn(runner)
+    assert lag() == 0
+    consumer.pause(TP)  # behind: records arrive, the stage does not take them
+    cluster.produce(IN, [b"d", b"e"])
+    await turn(runner, 2)
+    assert lag() == 3  # two records and their transaction's marker
+    consumer.resume(TP)
+    await turn(runner)
+    assert lag() == 0 and cluster.values(OUT)[-2:] == [b"d", b"e"]
+    await consumer.rebalance(set())
+    await turn(runner, 2)
+    assert ("counting", IN, "0") not in lags()  # a partition no longer ours has no lag here
+
+
+def lag() -> float:
+    return float(CONSUMER_LAG.labels("counting", IN, "0")._value.get())
+
+
+def lags() -> set[tuple[str, ...]]:
+    return {tuple(s.labels.values()) for m in CONSUMER_LAG.collect() for s in m.samples}
