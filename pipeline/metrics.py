@@ -37,6 +37,11 @@ SIGNALS = Counter("feedstream_signals_total", "Signals emitted.", ["domain"])
 TRIPLETS = Counter("feedstream_training_units_total", "Training units emitted.", ["domain", "kind"])
 TRIGGERS = Counter("feedstream_triggers_total", "Train triggers emitted.", ["domain", "reason"])
 PENDING = Gauge("feedstream_pending_units", "Training units pending per domain.", ["domain"])
+THRESHOLD = Gauge(
+    "feedstream_threshold",
+    "The train threshold of a domain the count stage counts (alerts compare).",
+    ["domain"],
+)
 CONSUMER_LAG = Gauge(
     "feedstream_consumer_lag",
     "Offsets between a stage's input partition end (read_committed) and where the stage stands "

@@ -178,4 +178,6 @@ class CountStage:
             metrics.TRIPLETS.labels(domain, kind).inc(n)
         for domain_key, changed in table.changes.items():
             if changed is not None:
-                metrics.PENDING.labels(domain_key.decode()).set(changed.pending)
+                domain = domain_key.decode()
+                metrics.PENDING.labels(domain).set(changed.pending)
+                metrics.THRESHOLD.labels(domain).set(self._thresholds.get(domain, 0))

@@ -1,4 +1,4 @@
-"""docker-compose.yml, deploy/prometheus.yml and the Dockerfile agree with the settings code."""
+"""docker-compose.yml, deploy/prometheus/prometheus.yml and the Dockerfile agree with the settings code."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from pipeline.settings import ALL_STAGES, REPO_ROOT, Settings
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-PROMETHEUS = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus.yml").read_text(encoding="utf-8"))
+PROMETHEUS = yaml.safe_load(
+    (REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8")
+)
 DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
 
 WORKERS = ("worker-expand", "worker-count", "worker-store")
@@ -200,8 +202,29 @@ def test_only_the_kafka_service_has_broker_image_variables() -> None:
 # --- prometheus ------------------------------------------------------------------------------------
 
 
-def test_prometheus_mounts_the_repo_config() -> None:
-    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in SERVICES["prometheus"]["volumes"]
+def test_prometheus_mounts_the_repo_config_and_its_alert_rules() -> None:
+    volumes = SERVICES["prometheus"]["volumes"]
+    assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in volumes
+    mounted = {Path(v.split(":")[1]).name: v.split(":")[0] for v in volumes}
+    for rules in PROMETHEUS["rule_files"]:  # relative to the config's directory in the container
+        assert (REPO_ROOT / mounted[rules]).is_file(), rules
+
+
+# --- grafana ---------------------------------------------------------------------------------------
+
+
+def test_grafana_provisions_prometheus_and_the_dashboard() -> None:
+    grafana = SERVICES["grafana"]
+    mounts = {v.split(":")[1]: REPO_ROOT / v.split(":")[0] for v in grafana["volumes"]}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["url"] == "http://prometheus:9090" and "9090:9090" in SERVICES["prometheus"]["ports"]
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "feedstream.yml").read_text())["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    assert (dashboards / "feedstream.json").is_file()
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(provider["options"]["path"]) and (dashboards / Path(home).name).is_file()
+    assert "prometheus" in grafana["depends_on"]
 
 
 def test_prometheus_scrapes_every_app_service_where_it_listens() -> None:
