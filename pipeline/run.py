@@ -118,7 +118,7 @@ The pipeline is running. Try:
   domain state     curl -s {url}/v1/domains/dating -H 'Authorization: Bearer {DEV_KEY}'
   seed 003 list    curl -s '{url}/api/v1/feedback?limit=20' -H 'X-API-Key: kaizen_abc123'
   feedback store   {describe(settings)} (the worker's store stage writes it; DATABASE_URL for PostgreSQL)
-  status           .venv/bin/feedstream status   (page: http://127.0.0.1:{layout[0][1]}/status; feedstream --help)
+  status           .venv/bin/feedstream status (all commands: --help); page 127.0.0.1:{layout[0][1]}/status
   logs             {log_dir}/
 Ctrl-C stops the ingest, the workers and the local broker.""")
             signal.pause()
