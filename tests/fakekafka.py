@@ -22,6 +22,11 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from pipeline.stream.partitions import Consumer, Producer, Record
 
+#: Record headers, as aiokafka gives them to consumers (a sequence of name and bytes).
+Headers = Sequence[tuple[str, bytes]]
+#: A record waiting in an open transaction: where, key, value, headers.
+_Buffered = tuple[TopicPartition, bytes | None, bytes | None, Headers]
+
 
 @dataclass
 class Cluster:
@@ -36,16 +41,28 @@ class Cluster:
     calls: list[tuple[str, str]] = field(default_factory=list)  # (transactional id, operation)
     changelog_gate: asyncio.Event | None = None  # set: restores may read; unset: they wait
 
-    def append(self, tp: TopicPartition, key: bytes | None, value: bytes | None) -> int:
+    def append(
+        self, tp: TopicPartition, key: bytes | None, value: bytes | None, headers: Headers = ()
+    ) -> int:
         log = self.logs[tp]
-        log.append(ConsumerRecord(tp.topic, tp.partition, len(log), 0, 0, key, value, None, 0, 0, []))
+        log.append(
+            ConsumerRecord(tp.topic, tp.partition, len(log), 0, 0, key, value, None, 0, 0, tuple(headers))
+        )
         return len(log) - 1
 
-    def produce(self, topic: str, values: Sequence[bytes], *, partition: int = 0, key: bytes = b"k") -> None:
+    def produce(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        *,
+        partition: int = 0,
+        key: bytes = b"k",
+        headers: Headers = (),
+    ) -> None:
         """``values`` in one committed transaction (records, then a marker)."""
         tp = TopicPartition(topic, partition)
         for value in values:
-            self.append(tp, key, value)
+            self.append(tp, key, value, headers)
         self.logs[tp].append(None)
 
     def records(self, topic: str, partition: int = 0) -> list[Record]:
@@ -71,7 +88,7 @@ class FakeBatch:
     """A record batch being filled (aiokafka's ``BatchBuilder``: full after ``max_records``)."""
 
     def __init__(self, max_records: int = 64) -> None:
-        self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.records: list[tuple[bytes | None, bytes | None, Headers]] = []
         self.max_records = max_records
         self.closed = False
 
@@ -85,7 +102,7 @@ class FakeBatch:
         if self.closed or len(self.records) >= self.max_records:
             self.closed = True
             return None
-        self.records.append((key, value))
+        self.records.append((key, value, tuple(headers)))
         return object()
 
     def close(self) -> None:
@@ -107,7 +124,7 @@ class FakeProducer:
         self.stopped = False
         self._metadata = _Meta(cluster)
         self.client = _Client()
-        self._buffer: list[tuple[TopicPartition, bytes | None, bytes | None]] = []
+        self._buffer: list[_Buffered] = []
         self._offsets: dict[tuple[str, TopicPartition], int] = {}
         self._pending: collections.Counter[TopicPartition] = collections.Counter()  # buffered per partition
 
@@ -143,7 +160,7 @@ class FakeProducer:
         self._check("send")
         tp = TopicPartition(topic, partition or 0)
         offset = len(self.cluster.logs[tp]) + self._pending[tp]
-        self._buffer.append((tp, key, value))
+        self._buffer.append((tp, key, value, tuple(headers or ())))
         self._pending[tp] += 1
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))
@@ -159,7 +176,7 @@ class FakeProducer:
         self._check("send")
         tp = TopicPartition(topic, partition)
         offset = len(self.cluster.logs[tp]) + self._pending[tp]
-        self._buffer.extend((tp, key, value) for key, value in batch.records)
+        self._buffer.extend((tp, key, value, headers) for key, value, headers in batch.records)
         self._pending[tp] += len(batch.records)
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))
@@ -173,8 +190,8 @@ class FakeProducer:
     async def commit_transaction(self) -> None:
         self._check("commit")
         touched: set[TopicPartition] = set()
-        for tp, key, value in self._buffer:
-            self.cluster.append(tp, key, value)
+        for tp, key, value, headers in self._buffer:
+            self.cluster.append(tp, key, value, headers)
             touched.add(tp)
         for tp in touched:
             self.cluster.logs[tp].append(None)

@@ -1,0 +1,258 @@
+"""Traces across the pipeline, in process: W3C trace headers from the edge (HTTP ingest, publisher)
+onto ``feedback.raw``, through both stages (tests/fakekafka.py) onto signals, units, triplets and
+triggers; the ingest's server span (SDK, in-memory exporter); when the ``OTEL_*`` variables turn
+export on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from pipeline import contracts, tracing
+from pipeline.api.publisher import FeedbackPublisher
+from pipeline.kafka.io import OutRecord, Written
+from tests.inprocess import FakeView, FakeWriter, make_settings
+from tests.unit.test_stream_stages import NAMES, SETTINGS, TENANTS, Stream, outcome
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+STATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+
+
+# --- the pure header rules ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (PARENT, True),
+        ("01-" + PARENT[3:] + "-what-comes-later", True),  # a later version may add fields
+        (PARENT + "-x", False),  # version 00 has exactly four
+        ("ff-" + PARENT[3:], False),
+        (PARENT.upper(), False),
+        (f"00-{'0' * 32}-00f067aa0ba902b7-01", False),
+        (f"00-{TRACE_ID}-{'0' * 16}-01", False),
+        (PARENT[:-1], False),
+        ("", False),
+    ],
+)
+def test_traceparent_validation_follows_w3c(value: str, ok: bool) -> None:
+    assert tracing.valid_traceparent(value) is ok
+
+
+def test_the_callers_context_is_taken_from_http_headers_only_when_valid() -> None:
+    assert tracing.from_http({"traceparent": PARENT, "tracestate": STATE}) == [
+        ("traceparent", PARENT.encode()),
+        ("tracestate", STATE.encode()),
+    ]
+    assert tracing.from_http({"traceparent": f" {PARENT} "}) == [("traceparent", PARENT.encode())]
+    assert tracing.from_http({"traceparent": "garbage", "tracestate": STATE}) == []
+    assert tracing.from_http({"tracestate": STATE}) == []  # no parent, no state
+    too_long = "a=" + "b" * tracing.TRACESTATE_MAX_CHARS
+    assert tracing.from_http({"traceparent": PARENT, "tracestate": too_long}) == [
+        ("traceparent", PARENT.encode())
+    ]
+    assert tracing.from_http({"traceparent": PARENT, "tracestate": "a=\u00e9"}) == [
+        ("traceparent", PARENT.encode())
+    ]
+
+
+def test_carried_keeps_only_the_trace_headers_of_a_record() -> None:
+    raw = [("correlation_id", b"c"), ("traceparent", PARENT.encode()), ("tenant", b"t")]
+    assert tracing.carried(raw) == [("traceparent", PARENT.encode())]
+    assert tracing.carried([("correlation_id", b"c")]) is None
+    assert tracing.carried(()) is None and tracing.carried(None) is None
+    assert tracing.trace_id_of(raw) == TRACE_ID
+    assert tracing.trace_id_of([("traceparent", b"nonsense")]) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "wanted"),
+    [
+        ({}, []),
+        ({"OTEL_TRACES_EXPORTER": "none"}, []),
+        ({"OTEL_TRACES_EXPORTER": "console"}, ["console"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp, console"}, ["otlp", "console"]),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, ["otlp"]),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, ["otlp"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, []),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, []),
+    ],
+)
+def test_export_is_off_unless_the_otel_variables_ask_for_it(env: dict[str, str], wanted: list[str]) -> None:
+    assert tracing.exporters_wanted(env) == wanted
+
+
+def test_an_unknown_exporter_is_an_error_that_names_it() -> None:
+    with pytest.raises(ValueError, match="zipkin"):
+        tracing.exporters_wanted({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_setup_without_an_exporter_builds_nothing() -> None:
+    assert tracing.setup("feedstream-test", {}) is None
+
+
+# --- through both stages ------------------------------------------------------------------------
+
+
+def headers_of(s: Stream, topic: str) -> list[tuple[tuple[str, bytes], ...]]:
+    return [tuple(r.headers) for r in s.cluster.records(topic)]
+
+
+async def publish_traced(s: Stream, body: Any, trace: Sequence[tuple[str, bytes]]) -> None:
+    intake, _ = s.publishers["stream"].plan(body)
+    for record in contracts.raw_records(NAMES.raw, intake.events, trace):
+        s.cluster.produce(NAMES.raw, [record.value], key=record.key or b"", headers=record.headers)
+    await s.run()
+
+
+async def test_the_trace_rides_from_the_raw_record_onto_signals_units_triplets_and_the_trigger() -> None:
+    traced = [("traceparent", PARENT.encode()), ("tracestate", STATE.encode())]
+    async with Stream() as s:
+        items = [outcome("alice", c, "accepted" if i % 2 else "rejected") for i, c in enumerate("bcdef")]
+        await publish_traced(s, {"domain": "s_three", "items": items}, traced)  # 6 triplets, threshold 3
+        for topic in (NAMES.signals, NAMES.units, NAMES.triplets, NAMES.triggers):
+            got = headers_of(s, topic)
+            assert got, topic
+            assert all(h == tuple(traced) for h in got), (topic, got)
+        assert s.on(NAMES.triggers)[0]["reason"] == "threshold"
+        assert all(r.headers == () for r in s.cluster.records(NAMES.results))  # results stay bare
+
+
+async def test_records_without_a_trace_get_no_headers_at_all() -> None:
+    async with Stream() as s:
+        await s.publish({"domain": "s_three", "items": [outcome("bob", c, "accepted") for c in "xyz"]})
+        await s.publish({"domain": "s_three", "items": [outcome("bob", c, "rejected") for c in "uvw"]})
+        for topic in (NAMES.signals, NAMES.units, NAMES.triplets, NAMES.triggers):
+            assert s.cluster.records(topic), topic
+            assert all(r.headers == () for r in s.cluster.records(topic)), topic
+
+
+async def test_each_output_carries_the_trace_of_its_own_input() -> None:
+    other = f"00-{'a' * 32}-{'b' * 16}-00"
+    async with Stream() as s:
+        await publish_traced(
+            s,
+            {"domain": "s_five", "items": [outcome("carol", "x", "accepted")]},
+            [("traceparent", PARENT.encode())],
+        )
+        await publish_traced(
+            s,
+            {"domain": "s_five", "items": [outcome("carol", "y", "rejected")]},
+            [("traceparent", other.encode())],
+        )
+        await s.publish({"domain": "s_five", "items": [outcome("carol", "z", "rejected")]})
+        ids = [tracing.trace_id_of(r.headers) for r in s.cluster.records(NAMES.triplets)]
+    assert ids == ["a" * 32, None]  # x>y pairs on the second (traced) event; x>z on the untraced third
+
+
+# --- the edges: the publisher and the HTTP ingest -----------------------------------------------
+
+
+class CapturingWriter:
+    def __init__(self) -> None:
+        self.records: list[OutRecord] = []
+
+    async def write(self, records: Sequence[OutRecord]) -> list[Written]:
+        self.records.extend(records)
+        return [Written(r.topic, 0, i) for i, r in enumerate(records)]
+
+
+async def test_the_publisher_puts_the_current_span_on_its_records() -> None:
+    pub = FeedbackPublisher("unused:9092", TENANTS, "stream", settings=SETTINGS)
+    writer = CapturingWriter()
+    pub.writer = writer  # type: ignore[assignment]
+    body = {"domain": "s_five", "items": [outcome("dora", "x", "accepted"), outcome("erin", "y", "accepted")]}
+    await pub.publish(body)  # no span: nothing added
+    assert all(tracing.carried(r.headers) is None for r in writer.records)
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("caller") as span:
+        await pub.publish(body)
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    traced = writer.records[2:]
+    assert len(traced) == 2 and all(tracing.trace_id_of(r.headers) == trace_id for r in traced)
+    assert all(dict(r.headers)["correlation_id"] for r in traced)  # the envelope's headers stay
+
+
+async def ingest_client(provider: TracerProvider | None) -> Any:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pipeline.api.ingest import Ingest
+    from pipeline.tenants import load_tenants
+    from tests.inprocess import TENANTS as HTTP_TENANTS
+
+    ingest = Ingest(
+        make_settings(),
+        load_tenants(HTTP_TENANTS),
+        FakeWriter(),
+        FakeView(),  # type: ignore[arg-type]
+        tracer_provider=provider,
+    )
+    client: Any = TestClient(TestServer(ingest.app()))
+    await client.start_server()
+    return client, ingest.writer
+
+
+SEED_000 = {"domain": "dating", "items": [{"seeker_id": "a", "candidate_id": "b", "outcome": "accepted"}]}
+AUTH = {"Authorization": "Bearer fs_dev_key_123"}
+
+
+async def test_without_tracing_the_ingest_forwards_the_callers_traceparent_to_kafka() -> None:
+    client, writer = await ingest_client(None)
+    try:
+        resp = await client.post(
+            "/v1/feedback", json=SEED_000, headers={**AUTH, "traceparent": PARENT, "tracestate": STATE}
+        )
+        assert resp.status in (200, 202)
+        resp = await client.post("/v1/feedback", json=SEED_000, headers={**AUTH, "traceparent": "bad"})
+        assert resp.status in (200, 202)
+        resp = await client.post(
+            "/v1/train", json={"domain": "dating"}, headers={**AUTH, "traceparent": PARENT}
+        )
+        assert resp.status in (200, 202)
+    finally:
+        await client.close()
+    first, second, train = writer.records
+    assert tracing.carried(first.headers) == [
+        ("traceparent", PARENT.encode()),
+        ("tracestate", STATE.encode()),
+    ]
+    assert tracing.carried(second.headers) is None  # an invalid one is dropped, the request still served
+    assert train.topic.endswith("feedback.units") and tracing.carried(train.headers) == [
+        ("traceparent", PARENT.encode())
+    ]
+
+
+async def test_with_tracing_the_ingest_makes_a_server_span_in_the_callers_trace() -> None:
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        client, writer = await ingest_client(provider)
+        try:
+            resp = await client.post("/v1/feedback", json=SEED_000, headers={**AUTH, "traceparent": PARENT})
+            assert resp.status in (200, 202)
+        finally:
+            await client.close()
+    finally:
+        AioHttpServerInstrumentor().uninstrument()  # aiohttp's Application as it was, for other tests
+    (span,) = exporter.get_finished_spans()
+    ctx = span.get_span_context()
+    assert ctx is not None
+    assert span.kind is SpanKind.SERVER
+    assert format(ctx.trace_id, "032x") == TRACE_ID
+    assert span.parent is not None and format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert span.attributes is not None and span.attributes.get("http.route", "/v1/feedback") == "/v1/feedback"
+    # the record's parent is the ingest's span (a child of the caller's), same trace
+    (record,) = writer.records
+    (name, value), *_ = tracing.carried(record.headers) or [("", b"")]
+    assert name == "traceparent"
+    assert value.decode() == f"00-{TRACE_ID}-{format(ctx.span_id, '016x')}-01"
