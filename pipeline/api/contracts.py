@@ -11,6 +11,7 @@ beyond reading the example files once.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
@@ -108,6 +109,51 @@ UuidStr = Annotated[
     AfterValidator(_canonical_uuid),
     Field(json_schema_extra={"format": "uuid"}),
 ]
+
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
+def _trace_id(value: str) -> str:
+    if not _HEX32.fullmatch(value) or value == "0" * 32:
+        raise ValueError("must be a W3C trace id: 32 lowercase hexadecimal digits, not all zeros")
+    return value
+
+
+def _span_id(value: str) -> str:
+    if not _HEX16.fullmatch(value) or value == "0" * 16:
+        raise ValueError("must be a W3C span id: 16 lowercase hexadecimal digits, not all zeros")
+    return value
+
+
+#: The trace of the LLM call feedback is about (as Langfuse and Phoenix attach scores to traces and
+#: spans): carried to the signals and units so a trainer or dashboard joins feedback to the call.
+TraceIdStr = Annotated[
+    str,
+    AfterValidator(_trace_id),
+    Field(
+        json_schema_extra={"pattern": "^[0-9a-f]{32}$"},
+        description="W3C trace id of the call this feedback is about (32 lowercase hex digits, "
+        "not all zeros).",
+    ),
+]
+SpanIdStr = Annotated[
+    str,
+    AfterValidator(_span_id),
+    Field(
+        json_schema_extra={"pattern": "^[0-9a-f]{16}$"},
+        description="W3C span id of the call within that trace (16 lowercase hex digits, not all zeros); "
+        "needs trace_id.",
+    ),
+]
+
+
+def _span_needs_trace(model: Any) -> Any:
+    """A model's ``span_id`` only with its ``trace_id`` (the models that describe an LLM call)."""
+    if model.span_id is not None and model.trace_id is None:
+        raise ValueError("'span_id' needs 'trace_id' (a span id means nothing outside its trace)")
+    return model
 
 
 class _Request(BaseModel):
@@ -233,6 +279,10 @@ class InferenceFeedbackEvent(_Request):
         | None
     ) = None
     optimize: Literal["max", "min"] = "max"
+    trace_id: TraceIdStr | None = None
+    span_id: SpanIdStr | None = None
+
+    _traced = model_validator(mode="after")(_span_needs_trace)
 
     @field_validator("feedback")
     @classmethod
@@ -309,6 +359,10 @@ class ScoredOutputRequest(_Request):
     score: Score | None = None
     source: ScoreSource = "sdk"
     metadata: dict[str, Any] | None = None
+    trace_id: TraceIdStr | None = None
+    span_id: SpanIdStr | None = None
+
+    _traced = model_validator(mode="after")(_span_needs_trace)
 
 
 class ScoredOutputResponse(BaseModel):
@@ -329,7 +383,7 @@ class ScoredOutputResponse(BaseModel):
     def from_request(
         cls, request: ScoredOutputRequest, *, id: str, created_at: datetime
     ) -> ScoredOutputResponse:
-        return cls(id=id, created_at=created_at, **request.model_dump())
+        return cls(id=id, created_at=created_at, **request.model_dump(exclude={"trace_id", "span_id"}))
 
 
 # --- seed 004: search events ---------------------------------------------------------------------

@@ -5,9 +5,13 @@ export on."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import jsonschema
+import orjson
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -15,12 +19,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from pipeline import contracts, tracing
+from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.io import OutRecord, Written
-from tests.inprocess import FakeView, FakeWriter, make_settings
+from tests.http_helpers import KAIZEN_KEY, SCORED
+from tests.inprocess import Edge, FakeView, FakeWriter, make_settings
 from tests.unit.test_stream_stages import NAMES, SETTINGS, TENANTS, Stream, outcome
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 STATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
 
@@ -256,3 +263,67 @@ async def test_with_tracing_the_ingest_makes_a_server_span_in_the_callers_trace(
     (name, value), *_ = tracing.carried(record.headers) or [("", b"")]
     assert name == "traceparent"
     assert value.decode() == f"00-{TRACE_ID}-{format(ctx.span_id, '016x')}-01"
+
+
+# --- contracts that describe an LLM call: trace_id / span_id ------------------------------------
+
+SPAN_ID = "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"trace_id": TRACE_ID.upper()}, "Field 'trace_id': must be a W3C trace id: 32 lowercase"),
+        ({"trace_id": TRACE_ID[:-1]}, "Field 'trace_id': must be a W3C trace id"),
+        ({"trace_id": "0" * 32}, "Field 'trace_id': must be a W3C trace id"),
+        ({"trace_id": 42}, "Field 'trace_id': must be a string."),
+        ({"trace_id": TRACE_ID, "span_id": "0" * 16}, "Field 'span_id': must be a W3C span id: 16 lowercase"),
+        ({"trace_id": TRACE_ID, "span_id": SPAN_ID + "0"}, "Field 'span_id': must be a W3C span id"),
+        ({"span_id": SPAN_ID}, "Body: 'span_id' needs 'trace_id'"),
+    ],
+    ids=["upper", "short", "zeros", "number", "zero-span", "long-span", "span-alone"],
+)
+async def test_bad_trace_ids_are_refused_at_the_edge_in_each_seeds_shape(
+    edge: Edge, extra: dict[str, Any], message: str
+) -> None:
+    written = len(edge.writer.records)
+    status, answer, _ = await edge.send("/api/v1/feedback", {**SCORED, **extra}, key=KAIZEN_KEY)
+    assert (status, answer["error"]["code"]) == (422, "INVALID_REQUEST"), answer
+    assert answer["error"]["message"].startswith(message)
+    item = {"id": str(uuid.uuid4()), "feedback": {"helpful": True}, **extra}
+    status, answer, _ = await edge.send("/v1/feedback", [item])
+    assert status == 200 and answer[0]["feedback_ids"] is None
+    assert answer[0]["error"]["status_code"] == 400
+    assert answer[0]["error"]["message"].startswith(message)
+    assert len(edge.writer.records) == written  # nothing written
+
+
+async def test_trace_ids_ride_the_envelope_and_the_answer_stays_the_seeds(edge: Edge) -> None:
+    status, plain, _ = await edge.send("/api/v1/feedback", SCORED, key=KAIZEN_KEY)
+    status, traced, _ = await edge.send(
+        "/api/v1/feedback", {**SCORED, "trace_id": TRACE_ID, "span_id": SPAN_ID}, key=KAIZEN_KEY
+    )
+    assert status == 201 and set(traced) == set(plain)  # seed 003's answer: no new fields
+    item = {"id": str(uuid.uuid4()), "feedback": {"helpful": True}, "trace_id": TRACE_ID}
+    status, answer, _ = await edge.send("/v1/feedback", [item])
+    assert status == 200 and answer[0]["error"] is None
+    untraced, scored, inference = (orjson.loads(r.value)["payload"] for r in edge.writer.records[-3:])
+    assert "trace_id" not in untraced and "span_id" not in untraced  # absent, not null
+    assert (scored["trace_id"], scored["span_id"]) == (TRACE_ID, SPAN_ID)
+    assert inference["trace_id"] == TRACE_ID and "span_id" not in inference
+
+
+async def test_a_traced_scored_output_gives_a_traced_signal_and_unit_others_stay_bare() -> None:
+    async with Stream() as s:
+        task = "7d444840-9dc0-11d1-b245-5ffdce74fad2"
+        traced_body = {"task_id": task, "score": 0.7, "trace_id": TRACE_ID, "span_id": SPAN_ID}
+        await s.publish(traced_body, contract=Contract.SCORED_OUTPUT)
+        await s.publish({"task_id": task, "score": 0.2}, contract=Contract.SCORED_OUTPUT)
+        (traced, bare) = s.on(NAMES.triplets)
+        signals = s.on(NAMES.signals)
+    assert (traced["trace_id"], traced["span_id"]) == (TRACE_ID, SPAN_ID)
+    assert "trace_id" not in bare and "span_id" not in bare
+    assert [(x.get("trace_id"), x.get("span_id")) for x in signals] == [(TRACE_ID, SPAN_ID), (None, None)]
+    for topic, value in ((NAMES.triplets, traced), (NAMES.signals, signals[0])):
+        schema = orjson.loads((SCHEMAS / f"{topic}.schema.json").read_bytes())
+        jsonschema.validate(value, schema)
