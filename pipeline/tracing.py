@@ -20,22 +20,26 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Link, SpanContext, Tracer
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MAX_LINKS",
     "TRACEPARENT",
     "TRACESTATE",
     "TRACESTATE_MAX_CHARS",
     "TraceHeaders",
+    "batch_span",
     "carried",
     "exporters_wanted",
     "from_context",
     "from_http",
+    "input_links",
     "setup",
     "trace_id_of",
     "valid_traceparent",
@@ -183,3 +187,61 @@ def setup(service_name: str, environ: Mapping[str, str] | None = None) -> Tracer
     trace.set_tracer_provider(provider)
     log.info("tracing on: %s exporting spans of %s", ", ".join(wanted), service_name)
     return provider
+
+
+# --- a span per stage batch (only when the worker exports) -----------------------------------------
+
+#: Links a batch span keeps at most (one per distinct input trace context, in input order).
+MAX_LINKS = 128
+
+
+def _span_context(value: bytes) -> SpanContext | None:
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    text = value.decode("ascii", "replace")
+    if not valid_traceparent(text):
+        return None
+    return SpanContext(
+        trace_id=int(text[3:35], 16),
+        span_id=int(text[36:52], 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(text[53:55], 16)),
+    )
+
+
+def input_links(records: Sequence[Any]) -> list[Link]:
+    """The trace contexts of a batch's input records (their ``traceparent`` headers) as span links,
+    distinct, at most :data:`MAX_LINKS`."""
+    from opentelemetry.trace import Link
+
+    seen: set[bytes] = set()
+    links: list[Link] = []
+    for rec in records:
+        for k, v in rec.headers or ():
+            if k == TRACEPARENT and v not in seen and len(links) < MAX_LINKS:
+                seen.add(v)
+                ctx = _span_context(v)
+                if ctx is not None:
+                    links.append(Link(ctx))
+    return links
+
+
+def batch_span(tracer: Tracer, stage: str, topic: str, partition: int, records: Sequence[Any]) -> Any:
+    """A CONSUMER span over one stage transaction, linked to its inputs' traces (a batch mixes many
+    traces, so it has no parent: OpenTelemetry's messaging conventions for batch processing). The
+    records the batch writes keep their own input's context (:func:`carried`), not this span's."""
+    from opentelemetry.trace import SpanKind
+
+    return tracer.start_as_current_span(
+        f"{stage} {topic}",
+        kind=SpanKind.CONSUMER,
+        links=input_links(records),
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": topic,
+            "messaging.destination.partition.id": str(partition),
+            "messaging.batch.message_count": len(records),
+            "feedstream.stage": stage,
+        },
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -327,3 +328,53 @@ async def test_a_traced_scored_output_gives_a_traced_signal_and_unit_others_stay
     for topic, value in ((NAMES.triplets, traced), (NAMES.signals, signals[0])):
         schema = orjson.loads((SCHEMAS / f"{topic}.schema.json").read_bytes())
         jsonschema.validate(value, schema)
+
+
+async def test_an_exporting_worker_makes_one_span_per_batch_linked_to_its_inputs() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    other = f"00-{'a' * 32}-{'b' * 16}-01"
+    async with Stream() as s:
+        for runner in s.runners:
+            runner.tracer = provider.get_tracer("pipeline.stream")
+        intake, _ = s.publishers["stream"].plan(
+            {"domain": "s_five", "items": [outcome("fay", "x", "accepted")]}
+        )
+        more, _ = s.publishers["stream"].plan(
+            {"domain": "s_five", "items": [outcome("fay", "y", "rejected")]}
+        )
+        untraced, _ = s.publishers["stream"].plan(
+            {"domain": "s_five", "items": [outcome("fay", "z", "rejected")]}
+        )
+        for events, trace in ((intake, PARENT), (more, other), (untraced, None)):
+            (record,) = contracts.raw_records(
+                NAMES.raw, events.events, tracing.from_http({"traceparent": trace or ""})
+            )
+            s.cluster.append(TopicPartition(NAMES.raw, 0), record.key, record.value, record.headers)
+        s.cluster.logs[TopicPartition(NAMES.raw, 0)].append(None)  # one transaction: one expand batch
+        await s.run()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    expand, count = spans[f"expand {NAMES.raw}"], spans[f"count {NAMES.units}"]
+    assert expand.kind is SpanKind.CONSUMER and expand.parent is None
+    assert expand.attributes is not None and expand.attributes["messaging.batch.message_count"] == 3
+    linked = [format(link.context.trace_id, "032x") for link in expand.links]
+    assert linked == [TRACE_ID, "a" * 32]  # the untraced input has no link
+    assert [format(link.context.trace_id, "032x") for link in count.links] == [TRACE_ID, "a" * 32]
+    # the outputs keep their own input's context, not the batch span's
+    assert {tracing.trace_id_of(r.headers) for r in s.cluster.records(NAMES.units)} == {
+        TRACE_ID,
+        "a" * 32,
+        None,
+    }
+
+
+def test_batch_links_are_distinct_and_bounded() -> None:
+    class Rec:
+        def __init__(self, parent: str) -> None:
+            self.headers = [("traceparent", parent.encode())]
+
+    records = [Rec(f"00-{i:032x}-{1:016x}-01") for i in range(1, tracing.MAX_LINKS + 50)]
+    links = tracing.input_links([*records, *records, Rec("junk")])
+    assert len(links) == tracing.MAX_LINKS
+    assert [link.context.trace_id for link in links] == list(range(1, tracing.MAX_LINKS + 1))
