@@ -5,8 +5,11 @@ worker as users run them, exporting nothing: the default)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -112,3 +115,30 @@ async def test_the_publisher_puts_its_callers_span_on_the_records(
     assert dict(raw.headers)["event_id"] == result.event_ids[0].encode()
     triplets = await read_until(broker.bootstrap, names.triplets, traced(trace_id), count=4)
     assert len(triplets) == 4 and {orjson.loads(r.value)["anchor"] for r in triplets} == {seeker}
+
+
+async def test_an_exporting_ingest_writes_its_server_span_in_the_callers_trace(
+    ingest_factory: Callable[..., Service], names: TopicNames, broker: Broker
+) -> None:
+    svc = ingest_factory("otel", otel_traces_exporter="console", otel_bsp_schedule_delay="100")
+    trace_id, parent = new_traceparent()
+    seeker = f"otel-{uuid.uuid4().hex[:8]}"
+    status, answer, _ = await post(
+        svc,
+        "/v1/feedback",
+        {"domain": DOMAIN, "items": outcomes_of(seeker)},
+        key=STREAM_KEY,
+        headers={"traceparent": parent},
+    )
+    assert status in (200, 202), answer
+    (raw,) = await read_until(broker.bootstrap, names.raw, traced(trace_id))
+    # the record's parent is now the ingest's server span (same trace, the ingest's span id)
+    span_id = dict(raw.headers)["traceparent"].decode()[36:52]
+    assert span_id != parent[36:52]
+    deadline = time.monotonic() + 30
+    while f'"span_id": "0x{span_id}"' not in svc.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the ingest did not export its server span"
+        await asyncio.sleep(0.2)
+    log = svc.log_path.read_text(errors="replace")
+    assert f'"trace_id": "0x{trace_id}"' in log and '"kind": "SpanKind.SERVER"' in log
+    assert f'"parent_id": "0x{parent[36:52]}"' in log
