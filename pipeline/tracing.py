@@ -56,6 +56,7 @@ TraceHeaders = list[tuple[str, bytes]]
 # version 00 is exactly this; a later version may append "-..." fields (W3C: parse the first four)
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _TRACESTATE = re.compile(r"[\x20-\x7e]*")
+_TRACE_KEYS = frozenset((TRACEPARENT, TRACESTATE))
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -112,8 +113,14 @@ def carried(headers: Sequence[tuple[str, bytes]] | None) -> TraceHeaders | None:
     (None when there are none, so the stage sends no headers at all)."""
     if not headers:
         return None
-    out = [(k, v) for k, v in headers if k in (TRACEPARENT, TRACESTATE)]
-    return out or None
+    out: TraceHeaders | None = None
+    for header in headers:  # per input record of every stage: a plain loop, no list built for nothing
+        if header[0] in _TRACE_KEYS:
+            if out is None:
+                out = [header]
+            else:
+                out.append(header)
+    return out
 
 
 def trace_id_of(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
