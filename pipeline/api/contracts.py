@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from functools import cache
@@ -111,27 +111,23 @@ UuidStr = Annotated[
 ]
 
 
-_HEX32 = re.compile(r"[0-9a-f]{32}")
-_HEX16 = re.compile(r"[0-9a-f]{16}")
+def _w3c_id(digits: int, what: str) -> Callable[[str], str]:
+    """The check of a W3C id of ``digits`` lowercase hex digits, not all zeros (trace 32, span 16)."""
+    pattern, zeros = re.compile(f"[0-9a-f]{{{digits}}}"), "0" * digits
 
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value) or value == zeros:
+            raise ValueError(f"must be a W3C {what}: {digits} lowercase hexadecimal digits, not all zeros")
+        return value
 
-def _trace_id(value: str) -> str:
-    if not _HEX32.fullmatch(value) or value == "0" * 32:
-        raise ValueError("must be a W3C trace id: 32 lowercase hexadecimal digits, not all zeros")
-    return value
-
-
-def _span_id(value: str) -> str:
-    if not _HEX16.fullmatch(value) or value == "0" * 16:
-        raise ValueError("must be a W3C span id: 16 lowercase hexadecimal digits, not all zeros")
-    return value
+    return check
 
 
 #: The trace of the LLM call feedback is about (as Langfuse and Phoenix attach scores to traces and
 #: spans): carried to the signals and units so a trainer or dashboard joins feedback to the call.
 TraceIdStr = Annotated[
     str,
-    AfterValidator(_trace_id),
+    AfterValidator(_w3c_id(32, "trace id")),
     Field(
         json_schema_extra={"pattern": "^[0-9a-f]{32}$"},
         description="W3C trace id of the call this feedback is about (32 lowercase hex digits, "
@@ -140,11 +136,10 @@ TraceIdStr = Annotated[
 ]
 SpanIdStr = Annotated[
     str,
-    AfterValidator(_span_id),
+    AfterValidator(_w3c_id(16, "span id")),
     Field(
         json_schema_extra={"pattern": "^[0-9a-f]{16}$"},
-        description="W3C span id of the call within that trace (16 lowercase hex digits, not all zeros); "
-        "needs trace_id.",
+        description="Its span (16 hex digits); needs trace_id.",
     ),
 ]
 
