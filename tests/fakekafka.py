@@ -22,6 +22,11 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from pipeline.stream.partitions import Consumer, Producer, Record
 
+#: Record headers, as aiokafka gives them to consumers (a sequence of name and bytes).
+Headers = Sequence[tuple[str, bytes]]
+#: A record waiting in an open transaction: where, key, value, headers.
+_Buffered = tuple[TopicPartition, bytes | None, bytes | None, Headers]
+
 
 @dataclass
 class Cluster:
@@ -37,15 +42,11 @@ class Cluster:
     changelog_gate: asyncio.Event | None = None  # set: restores may read; unset: they wait
 
     def append(
-        self,
-        tp: TopicPartition,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[tuple[str, bytes]] = (),
+        self, tp: TopicPartition, key: bytes | None, value: bytes | None, headers: Headers = ()
     ) -> int:
         log = self.logs[tp]
         log.append(
-            ConsumerRecord(tp.topic, tp.partition, len(log), 0, 0, key, value, None, 0, 0, list(headers))
+            ConsumerRecord(tp.topic, tp.partition, len(log), 0, 0, key, value, None, 0, 0, tuple(headers))
         )
         return len(log) - 1
 
@@ -56,7 +57,7 @@ class Cluster:
         *,
         partition: int = 0,
         key: bytes = b"k",
-        headers: Sequence[tuple[str, bytes]] = (),
+        headers: Headers = (),
     ) -> None:
         """``values`` in one committed transaction (records, then a marker)."""
         tp = TopicPartition(topic, partition)
@@ -87,7 +88,7 @@ class FakeBatch:
     """A record batch being filled (aiokafka's ``BatchBuilder``: full after ``max_records``)."""
 
     def __init__(self, max_records: int = 64) -> None:
-        self.records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        self.records: list[tuple[bytes | None, bytes | None, Headers]] = []
         self.max_records = max_records
         self.closed = False
 
@@ -101,7 +102,7 @@ class FakeBatch:
         if self.closed or len(self.records) >= self.max_records:
             self.closed = True
             return None
-        self.records.append((key, value, list(headers)))
+        self.records.append((key, value, tuple(headers)))
         return object()
 
     def close(self) -> None:
@@ -123,7 +124,7 @@ class FakeProducer:
         self.stopped = False
         self._metadata = _Meta(cluster)
         self.client = _Client()
-        self._buffer: list[tuple[TopicPartition, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        self._buffer: list[_Buffered] = []
         self._offsets: dict[tuple[str, TopicPartition], int] = {}
         self._pending: collections.Counter[TopicPartition] = collections.Counter()  # buffered per partition
 
@@ -159,7 +160,7 @@ class FakeProducer:
         self._check("send")
         tp = TopicPartition(topic, partition or 0)
         offset = len(self.cluster.logs[tp]) + self._pending[tp]
-        self._buffer.append((tp, key, value, list(headers or ())))
+        self._buffer.append((tp, key, value, tuple(headers or ())))
         self._pending[tp] += 1
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))

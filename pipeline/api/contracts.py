@@ -11,7 +11,8 @@ beyond reading the example files once.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from functools import cache
@@ -108,6 +109,46 @@ UuidStr = Annotated[
     AfterValidator(_canonical_uuid),
     Field(json_schema_extra={"format": "uuid"}),
 ]
+
+
+def _w3c_id(digits: int, what: str) -> Callable[[str], str]:
+    """The check of a W3C id of ``digits`` lowercase hex digits, not all zeros (trace 32, span 16)."""
+    pattern, zeros = re.compile(f"[0-9a-f]{{{digits}}}"), "0" * digits
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value) or value == zeros:
+            raise ValueError(f"must be a W3C {what}: {digits} lowercase hexadecimal digits, not all zeros")
+        return value
+
+    return check
+
+
+#: The trace of the LLM call feedback is about (as Langfuse and Phoenix attach scores to traces and
+#: spans): carried to the signals and units so a trainer or dashboard joins feedback to the call.
+TraceIdStr = Annotated[
+    str,
+    AfterValidator(_w3c_id(32, "trace id")),
+    Field(
+        json_schema_extra={"pattern": "^[0-9a-f]{32}$"},
+        description="W3C trace id of the call this feedback is about (32 lowercase hex digits, "
+        "not all zeros).",
+    ),
+]
+SpanIdStr = Annotated[
+    str,
+    AfterValidator(_w3c_id(16, "span id")),
+    Field(
+        json_schema_extra={"pattern": "^[0-9a-f]{16}$"},
+        description="Its span (16 hex digits); needs trace_id.",
+    ),
+]
+
+
+def _span_needs_trace(model: Any) -> Any:
+    """A model's ``span_id`` only with its ``trace_id`` (the models that describe an LLM call)."""
+    if model.span_id is not None and model.trace_id is None:
+        raise ValueError("'span_id' needs 'trace_id' (a span id means nothing outside its trace)")
+    return model
 
 
 class _Request(BaseModel):
@@ -233,6 +274,10 @@ class InferenceFeedbackEvent(_Request):
         | None
     ) = None
     optimize: Literal["max", "min"] = "max"
+    trace_id: TraceIdStr | None = None
+    span_id: SpanIdStr | None = None
+
+    _traced = model_validator(mode="after")(_span_needs_trace)
 
     @field_validator("feedback")
     @classmethod
@@ -309,6 +354,10 @@ class ScoredOutputRequest(_Request):
     score: Score | None = None
     source: ScoreSource = "sdk"
     metadata: dict[str, Any] | None = None
+    trace_id: TraceIdStr | None = None
+    span_id: SpanIdStr | None = None
+
+    _traced = model_validator(mode="after")(_span_needs_trace)
 
 
 class ScoredOutputResponse(BaseModel):
@@ -329,7 +378,7 @@ class ScoredOutputResponse(BaseModel):
     def from_request(
         cls, request: ScoredOutputRequest, *, id: str, created_at: datetime
     ) -> ScoredOutputResponse:
-        return cls(id=id, created_at=created_at, **request.model_dump())
+        return cls(id=id, created_at=created_at, **request.model_dump(exclude={"trace_id", "span_id"}))
 
 
 # --- seed 004: search events ---------------------------------------------------------------------

@@ -16,12 +16,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from pipeline import contracts, memtrace, metrics
+from pipeline import contracts, memtrace, metrics, tracing
 from pipeline.api import answers, intake
 from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
 from pipeline.api.intake import erasure_record
@@ -37,6 +37,9 @@ from pipeline.store.sql import Database, ErasureRow, open_database
 from pipeline.tenants import Tenant, TenantRegistry, load_tenants
 from pipeline.wire.envelope import Contract, Envelope
 from pipeline.wire.records import TrainRequest, to_builtins, to_json
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("pipeline.api.ingest")
 
@@ -80,6 +83,8 @@ class Call:
     contract: str | None = None
     tenant: Tenant | None = None
     rate: RateState | None = None
+    #: W3C trace headers for the request's Kafka records (pipeline.tracing), set by a writing route
+    trace: tracing.TraceHeaders | None = None
 
 
 def json_response(status: int, data: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -184,6 +189,16 @@ class ConnectionCap:
         setattr(server, "connection_lost", connection_lost)  # noqa: B010
 
 
+def instrument_aiohttp(provider: TracerProvider) -> None:
+    """OpenTelemetry's aiohttp server instrumentation, as its package means it to be used: once per
+    process (it replaces ``aiohttp.web.Application``), with the process's tracer provider."""
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+
+    instrumentor = AioHttpServerInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)
+
+
 class Ingest:
     """The aiohttp application and what it holds."""
 
@@ -194,8 +209,12 @@ class Ingest:
         writer: Writer,
         view: StreamView,
         store: Database | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
+        #: set (tracing.setup): a server span per request (the OpenTelemetry aiohttp middleware),
+        #: whose context goes to Kafka; None: the caller's traceparent goes to Kafka as it came
+        self.tracer_provider = tracer_provider
         self.store = store  # the feedback store (GET/DELETE /api/v1/feedback); serve() always opens one
         self.tenants = tenants
         self.writer = writer
@@ -238,6 +257,10 @@ class Ingest:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        if self.tracer_provider is not None:
+            instrument_aiohttp(self.tracer_provider)
+        # instrumented: aiohttp's Application is the instrumentor's, which puts its middleware first
+        # (a server span per request around ours, so it covers our error answers too)
         app = web.Application(middlewares=[self.middleware], client_max_size=self.settings.max_body_bytes + 1)
         app.router.add_post("/v1/feedback", self.post_feedback)
         app.router.add_post("/api/v1/feedback", self.post_scored)
@@ -395,8 +418,15 @@ class Ingest:
         assert call.tenant is not None
         return intake.Context(call.tenant, call.request_id, call.correlation_id, call.received_at)
 
-    async def write(self, events: list[Envelope]) -> None:
-        records = contracts.raw_records(self.topics.raw, events)
+    def trace_headers(self, request: web.Request) -> tracing.TraceHeaders:
+        """The request's trace context for Kafka: the server span's when tracing is on (a child of
+        the caller's), else the caller's ``traceparent``/``tracestate`` as they came (if valid)."""
+        if self.tracer_provider is not None:
+            return tracing.from_context()
+        return tracing.from_http(request.headers)
+
+    async def write(self, events: list[Envelope], trace: tracing.TraceHeaders | None = None) -> None:
+        records = contracts.raw_records(self.topics.raw, events, trace or ())
         await self.write_records(records)
         metrics.RAW_PUBLISHED.labels("http").inc(len(records))
 
@@ -497,6 +527,7 @@ class Ingest:
         except intake.Refused as r:
             raise refusal(call, r) from None
         call.contract = accepted.contract.name
+        call.trace = self.trace_headers(request)
         try:
             return await self.idempotent(request, call, raw, lambda: self.deliver(call, accepted))
         except ApiError as err:
@@ -508,7 +539,7 @@ class Ingest:
         spec, result = accepted.contract, accepted.intake
         waiting = self.view.expect(call.request_id, len(result.events)) if spec.waits_for_results else None
         try:
-            await self.write(result.events)
+            await self.write(result.events, call.trace)
         except ApiError:
             if waiting is not None:
                 self.view.forget(call.request_id)
@@ -532,6 +563,7 @@ class Ingest:
         if not isinstance(domain, str) or not domain or set(body) - {"domain"}:
             raise ApiError(400, "INVALID_REQUEST", 'Body must be {"domain": "<domain>"}.')
         domain = self.owned_domain(tenant, domain, "train")
+        call.trace = self.trace_headers(request)
         return await self.idempotent(request, call, raw, lambda: self.train(call, tenant, domain))
 
     @staticmethod
@@ -554,7 +586,7 @@ class Ingest:
         )
         waiting = self.view.expect(call.request_id, 1)
         try:
-            record = OutRecord(self.topics.units, domain.encode(), to_json(msg), [])
+            record = OutRecord(self.topics.units, domain.encode(), to_json(msg), call.trace or [])
             await self.write_records([record])
         except ApiError:
             self.view.forget(call.request_id)
@@ -743,7 +775,8 @@ async def serve(settings: Settings) -> None:
     )
     await view.start()
     store = await open_database(settings)  # the same database the worker's store stage writes
-    ingest = Ingest(settings, tenants, writer, view, store)
+    provider = tracing.setup("feedstream-ingest")
+    ingest = Ingest(settings, tenants, writer, view, store, tracer_provider=provider)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -778,6 +811,8 @@ async def serve(settings: Settings) -> None:
         await writer.stop(drain_s=max(0.0, settings.drain_timeout_s - (time.monotonic() - started)))
         await view.stop()
         await store.close()
+        if provider is not None:
+            provider.shutdown()  # flush the spans still batched
         log.info("ingest stopped after draining for %.2fs", time.monotonic() - started)
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "require_domain",
     "scored_output",
     "search_event",
+    "trace_fields",
     "validate_inference_item",
 ]
 
@@ -191,6 +192,11 @@ def default_domain(ctx: Context, contract: str) -> str:
     return domain
 
 
+def trace_fields(trace_id: str | None, span_id: str | None) -> dict[str, str]:
+    """The payload's ``trace_id``/``span_id`` as given (an absent one stays off the wire)."""
+    return {k: v for k, v in (("trace_id", trace_id), ("span_id", span_id)) if v is not None}
+
+
 def base_fields(ctx: Context, domain: str, event_id: str | None = None) -> dict[str, Any]:
     """The envelope fields every contract's event shares (a new event id unless given)."""
     return {
@@ -292,6 +298,7 @@ def inference_payload(item: InferenceFeedbackEvent) -> InferenceFeedbackPayload:
         feedback=item.feedback,
         tags=None if item.tags is None else dict(item.tags),
         optimize=item.optimize,
+        **trace_fields(item.trace_id, item.span_id),
     )
 
 
@@ -333,6 +340,7 @@ def scored_payload(req: ScoredOutputRequest, entry_id: str) -> ScoredOutputPaylo
         source=req.source,
         metadata=req.metadata,
         entry_id=entry_id,
+        **trace_fields(req.trace_id, req.span_id),
     )
 
 

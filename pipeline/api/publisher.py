@@ -4,7 +4,9 @@ Same contracts, same validation, same envelope as the HTTP ingest (both go throu
 :func:`pipeline.contracts.accept`),
 so the stream cannot tell the two paths apart except by ``origin``. Writes are atomic (all events
 of one call or none: one event is an idempotent send, several a transaction, as on the ingest)
-and acknowledged (acks=all) before ``publish`` returns::
+and acknowledged (acks=all) before ``publish`` returns. The current OpenTelemetry span's context
+(W3C ``traceparent``/``tracestate``) goes on the records' headers, so the stream keeps the caller's
+trace::
 
     async with FeedbackPublisher(bootstrap, load_tenants(path), tenant_id="acme") as pub:
         result = await pub.publish({"domain": "dating", "items": [...]})
@@ -18,7 +20,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from pipeline import contracts
+from pipeline import contracts, tracing
 from pipeline.api import intake
 from pipeline.api.answers import item_results
 from pipeline.api.contracts import InferenceFeedbackResult
@@ -132,5 +134,6 @@ class FeedbackPublisher:
         result, answer = self.plan(
             body, contract=contract, correlation_id=correlation_id, session_id=session_id
         )
-        await self.writer.write(contracts.raw_records(self.topic, result.events))
+        # the caller's current span (if its OpenTelemetry SDK has one): the records join its trace
+        await self.writer.write(contracts.raw_records(self.topic, result.events, tracing.from_context()))
         return answer

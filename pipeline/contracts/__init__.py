@@ -161,11 +161,18 @@ def kafka_key(event: Envelope) -> bytes:
     return spec_of(event).key(event).encode()
 
 
-def raw_records(topic: str, events: Sequence[Envelope]) -> list[OutRecord]:
+def raw_records(
+    topic: str, events: Sequence[Envelope], trace: Sequence[tuple[str, bytes]] = ()
+) -> list[OutRecord]:
     """The Kafka records of one request's events, each stamped with how many the request became
-    (so any reader of the stream's results, on any ingest, can tell when the request is complete)."""
+    (so any reader of the stream's results, on any ingest, can tell when the request is complete).
+
+    ``trace``: the request's W3C trace headers (:mod:`pipeline.tracing`), on every record, so the
+    stages carry the caller's trace onto everything derived from them."""
     n = len(events)
-    return [OutRecord(topic, kafka_key(e), encode(stamped(e, n)), kafka_headers(e)) for e in events]
+    return [
+        OutRecord(topic, kafka_key(e), encode(stamped(e, n)), [*kafka_headers(e), *trace]) for e in events
+    ]
 
 
 def signal_records(event: Envelope) -> list[dict[str, Any]]:

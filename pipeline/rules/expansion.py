@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeAlias
 import msgspec
 import orjson
 
+from pipeline.rules.signals import trace_of
 from pipeline.rules.triplets import (
     Limits,
     Observation,
@@ -232,6 +233,7 @@ def scored_output_plan(event: ScoredOutputEnvelope, shared_pool: str) -> Plan:
         source=p.source,
         metadata=p.metadata,
         received_at=event.received_at,
+        trace=trace_of(p),
     )
     return Plan(units=[unit])
 

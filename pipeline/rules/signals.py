@@ -7,6 +7,7 @@ contract registry (:mod:`pipeline.contracts`) picks the one of an event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,8 +17,10 @@ from pipeline.wire.envelope import (
     CorrectionEnvelope,
     Envelope,
     InferenceFeedbackEnvelope,
+    InferenceFeedbackPayload,
     RankingOutcomeEnvelope,
     ScoredOutputEnvelope,
+    ScoredOutputPayload,
     SearchEventEnvelope,
     search_anchor,
 )
@@ -31,6 +34,7 @@ __all__ = [
     "scored_output_signals",
     "search_event_signals",
     "signal",
+    "trace_of",
 ]
 
 
@@ -51,11 +55,13 @@ def signal(
     sid: str | None = None,
     at: str | None = None,
     contract: str | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One signal as a JSON-ready dict in ``Signal``'s field order (the registry's signal rules return
     these; ``at`` and ``contract``: the event's time as JSON and its contract, when the caller made
-    them once for all of an event's signals)."""
-    return {
+    them once for all of an event's signals; ``trace``: the ``trace_id``/``span_id`` of the call the
+    feedback is about, last, and only those given)."""
+    out = {
         "signal_id": sid or signal_id(event_id=event.event_id, subject=subject, key=key),
         "event_id": event.event_id,
         "tenant": event.tenant,
@@ -69,11 +75,22 @@ def signal(
         "subject": subject,
         "received_at": at or json_time(event.received_at),
     }
+    if trace:
+        out.update(trace)
+    return out
+
+
+def trace_of(payload: InferenceFeedbackPayload | ScoredOutputPayload) -> dict[str, str]:
+    """The ``trace_id``/``span_id`` an LLM-call payload carries (absent ones left out)."""
+    return {
+        k: v for k, v in (("trace_id", payload.trace_id), ("span_id", payload.span_id)) if isinstance(v, str)
+    }
 
 
 def inference_feedback_signals(event: InferenceFeedbackEnvelope) -> list[dict[str, Any]]:
     p = event.payload
     at, contract, tags = json_time(event.received_at), event.contract, p.tags or {}
+    trace = trace_of(p)
     return [
         signal(
             event,
@@ -86,6 +103,7 @@ def inference_feedback_signals(event: InferenceFeedbackEnvelope) -> list[dict[st
             sid=feedback_id(event.event_id, e.key),
             at=at,
             contract=contract,
+            trace=trace,
         )
         for e in flatten_feedback(p.feedback)
     ]
@@ -127,6 +145,7 @@ def scored_output_signals(event: ScoredOutputEnvelope) -> list[dict[str, Any]]:
             p.entry_id,
             tags={"source": p.source, "task_id": p.task_id},
             optimize="max",
+            trace=trace_of(p),
         )
     ]
 

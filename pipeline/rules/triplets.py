@@ -7,7 +7,7 @@ replaying ``feedback.raw`` yields the same units with the same ids.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -327,6 +327,7 @@ def scored_unit(
     source: str,
     metadata: dict[str, Any] | None,
     received_at: AwareDatetime,
+    trace: Mapping[str, str] | None = None,
 ) -> ScoredUnit:
     """A seed 003 entry as a training unit; ``seed`` entries train but never advance the threshold.
 
@@ -349,4 +350,5 @@ def scored_unit(
         score=score,
         source=source,
         metadata=metadata,
+        **(trace or {}),
     )

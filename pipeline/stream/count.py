@@ -16,7 +16,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from pipeline import metrics
+from pipeline import metrics, tracing
 from pipeline.kafka.topics import TopicNames
 from pipeline.rules.counters import DomainCounter, count_units, force_trigger
 from pipeline.stream.runtime import Record, Sent, Table, Tx
@@ -63,6 +63,12 @@ def parse(value: bytes) -> Incoming:
     return msg, [_HEAD.decode(u) for u in msg.units]
 
 
+def output_headers(rec: Record) -> tracing.TraceHeaders | None:
+    """The headers of the triplets of ``rec`` and of a trigger it crosses: its W3C trace context
+    (None without one, so the runtime sends no headers). One place, so other header kinds join here."""
+    return tracing.carried(rec.headers)
+
+
 class CountStage:
     name = "count"
 
@@ -89,7 +95,7 @@ class CountStage:
 
     async def process(self, records: Sequence[Record], table: Table[DomainCounter], tx: Tx) -> None:
         # 1. decode and write every unit (its bytes as they came): their offsets bound the triggers' ranges
-        decoded: list[tuple[Incoming, int, list[Sent]]] = []
+        decoded: list[tuple[Incoming, int, list[Sent], tracing.TraceHeaders | None]] = []
         triplets = self.names.triplets
         for rec in records:
             incoming = await tx.decode(rec, parse)
@@ -100,17 +106,18 @@ class CountStage:
             if threshold is None:
                 continue
             futures = []
+            headers = output_headers(rec)
             if isinstance(msg, RawUnitsBatch):
                 key = msg.domain.encode()
-                futures = [await tx.send(triplets, bytes(u), key=key) for u in msg.units]
-            decoded.append((incoming, threshold, futures))
+                futures = [await tx.send(triplets, bytes(u), key=key, headers=headers) for u in msg.units]
+            decoded.append((incoming, threshold, futures, headers))
         await tx.flush()
 
         # 2. count in order, emit triggers and results; the runtime writes each changed domain once
         produced: collections.Counter[tuple[str, str]] = collections.Counter()
         now = time.time()
         latency = metrics.PROCESSING_LATENCY.labels(self.name)
-        for (msg, heads), threshold, futures in decoded:
+        for (msg, heads), threshold, futures, headers in decoded:
             domain = msg.domain
             key = domain.encode()
             counter = table.get(key) or DomainCounter()
@@ -153,8 +160,8 @@ class CountStage:
                 triggers = [trigger] if trigger else []
                 units_generated = units_counted = 0
                 event_id, reply, chunk, chunks, request_events = None, True, 0, 1, None
-            for trigger in triggers:
-                await tx.send(self.names.triggers, to_json(trigger), key=key)
+            for trigger in triggers:  # crossed by this message's units (or forced by its request)
+                await tx.send(self.names.triggers, to_json(trigger), key=key, headers=headers)
                 metrics.TRIGGERS.labels(domain, trigger.reason).inc()
             if reply:
                 result = StageResult(

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from pipeline import contracts, metrics
+from pipeline import contracts, metrics, tracing
 from pipeline.contracts import expand_event
 from pipeline.kafka.topics import UNITS_CHUNK_BYTES, TopicNames
 from pipeline.rules.expansion import ExpandState, decode_state
@@ -60,6 +60,12 @@ def chunk_batch(batch: UnitsBatch, budget: int = UNITS_CHUNK_BYTES) -> list[byte
         to_json(RawUnitsBatch(**{**fields, "units": group, "chunk": i, "chunks": len(groups)}))
         for i, group in enumerate(groups)
     ]
+
+
+def output_headers(rec: Record) -> tracing.TraceHeaders | None:
+    """The headers of every record derived from ``rec``: its W3C trace context (None without one,
+    so the runtime sends no headers). One place, so other header kinds join here."""
+    return tracing.carried(rec.headers)
 
 
 class ExpandStage:
@@ -114,11 +120,12 @@ class ExpandStage:
             )
             if result is None:
                 continue
+            headers = output_headers(rec)
             for signal in result.signals:
-                await tx.send(self.names.signals, signal, key=rec.key)
+                await tx.send(self.names.signals, signal, key=rec.key, headers=headers)
             for batch in result.batches:
                 for message in chunk_batch(batch, self.chunk_bytes):
-                    await tx.send(self.names.units, message, key=batch.domain.encode())
+                    await tx.send(self.names.units, message, key=batch.domain.encode(), headers=headers)
             if result.state_key is not None:
                 if result.history is None:
                     table.delete(result.state_key)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from aiokafka import TopicPartition
 from aiokafka.errors import (
@@ -54,7 +54,7 @@ from aiokafka.errors import (
 from aiokafka.structs import RecordMetadata
 from prometheus_client import Counter
 
-from pipeline import metrics
+from pipeline import metrics, tracing
 from pipeline.kafka.io import MAX_REQUEST_BYTES
 from pipeline.kafka.partitioner import default_partition
 from pipeline.stream.partitions import Backoff, Clients, KafkaClients, PartitionRunner, Producer, Record
@@ -65,6 +65,9 @@ from pipeline.wire.records import (
     dead_letter_headers,
     to_json,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -526,6 +529,8 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         )
         self.name = stage.name
         self.stage = stage
+        #: set by the worker when it exports traces (pipeline.tracing.setup); None: no spans at all
+        self.tracer: Tracer | None = None
         self.input_topic = input_topic
         self.changelog_topic = changelog_topic
         self.dlq_topic = dlq_topic
@@ -633,7 +638,11 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             if poison is not None:  # its own transaction was refused: park it, move on
                 await tx.dead_letter(records[0], poison, poison.reason)
             else:
-                await self.stage.process(records, table, tx)
+                if self.tracer is None:
+                    await self.stage.process(records, table, tx)
+                else:  # the worker exports traces (OTEL_*): a span per batch, linked to its inputs
+                    with tracing.batch_span(self.tracer, self.stage.name, tp.topic, tp.partition, records):
+                        await self.stage.process(records, table, tx)
                 for key, value in table.changes.items():
                     encoded = None if value is None else self.stage.encode_state(value)
                     sizes[key] = len(key) + len(encoded or b"")

@@ -16,14 +16,14 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import mode
 from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
 
-from pipeline import memtrace, metrics
+from pipeline import memtrace, metrics, tracing
 from pipeline.kafka import topics
 from pipeline.ops.page import render_status
 from pipeline.ops.status import collect
@@ -36,6 +36,9 @@ from pipeline.stream.partitions import Clients
 from pipeline.stream.runtime import StageRunner
 from pipeline.stream.store import StoreRunner
 from pipeline.tenants import load_tenants
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             super().__init__(**kwargs)
             self.runners: list[StageRunner[Any] | StoreRunner] = []
             self.db: Database | None = None
+            self.tracing: TracerProvider | None = None
             running.append(self)
 
         async def on_start(self) -> None:
@@ -142,7 +146,10 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 self.db = await open_database(settings)
                 log.info("feedback store: %s", describe(settings))
                 self.runners.append(build_store_runner(settings, bootstrap, self.db))
+            self.tracing = tracing.setup(f"feedstream-worker-{'-'.join(stages)}")
             for runner in self.runners:
+                if self.tracing is not None and isinstance(runner, StageRunner):
+                    runner.tracer = self.tracing.get_tracer("pipeline.stream")
                 await runner.start()
 
         async def on_stop(self) -> None:
@@ -151,6 +158,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                     await runner.stop()
             if self.db is not None:
                 await self.db.close()
+            if self.tracing is not None:
+                self.tracing.shutdown()  # flush the spans still batched
 
         def readiness(self) -> tuple[bool, dict[str, list[int]]]:
             """Ready once every stage this process runs owns its share of partitions (their state

@@ -25,10 +25,11 @@ from functools import reduce
 from typing import Annotated, Any, Literal, TypeAlias, cast
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from pipeline.tenants import FeedbackMode
 from pipeline.wire.names import Contract
+from pipeline.wire.records import SpanId, TraceId  # seeds 002 and 003 may name the call they rate
 
 __all__ = [
     "RAW_TYPES",
@@ -69,6 +70,7 @@ SCHEMA_VERSION = 1
 
 
 Origin: TypeAlias = Literal["http", "publisher"]
+
 ScoreSource: TypeAlias = Literal["sdk", "user_rating", "auto_eval", "seed"]
 
 
@@ -172,6 +174,8 @@ class InferenceFeedbackPayload(_Wire, frozen=True, kw_only=True):
     feedback: dict[str, Any]
     tags: dict[str, str] | None = None
     optimize: Literal["max", "min"] = "max"
+    trace_id: TraceId | UnsetType = UNSET
+    span_id: SpanId | UnsetType = UNSET
 
 
 class InferenceFeedbackEnvelope(Envelope, frozen=True, kw_only=True, tag=Contract.INFERENCE_FEEDBACK.value):
@@ -191,6 +195,8 @@ class ScoredOutputPayload(_Wire, frozen=True, kw_only=True):
     source: ScoreSource = "sdk"
     metadata: dict[str, Any] | None = None
     entry_id: Annotated[str, Meta(description="The id returned to the caller (seed 003 `id`).")]
+    trace_id: TraceId | UnsetType = UNSET
+    span_id: SpanId | UnsetType = UNSET
 
 
 class ScoredOutputEnvelope(Envelope, frozen=True, kw_only=True, tag=Contract.SCORED_OUTPUT.value):

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from pipeline.ids import uuid5_namer
 
@@ -38,7 +38,9 @@ __all__ = [
     "ScoredUnit",
     "Signal",
     "SignalValue",
+    "SpanId",
     "StageResult",
+    "TraceId",
     "TrainRequest",
     "TrainTrigger",
     "TrainingUnit",
@@ -67,6 +69,10 @@ TripletOrigin: TypeAlias = Literal["ranking_outcome", "search_event"]
 #: A time with a zone (decoding refuses a naive one); UTC is written with ``Z``, as pydantic did.
 AwareDatetime: TypeAlias = Annotated[datetime, Meta(tz=True)]
 Weight: TypeAlias = Annotated[float, Meta(ge=0)]
+#: The trace of the LLM call feedback is about (seeds 002, 003), when the caller named it: absent
+#: otherwise (msgspec omits UNSET fields), so records without one are what they always were.
+TraceId: TypeAlias = Annotated[str, Meta(description="W3C trace id of the call the feedback is about.")]
+SpanId: TypeAlias = Annotated[str, Meta(description="W3C span id of that call within its trace.")]
 
 _ENCODER = msgspec.json.Encoder()
 R = TypeVar("R")
@@ -146,6 +152,8 @@ class Signal(_Record, frozen=True, kw_only=True):
         str, Meta(description="What the signal is about: inference id, seeker->candidate, case...")
     ]
     received_at: AwareDatetime
+    trace_id: TraceId | UnsetType = UNSET
+    span_id: SpanId | UnsetType = UNSET
 
 
 # --- feedback.triplets ---------------------------------------------------------------------------
@@ -193,6 +201,8 @@ class ScoredUnit(_Unit, frozen=True, kw_only=True, tag="scored"):
     score: Annotated[float, Meta(ge=0, le=1)] | None = None
     source: str
     metadata: dict[str, Any] | None = None
+    trace_id: TraceId | UnsetType = UNSET
+    span_id: SpanId | UnsetType = UNSET
 
 
 TrainingUnit: TypeAlias = TripletUnit | PreferenceUnit | ScoredUnit

@@ -201,7 +201,7 @@ class FakeProducer:
         return FakeBatch()
 
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[Any]:
-        self.sent.extend((topic, value) for _, value, _headers in batch.records)
+        self.sent.extend((topic, value) for _, value, _ in batch.records)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
