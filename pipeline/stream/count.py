@@ -20,6 +20,7 @@ from pipeline import metrics, tracing
 from pipeline.kafka.topics import TopicNames
 from pipeline.rules.counters import DomainCounter, count_units, force_trigger
 from pipeline.stream.runtime import Record, Sent, Table, Tx
+from pipeline.wire.cloudevents import trigger_headers
 from pipeline.wire.records import (
     MAX_RESULT_TRIGGERS,
     RawUnitsBatch,
@@ -72,9 +73,12 @@ def output_headers(rec: Record) -> tracing.TraceHeaders | None:
 class CountStage:
     name = "count"
 
-    def __init__(self, names: TopicNames, threshold_for: Callable[[str], int | None]) -> None:
+    def __init__(
+        self, names: TopicNames, threshold_for: Callable[[str], int | None], *, source: str = "/feedstream"
+    ) -> None:
         self.names = names
         self.threshold_for = threshold_for
+        self.source = source  # the triggers' CloudEvents source (pipeline.wire.cloudevents)
         self._thresholds: dict[str, int] = {}
 
     def decode_state(self, value: bytes) -> DomainCounter:
@@ -161,7 +165,10 @@ class CountStage:
                 units_generated = units_counted = 0
                 event_id, reply, chunk, chunks, request_events = None, True, 0, 1, None
             for trigger in triggers:  # crossed by this message's units (or forced by its request)
-                await tx.send(self.names.triggers, to_json(trigger), key=key, headers=headers)
+                event = trigger_headers(trigger, source=self.source)  # a CloudEvent, and the trace
+                await tx.send(
+                    self.names.triggers, to_json(trigger), key=key, headers=[*event, *(headers or ())]
+                )
                 metrics.TRIGGERS.labels(domain, trigger.reason).inc()
             if reply:
                 result = StageResult(

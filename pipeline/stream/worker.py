@@ -74,7 +74,7 @@ def build_runners(
         clients=clients,
     )
     count = StageRunner(
-        CountStage(names, threshold_for),
+        CountStage(names, threshold_for, source=f"/feedstream/{settings.worker_id}"),
         bootstrap=bootstrap,
         group_id=f"{settings.worker_id}-count",
         input_topic=names.units,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from cloudevents.core.bindings import kafka
 
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
@@ -113,6 +114,17 @@ async def test_status_shows_domains_lag_and_dead_letters_in_the_command_and_a_re
         assert all(s.lag == 0 for s in snap.stages if s.stage != "store"), snap.stages
         assert sum(s.lag for s in snap.stages if s.stage == "store") > 0  # no store stage runs here
         assert snap.dlq.size == 1 and snap.dlq.by_reason == {"schema_violation": 1}
+
+        # the trigger as a CloudEvent (Kafka binary mode), as Argo Events or Knative read it
+        last = d.last_trigger.trigger_id.encode()
+        [rec] = await read_until(
+            stack.bootstrap, stack.names.triggers, lambda r: last in r.value, timeout_s=10
+        )
+        event = kafka.from_binary_event(kafka.KafkaMessage(dict(rec.headers), rec.key, rec.value))
+        assert (event.get_id(), event.get_subject()) == (d.last_trigger.trigger_id, DOMAIN)
+        assert event.get_type() == "io.feedstream.train.trigger"
+        assert event.get_source() == f"/feedstream/{stack.settings.worker_id}"
+        assert event.get_time() == d.last_trigger.emitted_at and event.get_data() == orjson.loads(rec.value)
 
         # the command
         as_json = json.loads(await stack.feedstream("status", "--json"))
