@@ -18,7 +18,7 @@ from pipeline.kafka.io import OutRecord, Written
 from pipeline.rules.counters import DomainCounter
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
-from pipeline.wire.records import StageResult
+from pipeline.wire.records import StageResult, TrainingResult
 from tests.http_helpers import parse_answer
 
 TENANTS = Path(__file__).resolve().parent / "data" / "tenants.test.yaml"
@@ -50,6 +50,7 @@ class FakeView:
 
     def __init__(self) -> None:
         self.domains: dict[str, DomainCounter] = {}
+        self.trainings: dict[str, TrainingResult] = {}
         self.recent: dict[str, list[StageResult]] = {}
         self.caught_up = asyncio.Event()
         self.caught_up.set()

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -450,3 +451,25 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
     correlation_id: str | None = None
     request_id: str
+
+
+# --- training results (POST /v1/domains/{domain}/trainings) -----------------------------------------
+
+
+class TrainingReport(BaseModel):
+    """A trainer says it trained on a trigger of the domain: which (``sequence``, and optionally its
+    ``trigger_id`` as a check), the model it made, and how it scored."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    sequence: int = Field(ge=1, description="The trigger's sequence in the domain (train.triggers).")
+    trigger_id: str | None = Field(
+        default=None, max_length=64, description="The trigger's id; when given it must match the sequence."
+    )
+    model_version: str = Field(min_length=1, max_length=256)
+    metrics: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], float] = Field(
+        default_factory=dict, max_length=64, description="Evaluation metrics by name (at most 64)."
+    )
+    completed_at: AwareDatetime | None = Field(
+        default=None, description="When training ended (default: now)."
+    )

@@ -20,23 +20,26 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
 
 from pipeline import contracts, memtrace, metrics, tracing
 from pipeline.api import answers, intake
+from pipeline.api.contracts import TrainingReport
 from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
 from pipeline.api.intake import erasure_record
 from pipeline.api.stream_view import StreamView
+from pipeline.api.wording import describe_validation_error
 from pipeline.ids import canonical_uuid, new_request_id
 from pipeline.kafka.io import AckedWriter, OutRecord, PublishError, Writer
 from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.limits import MAX_DOMAIN_CHARS, MAX_ID_CHARS
-from pipeline.rules.counters import DomainCounter
+from pipeline.rules.counters import DomainCounter, trigger_id
 from pipeline.settings import Settings, get_settings
 from pipeline.store import sql as store_sql
 from pipeline.store.sql import Database, ErasureRow, open_database
 from pipeline.tenants import Tenant, TenantRegistry, load_tenants
 from pipeline.wire.envelope import Contract, Envelope
-from pipeline.wire.records import TrainRequest, to_builtins, to_json
+from pipeline.wire.records import TrainingResult, TrainRequest, to_builtins, to_json, training_id
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -268,6 +271,7 @@ class Ingest:
         app.router.add_delete("/api/v1/feedback/{entry_id}", self.delete_scored)
         app.router.add_post("/v1/train", self.post_train)
         app.router.add_get("/v1/domains/{domain:[^/]+}", self.get_domain)  # braces too ({uuid})
+        app.router.add_post("/v1/domains/{domain:[^/]+}/trainings", self.post_training)
         app.router.add_get("/v1/requests/{request_id}", self.get_request)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
@@ -633,6 +637,7 @@ class Ingest:
             )
         counter = self.view.domains.get(domain) or DomainCounter()
         last = to_builtins(counter.last_trigger) if counter.last_trigger else None
+        training = self.view.trainings.get(domain)
         return json_response(
             200,
             {
@@ -642,8 +647,65 @@ class Ingest:
                 "total": counter.total,
                 "sequence": counter.sequence,
                 "last_trigger": last,
+                "last_training": to_builtins(training) if training else None,
             },
         )
+
+    async def post_training(self, request: web.Request) -> web.Response:
+        """A trainer reports that it trained on one of the domain's triggers: written durably to
+        ``train.completed`` (keyed by domain), shown by ``GET /v1/domains/{domain}`` and
+        ``feedstream status``. The same report again is the same ``training_id`` (idempotent)."""
+        call: Call = request["call"]
+        tenant = self.authenticate(request, call)
+        raw, body = await self.read_json(request)
+        self.check_edge(call, body)
+        domain = self.owned_domain(tenant, request.match_info["domain"], "report trainings of")
+        try:
+            report = TrainingReport.model_validate(body)
+        except ValidationError as err:
+            raise ApiError(400, "INVALID_REQUEST", describe_validation_error(err)) from None
+        if not self.view.caught_up.is_set():  # the triggers are known from the counters' changelog
+            raise ApiError(
+                503,
+                "NOT_READY",
+                "The ingest is still reading the domain counters; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        counter = self.view.domains.get(domain) or DomainCounter()
+        if report.sequence > counter.sequence:
+            raise ApiError(
+                404,
+                "TRIGGER_NOT_FOUND",
+                f"Domain '{domain}' has no trigger {report.sequence} (its last is {counter.sequence}).",
+            )
+        expected = trigger_id(domain, report.sequence)
+        if report.trigger_id is not None and report.trigger_id != expected:
+            raise ApiError(
+                422,
+                "TRIGGER_MISMATCH",
+                f"Trigger {report.sequence} of '{domain}' is '{expected}', not '{report.trigger_id}'.",
+            )
+        return await self.idempotent(
+            request, call, raw, lambda: self.record_training(call, tenant, domain, report)
+        )
+
+    async def record_training(
+        self, call: Call, tenant: Tenant, domain: str, report: TrainingReport
+    ) -> web.Response:
+        tid = trigger_id(domain, report.sequence)
+        result = TrainingResult(
+            training_id=training_id(domain, tid, report.model_version),
+            domain=domain,
+            trigger_id=tid,
+            sequence=report.sequence,
+            model_version=report.model_version,
+            metrics=report.metrics,
+            tenant=tenant.id,
+            completed_at=report.completed_at or call.received_at,
+            reported_at=call.received_at,
+        )
+        await self.write_records([OutRecord(self.topics.trainings, domain.encode(), to_json(result), [])])
+        return json_response(201, to_builtins(result))
 
     async def get_request(self, request: web.Request) -> web.Response:
         """Where a 202 points: what the stream has answered so far for a request."""

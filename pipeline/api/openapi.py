@@ -22,9 +22,11 @@ from pipeline.api.contracts import (
     ErrorBody,
     ScoredOutputRequest,
     ScoredOutputResponse,
+    TrainingReport,
 )
 from pipeline.contracts import CONTRACTS, FEEDBACK_ROUTE, ContractSpec, on_route
 from pipeline.limits import MAX_DOMAIN_CHARS, MAX_ID_CHARS
+from pipeline.wire.records import TrainingResult, struct_json_schema
 
 
 def _models() -> tuple[type[BaseModel], ...]:
@@ -395,6 +397,7 @@ def _operations() -> dict[Operation, dict[str, Any]]:
                                 "total",
                                 "sequence",
                                 "last_trigger",
+                                "last_training",
                             ],
                             "properties": {
                                 "domain": {"type": "string"},
@@ -403,6 +406,7 @@ def _operations() -> dict[Operation, dict[str, Any]]:
                                 "total": {"type": "integer", "minimum": 0},
                                 "sequence": {"type": "integer", "minimum": 0},
                                 "last_trigger": {"type": ["object", "null"]},
+                                "last_training": {"type": ["object", "null"]},
                             },
                         }
                     ),
@@ -415,6 +419,50 @@ def _operations() -> dict[Operation, dict[str, Any]]:
                         "400": f"INVALID_REQUEST (domain longer than {MAX_DOMAIN_CHARS} characters)",
                         "403": None,
                         "503": "NOT_READY (the counters are still being read), DRAINING",
+                    },
+                ),
+            },
+        },
+        ("post", "/v1/domains/{domain}/trainings"): {
+            "operationId": "reportTraining",
+            "summary": "A trainer reports it trained on one of the domain's triggers (written to "
+            "train.completed; shown as last_training)",
+            "parameters": [
+                CORRELATION,
+                IDEMPOTENCY,
+                {"name": "domain", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
+            "requestBody": {
+                "required": True,
+                **_json(
+                    TrainingReport.model_json_schema(),
+                    {
+                        "trained": {
+                            "value": {
+                                "sequence": 1,
+                                "model_version": "dating-2026-11-27",
+                                "metrics": {"ndcg@10": 0.41},
+                            }
+                        }
+                    },
+                ),
+            },
+            "responses": {
+                "201": _ok(
+                    "Recorded (the same report again: the same training_id)",
+                    _json(struct_json_schema(TrainingResult)),
+                    rate=False,
+                ),
+                **_errors(
+                    GENERIC,
+                    {
+                        **write_errors,
+                        "400": f"{_BODY_400}, INVALID_REQUEST (the report's fields)",
+                        "403": None,
+                        "404": "TRIGGER_NOT_FOUND (the domain has no trigger of that sequence)",
+                        "413": _BODY_413,
+                        "422": "IDEMPOTENCY_CONFLICT, TRIGGER_MISMATCH (trigger_id is not the sequence's)",
+                        "503": f"{_WRITE_503}, NOT_READY (the counters are still being read), DRAINING",
                     },
                 ),
             },

@@ -26,7 +26,7 @@ from pipeline.kafka.io import bootstrap_list, partitions_of
 from pipeline.kafka.topics import TopicNames
 from pipeline.rules.counters import DomainCounter
 from pipeline.settings import get_settings
-from pipeline.wire.records import StageResult, from_json
+from pipeline.wire.records import StageResult, TrainingResult, from_json
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,9 @@ class StreamView:
         self.bootstrap = bootstrap
         self.names = names
         self.domains: dict[str, DomainCounter] = {}
+        #: the last training result per domain (train.completed, read from its beginning): one per
+        #: domain, so bounded by the tenants' domains
+        self.trainings: dict[str, TrainingResult] = {}
         self.owner_of = owner_of or (lambda domain: None)
         self.max_bytes_per_tenant = (
             max_bytes_per_tenant
@@ -122,12 +125,13 @@ class StreamView:
             fetch_max_wait_ms=20,
         )
         await consumer.start()
-        parts = await partitions_of(self.bootstrap, [self.names.results, self.names.count_state])
+        from_start = (self.names.count_state, self.names.trainings)
+        parts = await partitions_of(self.bootstrap, [self.names.results, *from_start])
         tps = [TopicPartition(topic, p) for topic, ps in parts.items() for p in ps]
         consumer.assign(tps)
         # explicit offsets: aiokafka's seek_to_* can lose to the initial offset reset
         ends = await consumer.end_offsets([tp for tp in tps if tp.topic == self.names.results])
-        starts = await consumer.beginning_offsets([tp for tp in tps if tp.topic == self.names.count_state])
+        starts = await consumer.beginning_offsets([tp for tp in tps if tp.topic in from_start])
         for tp, offset in {**ends, **starts}.items():
             consumer.seek(tp, offset)
         # caught up once the counters changelog is read up to where it ended at start
@@ -248,6 +252,10 @@ class StreamView:
                 self.domains[key.decode()] = from_json(DomainCounter, value)
             return
         if value is None:
+            return
+        if topic == self.names.trainings:
+            training = from_json(TrainingResult, value)
+            self.trainings[training.domain] = training
             return
         result = from_json(StageResult, value)
         self._keep_result(result, value)

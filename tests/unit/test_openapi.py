@@ -22,7 +22,7 @@ def test_every_route_of_the_app_is_documented_and_nothing_else() -> None:
         for r in app.router.routes()
         if r.resource is not None and r.method not in IMPLICIT_METHODS
     }
-    assert len(routes) == 10
+    assert len(routes) == 11
     assert set(router_operations(app.router)) == routes
     assert documented(openapi_document(router_operations(app.router))) == routes
     assert documented(openapi_document()) == routes  # the default is the same set
