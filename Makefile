@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-SRC    := pipeline tests scripts
+SRC    := pipeline tests scripts examples
 
 .PHONY: venv lint format test unit run bench store-bench soak schemas broker-start broker-stop broker-reset clean
 
