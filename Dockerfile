@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY schemas ./schemas
 COPY deploy/tenants.dev.yaml ./deploy/tenants.dev.yaml
+COPY examples ./examples
 RUN pip install .
 EXPOSE 8080 6066
 CMD ["python", "-m", "pipeline.api.ingest"]

@@ -85,7 +85,8 @@ async def erased_entries(bootstrap: str, topic: str) -> set[str]:
             return set()
         c.assign(tps)
         ends = await c.end_offsets(tps)
-        await c.seek_to_beginning(*tps)
+        for tp, start in (await c.beginning_offsets(tps)).items():
+            c.seek(tp, start)  # explicit offsets: seek_to_beginning can lose to the offset reset
         erased: set[str] = set()
         while [tp for tp in tps if await c.position(tp) < ends[tp]]:
             for records in (await c.getmany(*tps, timeout_ms=1000)).values():
@@ -206,6 +207,18 @@ async def report(url: str, key: str, trigger: dict[str, Any], manifest: dict[str
             raise RuntimeError(f"report refused: {resp.status} {await resp.text()}")
 
 
+async def handle(args: argparse.Namespace, out: Path, trigger: dict[str, Any], fmt: str) -> None:
+    """Snapshot one trigger unless its manifest exists (then say so)."""
+    if manifest_path(out, trigger).exists():
+        print(f"skip {trigger['domain']} #{trigger['sequence']}: already snapshotted")
+        return
+    erased = await erased_entries(args.bootstrap, args.prefix + "feedback.erasures")
+    manifest = snapshot(trigger, await read_range(args.bootstrap, trigger), erased, out, fmt)
+    print(f"snapshot {manifest['file']}: {manifest['units']} units, sha256 {manifest['sha256']}")
+    if args.report:
+        await report(args.report, args.key, trigger, manifest)
+
+
 async def run(args: argparse.Namespace, out: Path) -> int:
     fmt = args.format or ("parquet" if pq is not None else "jsonl")
     c = consumer(args.bootstrap, group_id=args.group, auto_offset_reset="earliest")
@@ -226,20 +239,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
             idle_since = asyncio.get_running_loop().time()
             for tp, records in batch.items():
                 for rec in records:
-                    trigger = json.loads(rec.value)
-                    if manifest_path(out, trigger).exists():
-                        print(f"skip {trigger['domain']} #{trigger['sequence']}: already snapshotted")
-                    else:
-                        erased = await erased_entries(args.bootstrap, args.prefix + "feedback.erasures")
-                        manifest = snapshot(
-                            trigger, await read_range(args.bootstrap, trigger), erased, out, fmt
-                        )
-                        print(
-                            f"snapshot {manifest['file']}: {manifest['units']} units, "
-                            f"sha256 {manifest['sha256']}"
-                        )
-                        if args.report:
-                            await report(args.report, args.key, trigger, manifest)
+                    await handle(args, out, json.loads(rec.value), fmt)
                     await c.commit({tp: rec.offset + 1})  # after the snapshot is durable
                     done += 1
     finally:
@@ -247,7 +247,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     p.add_argument(
@@ -259,13 +259,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="exit once no trigger came for 5 s")
     p.add_argument("--idle-exit", type=float, help="exit after this many seconds without a trigger")
     p.add_argument("--max-triggers", type=int, help="exit after this many triggers")
+    p.add_argument("--trigger", metavar="JSON", help="snapshot this one trigger (its JSON body) and exit")
     p.add_argument("--report", metavar="URL", help="POST each training result to this ingest")
     p.add_argument("--key", default=os.environ.get("FEEDSTREAM_API_KEY", ""), help="API key for --report")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.once and args.idle_exit is None:
         args.idle_exit = 5.0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.trigger:  # one trigger handed over (an Argo Events Sensor's Job): no consumer group
+        fmt = args.format or ("parquet" if pq is not None else "jsonl")
+        asyncio.run(handle(args, out, json.loads(args.trigger), fmt))
+        return 0
     return asyncio.run(run(args, out))
 
 

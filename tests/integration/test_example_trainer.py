@@ -161,6 +161,12 @@ async def test_the_trainer_snapshots_exactly_a_triggers_units_once_and_reports_b
         lines = [json.loads(x) for x in (jsonl / "tr_main-000001.jsonl").read_text().splitlines()]
         assert [{k: v for k, v in x.items() if k != "offset"} for x in lines] == expected
 
+        # one trigger handed over (an Argo Events Job): the same snapshot, no consumer group
+        handed = tmp_path / "handed"
+        await trainer(stack, handed, "--trigger", rec.value.decode())
+        again_manifest = json.loads((handed / f"{DOMAIN}-000001.manifest.json").read_text())
+        assert again_manifest["sha256"] == manifest["sha256"]
+
         # the report reached the ingest: GET /v1/domains shows it
         for _ in range(50):
             status, state = await get(ingest, f"/v1/domains/{DOMAIN}", key=STREAM_KEY)
