@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, NamedTuple, Self
 
 import yaml
 from pydantic import (
@@ -129,8 +129,52 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """``24h``, ``90m``, ``30s``, ``2d`` or a number of seconds, as seconds (at least 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 24h, 90m, 30s or 2d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if m is None:
+            raise ValueError("must be a duration such as 24h, 90m, 30s or 2d")
+        seconds = float(m.group(1)) * _SECONDS[m.group(2)]
+    if seconds < 1:
+        raise ValueError("must be at least 1 second")
+    return seconds
+
+
+class TimeTrigger(NamedTuple):
+    """A domain's time-based trigger: fire when ``min_units`` are pending and the oldest has waited
+    ``max_wait_s``."""
+
+    max_wait_s: float
+    min_units: int
+
+
 class DomainConfig(_Config):
     threshold: int = Field(ge=1, strict=True, description="Pending training units that trigger a train.")
+    max_wait: float | None = Field(
+        default=None,
+        description="Also trigger when the oldest pending unit has waited this long (24h, 90m, 30s...).",
+    )
+    min_units: int = Field(
+        default=1, ge=1, strict=True, description="Pending units a max_wait trigger needs."
+    )
+
+    @field_validator("max_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @property
+    def time_trigger(self) -> TimeTrigger | None:
+        return None if self.max_wait is None else TimeTrigger(self.max_wait, self.min_units)
 
 
 class TaskConfig(_Config):
@@ -334,6 +378,12 @@ class TenantRegistry:
         """Threshold of a domain or task whoever owns it (the stream knows no tenant); None if unowned."""
         owner = self.tenant_of(domain)
         return None if owner is None else owner.threshold_for(domain)
+
+    def time_trigger_for(self, domain: str) -> TimeTrigger | None:
+        """A domain's ``max_wait``/``min_units``, if it sets them (tasks do not)."""
+        owner = self.tenant_of(domain)
+        config = None if owner is None else owner.domains.get(domain)
+        return None if config is None else config.time_trigger
 
 
 def _cross_tenant_problems(tenants: Sequence[Tenant]) -> list[str]:

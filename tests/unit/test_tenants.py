@@ -562,3 +562,37 @@ def test_task_ids_with_hyphens_anywhere_are_refused() -> None:
 def test_checked_in_tenants_files_stay_valid() -> None:
     for path in (DEV_FILE, REPO / "tests" / "data" / "tenants.test.yaml"):
         assert len(load_tenants(path)) >= 2
+
+
+def test_a_domain_may_set_a_time_trigger() -> None:
+    from pipeline.tenants import TimeTrigger, parse_duration
+
+    assert [parse_duration(v) for v in ("24h", "90m", "30s", "2d", 45, "1.5h")] == [
+        86400.0,
+        5400.0,
+        30.0,
+        172800.0,
+        45.0,
+        5400.0,
+    ]
+    for bad in ("soon", "0s", True, "-3h"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    data = {
+        "tenants": [
+            {
+                "id": "t",
+                "api_keys": ["sha256:" + "a" * 64],
+                "domains": {
+                    "slow": {"threshold": 100, "max_wait": "24h", "min_units": 5},
+                    "fast": {"threshold": 3},
+                },
+            }
+        ]
+    }
+    registry = parse_tenants(data)
+    assert registry.time_trigger_for("slow") == TimeTrigger(86400.0, 5)
+    assert registry.time_trigger_for("fast") is None and registry.time_trigger_for("nobody") is None
+    data["tenants"][0]["domains"]["slow"]["max_wait"] = "whenever"  # type: ignore[index]
+    with pytest.raises(TenantsConfigError, match="max_wait"):
+        parse_tenants(data)
