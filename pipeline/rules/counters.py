@@ -16,7 +16,7 @@ from msgspec.structs import replace
 
 from pipeline.wire.records import TrainTrigger, TriggerRange, deterministic_id
 
-__all__ = ["DomainCounter", "count_units", "force_trigger", "trigger_id"]
+__all__ = ["DomainCounter", "count_units", "due_trigger", "force_trigger", "trigger_id"]
 
 
 class DomainCounter(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -46,7 +46,7 @@ def _emit(
     state: DomainCounter,
     *,
     domain: str,
-    reason: Literal["threshold", "manual", "repartition"],
+    reason: Literal["threshold", "manual", "repartition", "max_wait"],
     threshold: int,
     end_offset: int,
     at: datetime,
@@ -179,3 +179,35 @@ def force_trigger(
         state, domain=domain, reason="manual", threshold=threshold, end_offset=end, at=at, topic=topic
     )
     return new_state, trigger
+
+
+def due_trigger(
+    state: DomainCounter,
+    *,
+    domain: str,
+    threshold: int,
+    now: datetime,
+    max_wait_s: float,
+    min_units: int,
+    topic: str = "feedback.triplets",
+) -> tuple[DomainCounter, TrainTrigger | None]:
+    """A ``max_wait`` trigger over everything pending when at least ``min_units`` are pending and
+    the oldest of them was received ``max_wait_s`` or more before ``now``; else None.
+
+    It is an ordinary trigger (next sequence, the open range up to the last unit seen) and clears
+    ``pending_since``, so it fires once per wait: the next one needs new units that wait as long.
+    """
+    since = state.pending_since
+    if since is None or state.pending < min_units or (now - since).total_seconds() < max_wait_s:
+        return state, None
+    if state.last_offset is None:
+        raise ValueError(f"domain {domain!r}: pending units but no offset seen (inconsistent state)")
+    return _emit(
+        state,
+        domain=domain,
+        reason="max_wait",
+        threshold=threshold,
+        end_offset=state.last_offset,
+        at=now,
+        topic=topic,
+    )

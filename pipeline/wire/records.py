@@ -230,10 +230,11 @@ class TrainTrigger(_Record, frozen=True, kw_only=True):
     trigger_id: Annotated[str, Meta(description="uuid5 of (domain, sequence).")]
     domain: str
     reason: Annotated[
-        Literal["threshold", "manual", "repartition"],
+        Literal["threshold", "manual", "repartition", "max_wait"],
         Meta(
             description="threshold: pending reached it; manual: POST /v1/train; repartition: the domain's "
-            "units moved to another partition of feedback.triplets, so the open range was closed."
+            "units moved to another partition of feedback.triplets, so the open range was closed; "
+            "max_wait: the oldest pending unit waited the domain's max_wait (with min_units pending)."
         ),
     ]
     count: Annotated[int, Meta(ge=0, description="Counted units in the range.")]

@@ -292,3 +292,32 @@ def test_pending_since_is_the_first_counted_unit_after_a_trigger_and_clears_with
     assert state.pending_since == AT
     state, trigger = force_trigger(state, domain="d", threshold=3, at=LATER, last_offset=None)
     assert trigger is not None and state.pending_since is None
+
+
+def test_a_time_trigger_fires_once_when_enough_units_waited_long_enough() -> None:
+    from datetime import timedelta
+
+    from pipeline.rules.counters import due_trigger
+
+    units = [(4, True), (5, True)]
+    state, _ = count_units(
+        DomainCounter(), domain="d", threshold=100, partition=0, offsets_and_counts=units, at=AT
+    )
+    wait = timedelta(hours=1).total_seconds()
+    early = AT + timedelta(minutes=59)
+    assert due_trigger(state, domain="d", threshold=100, now=early, max_wait_s=wait, min_units=1) == (
+        state,
+        None,
+    )
+    late = AT + timedelta(hours=1)
+    assert due_trigger(state, domain="d", threshold=100, now=late, max_wait_s=wait, min_units=3)[1] is None
+    after, trigger = due_trigger(state, domain="d", threshold=100, now=late, max_wait_s=wait, min_units=2)
+    assert trigger is not None
+    assert (trigger.reason, trigger.count, trigger.sequence, trigger.emitted_at) == ("max_wait", 2, 1, late)
+    assert (trigger.range.start_offset, trigger.range.end_offset) == (4, 5)
+    assert (after.pending, after.pending_since, after.last_trigger) == (0, None, trigger)
+    # fired: nothing is pending, so nothing is due again until new units wait as long
+    much_later = late + timedelta(days=9)
+    assert (
+        due_trigger(after, domain="d", threshold=100, now=much_later, max_wait_s=wait, min_units=1)[1] is None
+    )
