@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from aiokafka import TopicPartition
 from aiokafka.errors import (
@@ -467,6 +467,19 @@ class Stage(Protocol[S]):
         ...
 
 
+@runtime_checkable
+class Ticking(Protocol[S]):
+    """A stage that also acts on time, not only on input (e.g. ``max_wait`` triggers): the runtime asks
+    ``due`` (pure, cheap) every ``tick_s`` per owned partition, and runs ``tick`` in a transaction of
+    its own (outputs and changelog, no input offsets) when it says so. A tick is exactly-once like a
+    batch: what it sends and the table change it makes commit together or not at all, and a fenced
+    zombie cannot commit one."""
+
+    def due(self, state: Mapping[bytes, S], now: datetime) -> bool: ...
+
+    async def tick(self, table: Table[S], tx: Tx, now: datetime) -> None: ...
+
+
 # -- the runtime ------------------------------------------------------------------------------------
 
 
@@ -518,6 +531,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         backoff: Backoff | None = None,
         fence_grace_s: float = 10.0,
         retake_delay_s: float = 0.5,
+        tick_s: float = 1.0,
     ) -> None:
         super().__init__(
             clients=clients or KafkaClients(bootstrap, poll_ms=poll_ms),
@@ -538,6 +552,8 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         self.fence_grace_s = fence_grace_s  # a fenced partition still ours after this is re-taken
         self.retake_delay_s = retake_delay_s  # pause before re-taking a partition after a failure
         self._careful: dict[int, _Careful] = {}
+        self.tick_s = tick_s  # how often a Ticking stage is asked whether a partition is due
+        self._ticked = 0.0
 
     def state(self, partition: int) -> dict[bytes, S] | None:
         """The committed table of an owned partition (None if not owned)."""
@@ -643,10 +659,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
                 else:  # the worker exports traces (OTEL_*): a span per batch, linked to its inputs
                     with tracing.batch_span(self.tracer, self.stage.name, tp.topic, tp.partition, records):
                         await self.stage.process(records, table, tx)
-                for key, value in table.changes.items():
-                    encoded = None if value is None else self.stage.encode_state(value)
-                    sizes[key] = len(key) + len(encoded or b"")
-                    await tx.send(self.changelog_topic, encoded, key=key, partition=tp.partition)
+                sizes = await self._changelog(tp, table, tx)
             # the records and the input offsets travel side by side (one round trip less per batch);
             # a refused record still surfaces first, from its batch, so careful mode can find it
             await tx.hand_over()
@@ -678,6 +691,71 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         metrics.STAGE_BATCH_SIZE.labels(self.stage.name).observe(len(records))
         metrics.STAGE_TRANSACTION_SECONDS.labels(self.stage.name).observe(time.perf_counter() - started)
         return True
+
+    async def _changelog(self, tp: TopicPartition, table: Table[S], tx: Tx) -> dict[bytes, int]:
+        """Send the table's changes to the changelog partition of ``tp``; their sizes by key."""
+        sizes: dict[bytes, int] = {}
+        for key, value in table.changes.items():
+            encoded = None if value is None else self.stage.encode_state(value)
+            sizes[key] = len(key) + len(encoded or b"")
+            await tx.send(self.changelog_topic, encoded, key=key, partition=tp.partition)
+        return sizes
+
+    # -- acting on time (Ticking stages) ---------------------------------------------------------
+
+    async def step(self) -> None:
+        self._start_due_ticks()
+        await super().step()
+
+    def _start_due_ticks(self) -> None:
+        """Every ``tick_s``: a tick transaction for each owned partition the stage says is due (as an
+        in-flight task of the partition, so it never overlaps one of its batches)."""
+        stage = self.stage
+        if not isinstance(stage, Ticking) or time.monotonic() - self._ticked < self.tick_s:
+            return
+        self._ticked = time.monotonic()
+        now = datetime.now(UTC)
+        for tp, owned in list(self._owned.items()):
+            idle = tp not in self._inflight and tp not in self._revoking and tp not in self._paused
+            if idle and tp in self._places and owned.producer is not None and stage.due(owned.state, now):
+                self._inflight[tp] = asyncio.create_task(
+                    self._tick(tp, now), name=f"{self.name}-tick-{tp.partition}"
+                )
+
+    async def _tick(self, tp: TopicPartition, now: datetime) -> None:
+        """One tick transaction; any failure aborts it and re-takes the partition (its table comes
+        back from the changelog, so the next tick decides again from what was committed)."""
+        owned = self._owned.get(tp)
+        stage = self.stage
+        if owned is None or owned.producer is None or not isinstance(stage, Ticking):
+            return
+        producer = owned.producer
+        tx = Tx(producer, stage=stage.name, dlq=self.dlq_topic, limits=self.limits)
+        table: Table[S] = Table(owned.state)
+        try:
+            await producer.begin_transaction()
+            await stage.tick(table, tx, now)
+            sizes = await self._changelog(tp, table, tx)
+            await tx.hand_over()
+            await tx.flush()
+            await producer.commit_transaction()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            name, p = stage.name, tp.partition
+            if fenced(exc):
+                STAGE_ERRORS.labels(name, "fenced").inc()
+                log.warning("%s: partition %d fenced in a tick: %r; dropping it", name, p, exc)
+                self.drop(tp, grace=self.fence_grace_s)
+                return
+            STAGE_ERRORS.labels(name, "transient" if transient(exc) else "error").inc()
+            log.warning("%s: partition %d tick failed: %r; re-taking the partition", name, p, exc)
+            await self._abort(tp, owned, tx)
+            self.reopen(tp, delay=self.retake_delay_s)
+            return
+        for key, value in table.changes.items():
+            owned.apply(key, value, sizes[key])
+        self._state_metrics()
 
     async def _failed(
         self,

@@ -7,7 +7,8 @@ Each test drives the runner's loop by hand (:meth:`StageRunner.step`), so every 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, cast
 
 import orjson
@@ -534,3 +535,58 @@ def lag() -> float:
 
 def lags() -> set[tuple[str, ...]]:
     return {tuple(s.labels.values()) for m in CONSUMER_LAG.collect() for s in m.samples}
+
+
+class Ticker(Counting):
+    """A Ticking stage: when ``want`` says so, a tick writes ``tick`` and counts itself in the table."""
+
+    want = False
+
+    def due(self, state: Mapping[bytes, int], now: datetime) -> bool:
+        return self.want
+
+    async def tick(self, table: Table[int], tx: Tx, now: datetime) -> None:
+        await tx.send(OUT, b"tick", key=b"t")
+        table[b"ticks"] = (table.get(b"ticks") or 0) + 1
+        self.want = False
+
+
+def ticking_runner(cluster: Cluster, clients: FakeClients, stage: Ticker) -> StageRunner[int]:
+    return StageRunner(
+        stage, group_id=GROUP, input_topic=IN, changelog_topic=LOG, dlq_topic=DLQ, clients=clients, tick_s=0.0
+    )
+
+
+async def test_a_due_tick_commits_its_outputs_and_table_change_together_without_input() -> None:
+    cluster = Cluster()
+    clients = FakeClients(cluster)
+    stage = Ticker()
+    runner = ticking_runner(cluster, clients, stage)
+    consumer = cast(FakeConsumer, runner.attach())
+    await owning(runner, consumer)
+    await turn(runner)
+    assert cluster.values(OUT) == []  # not due: nothing
+    stage.want = True
+    await turn(runner)
+    assert cluster.values(OUT) == [b"tick"] and runner.state(0) == {b"ticks": 1}
+    assert changelog(cluster)[-1] == (b"ticks", b"1")
+    assert cluster.offsets.get((GROUP, TP), 0) == 0  # no input offsets moved
+    cluster.produce(IN, [b"a"])  # input still flows around ticks
+    await turn(runner)
+    assert cluster.values(OUT)[-1] == b"a"
+
+
+async def test_a_fenced_zombie_cannot_commit_a_tick() -> None:
+    cluster = Cluster()
+    clients = FakeClients(cluster)
+    stage = Ticker()
+    zombie = ticking_runner(cluster, clients, stage)
+    consumer = cast(FakeConsumer, zombie.attach())
+    await owning(zombie, consumer)
+    fencer = FakeProducer(cluster, clients.producers[0].tid)
+    await fencer.start()  # the partition's new owner (same transactional id) fences it
+    stage.want = True
+    before = errors("fenced")
+    await turn(zombie)
+    assert cluster.values(OUT) == [] and changelog(cluster) == []
+    assert errors("fenced") == before + 1
