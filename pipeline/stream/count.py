@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TypeAlias
 
 import msgspec
 
 from pipeline import metrics, tracing
 from pipeline.kafka.topics import TopicNames
-from pipeline.rules.counters import DomainCounter, count_units, force_trigger
+from pipeline.rules.counters import DomainCounter, count_units, due_trigger, force_trigger
 from pipeline.stream.runtime import Record, Sent, Table, Tx
+from pipeline.tenants import TimeTrigger
 from pipeline.wire.cloudevents import trigger_headers
 from pipeline.wire.records import (
     MAX_RESULT_TRIGGERS,
@@ -74,12 +76,62 @@ class CountStage:
     name = "count"
 
     def __init__(
-        self, names: TopicNames, threshold_for: Callable[[str], int | None], *, source: str = "/feedstream"
+        self,
+        names: TopicNames,
+        threshold_for: Callable[[str], int | None],
+        *,
+        source: str = "/feedstream",
+        time_trigger_for: Callable[[str], TimeTrigger | None] = lambda domain: None,
     ) -> None:
         self.names = names
         self.threshold_for = threshold_for
+        self.time_trigger_for = time_trigger_for  # a domain's max_wait/min_units (tenants file)
         self.source = source  # the triggers' CloudEvents source (pipeline.wire.cloudevents)
         self._thresholds: dict[str, int] = {}
+
+    # -- time-based triggers (the runtime's Ticking protocol) ---------------------------------------
+
+    def _due(
+        self, key: bytes, counter: DomainCounter, now: datetime
+    ) -> tuple[DomainCounter, TrainTrigger | None]:
+        if counter.pending_since is None:  # nothing pending: the common case, no lookups
+            return counter, None
+        domain = key.decode()
+        rule = self.time_trigger_for(domain)
+        threshold = self._thresholds.get(domain) or self.threshold_for(domain)
+        if rule is None or threshold is None:
+            return counter, None
+        return due_trigger(
+            counter,
+            domain=domain,
+            threshold=threshold,
+            now=now,
+            max_wait_s=rule.max_wait_s,
+            min_units=rule.min_units,
+            topic=self.names.triplets,
+        )
+
+    def due(self, state: Mapping[bytes, DomainCounter], now: datetime) -> bool:
+        """Has a domain of this partition waited its ``max_wait`` (wall clock ``now`` against the
+        oldest pending unit's received_at)?"""
+        return any(self._due(key, counter, now)[1] is not None for key, counter in state.items())
+
+    async def tick(self, table: Table[DomainCounter], tx: Tx, now: datetime) -> None:
+        """Emit the due ``max_wait`` triggers; the runtime commits them with the counters' changes."""
+        for key in list(table):
+            counter, trigger = self._due(key, table[key], now)
+            if trigger is not None:
+                await self._send_trigger(tx, key, trigger, None)
+                table[key] = counter
+                metrics.PENDING.labels(trigger.domain).set(0)
+
+    async def _send_trigger(
+        self, tx: Tx, key: bytes, trigger: TrainTrigger, trace: tracing.TraceHeaders | None
+    ) -> None:
+        """A trigger as a CloudEvent (binary mode), with the trace of what crossed it if any."""
+        headers = [*trigger_headers(trigger, source=self.source), *(trace or ())]
+        await tx.send(self.names.triggers, to_json(trigger), key=key, headers=headers)
+        metrics.TRIGGERS.labels(trigger.domain, trigger.reason).inc()
 
     def decode_state(self, value: bytes) -> DomainCounter:
         return _COUNTER.decode(value)
@@ -165,11 +217,7 @@ class CountStage:
                 units_generated = units_counted = 0
                 event_id, reply, chunk, chunks, request_events = None, True, 0, 1, None
             for trigger in triggers:  # crossed by this message's units (or forced by its request)
-                event = trigger_headers(trigger, source=self.source)  # a CloudEvent, and the trace
-                await tx.send(
-                    self.names.triggers, to_json(trigger), key=key, headers=[*event, *(headers or ())]
-                )
-                metrics.TRIGGERS.labels(domain, trigger.reason).inc()
+                await self._send_trigger(tx, key, trigger, headers)
             if reply:
                 result = StageResult(
                     request_id=msg.request_id,

@@ -74,7 +74,12 @@ def build_runners(
         clients=clients,
     )
     count = StageRunner(
-        CountStage(names, threshold_for, source=f"/feedstream/{settings.worker_id}"),
+        CountStage(
+            names,
+            threshold_for,
+            source=f"/feedstream/{settings.worker_id}",
+            time_trigger_for=registry.time_trigger_for,
+        ),
         bootstrap=bootstrap,
         group_id=f"{settings.worker_id}-count",
         input_topic=names.units,

@@ -7,6 +7,7 @@ are planned by the publisher library exactly as it would publish them.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
@@ -228,3 +229,24 @@ async def test_scored_entries_count_except_seed_source() -> None:
         ("user_rating", True),
     ]
     assert len(triggers) == 1 and triggers[0]["count"] == 2
+
+
+async def test_a_domain_waiting_its_max_wait_gets_one_time_trigger_without_new_input() -> None:
+    async with Stream() as s:
+        s.runners[1].tick_s = 0.0  # ask at every turn
+        items = [outcome("w", "a", "accepted"), outcome("w", "b", "rejected"), outcome("w", "c", "rejected")]
+        ids = await s.publish({"domain": "s_wait", "items": items})  # 2 units: min_units reached
+        assert s.counter("s_wait").pending == 2 and not s.on(NAMES.triggers)  # not waited 1 s yet
+        await asyncio.sleep(1.1)  # no new input: only time passes
+        await s.run()
+        await asyncio.sleep(1.1)
+        await s.run()  # and again: nothing pending any more, nothing due
+        [trigger] = [t for t in s.on(NAMES.triggers) if t["domain"] == "s_wait"]
+        counter = s.counter("s_wait")
+        last_unit = max(r.offset for r in s.cluster.records(NAMES.triplets))
+        headers = dict(s.cluster.records(NAMES.triggers)[-1].headers)
+    assert (trigger["reason"], trigger["count"], trigger["sequence"]) == ("max_wait", 2, 1)
+    assert len(s.units(ids)) == 2 and trigger["range"]["end_offset"] == last_unit
+    assert counter.pending == 0 and counter.pending_since is None and counter.total == 2
+    assert headers["ce_type"] == b"io.feedstream.train.trigger"
+    assert headers["ce_id"] == trigger["trigger_id"].encode()
