@@ -198,6 +198,7 @@ def ingest_factory(service_env: dict[str, str]) -> Iterator[Callable[..., Servic
 SPREAD = (
     "tests/integration/test_exactly_once.py::",
     "tests/integration/test_feedback_store.py::test_sigkill_",
+    "tests/integration/test_max_wait_sigkill.py::",
 )
 
 
