@@ -81,13 +81,14 @@ def own_stack(
         topic_prefix=prefix,
         worker_id=f"fs-{prefix[:-1]}",
         tenants_file=path,
+        store_path=tmp_path / "store.sqlite3",
     )
     asyncio.new_event_loop().run_until_complete(ensure_topics(broker.bootstrap, settings))
     env = child_env(
         service_env,
         topic_prefix=prefix,
         worker_id=settings.worker_id,
-        store_path=tmp_path / "store.sqlite3",
+        store_path=settings.store_path,
         tenants_file=path,
     )
     try:

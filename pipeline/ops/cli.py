@@ -18,6 +18,11 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """A group even with one command registered (typer would make that one command the program)."""
+
+
 #: The modules that add commands to ``app`` (imported by ``main``).
 COMMAND_MODULES: tuple[str, ...] = ("pipeline.ops.status", "pipeline.ops.dlq", "pipeline.ops.admin")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -27,6 +28,7 @@ from pipeline.ops.context import connect
 from pipeline.ops.reading import consumer, read_topic
 from pipeline.rules.counters import DomainCounter
 from pipeline.settings import Settings
+from pipeline.store.sql import open_database, read_offsets
 from pipeline.tenants import load_tenants
 from pipeline.wire.records import DeadLetter, TrainingResult, TrainTrigger, decoder, from_json
 
@@ -197,9 +199,27 @@ Positions = tuple[
 ]
 
 
-async def _positions(bootstrap: str, inputs: dict[str, tuple[str, list[str]]]) -> Positions:
-    """Committed offsets per group, read_committed end offsets, and for small lags where the next
-    record really is (``behind``)."""
+async def store_committed(settings: Settings, group: str, topics: list[str]) -> dict[TopicPartition, int]:
+    """The store stage's offsets: kept in its database with its rows (it never commits to Kafka).
+    A SQLite file that does not exist is not created (the stage has not run with these settings)."""
+    if not settings.database_url and not await asyncio.to_thread(Path(settings.store_path).exists):
+        return {}
+    db = await open_database(settings)
+    try:
+        return {
+            TopicPartition(topic, partition): offset
+            for topic in topics
+            for partition, offset in (await read_offsets(db, group, topic)).items()
+        }
+    finally:
+        await db.close()
+
+
+async def _positions(
+    bootstrap: str, inputs: dict[str, tuple[str, list[str]]], settings: Settings | None = None
+) -> Positions:
+    """Committed offsets per group (the store stage's from its database), read_committed end
+    offsets, and for small lags where the next record really is (``behind``)."""
     topics = sorted({t for _, ts in inputs.values() for t in ts})
     parts = await partitions_of(bootstrap, topics)
     tps = [TopicPartition(t, p) for t in topics for p in parts.get(t, [])]
@@ -207,7 +227,10 @@ async def _positions(bootstrap: str, inputs: dict[str, tuple[str, list[str]]]) -
     await admin.start()
     try:
         committed: dict[str, dict[TopicPartition, int]] = {}
-        for group, _ in inputs.values():
+        for stage, (group, topics) in inputs.items():
+            if stage == "store" and settings is not None:
+                committed[group] = await store_committed(settings, group, topics)
+                continue
             offsets = await admin.list_consumer_group_offsets(group)
             committed[group] = {tp: m.offset for tp, m in offsets.items() if m.offset >= 0}
     finally:
@@ -253,7 +276,7 @@ async def collect(settings: Settings, bootstrap: str) -> Snapshot:
         _counters(bootstrap, names),
         _trainings(bootstrap, names),
         _dlq(bootstrap, names),
-        _positions(bootstrap, inputs),
+        _positions(bootstrap, inputs, settings),
     )
     now = datetime.now(UTC)
     return Snapshot(
