@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+
 @app.callback()
 def _root() -> None:
     """A group even with one command registered (typer would make that one command the program)."""
