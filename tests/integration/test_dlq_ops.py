@@ -22,7 +22,7 @@ from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
 from pipeline.ops import dlq
 from pipeline.tenants import load_tenants
-from pipeline.wire.records import REPLAY_HEADER
+from pipeline.wire.records import MAX_DEAD_LETTER_KEY_BYTES, REPLAY_HEADER
 from tests.conftest import TEST_TENANTS
 from tests.kafka_helpers import produce, read_until
 from tests.stacks import Stack, own_stack
@@ -100,10 +100,15 @@ async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
     assert "would replay 1, already replayed 0" in dry
     assert await read_until(bootstrap, stack.names.dlq_replays, lambda r: True, count=1, timeout_s=2) == []
 
+    # without --yes and no terminal to ask on, a replay refuses and writes nothing
+    status, out, err = await stack.run("dlq", "replay", "--stage", "count")
+    assert status == 1 and "--yes" in out + err and "would replay 1" in out
+    assert await read_until(bootstrap, stack.names.dlq_replays, lambda r: True, count=1, timeout_s=2) == []
+
     # the fix: the worker now knows the domain; replay the count letter, once
     worker = stack.worker()
     try:
-        done = await stack.feedstream("dlq", "replay", "--stage", "count")
+        done = await stack.feedstream("dlq", "replay", "--stage", "count", "--yes")
         assert "replayed 1, already replayed 0" in done
         event_ids = set(res.event_ids)
         units = await read_until(
@@ -115,7 +120,7 @@ async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
             settle_s=2.0,
         )
         assert len(units) == 1 and orjson.loads(units[0].value)["positive"] == "bob"
-        again = await stack.feedstream("dlq", "replay", "--stage", "count")
+        again = await stack.feedstream("dlq", "replay", "--stage", "count", "--yes")
         assert "replayed 0, already replayed 1" in again
         replayed = await read_until(
             bootstrap,
@@ -176,3 +181,17 @@ def test_selection_and_plan_are_pure() -> None:
     )
     assert dlq.replay_headers(xs[0]) == [("a", b"1"), (REPLAY_HEADER, b"0:1")]
     assert dlq.parse_bound("12") == 12 and isinstance(dlq.parse_bound("2h"), datetime)
+    # a key cut to fit the dead-letter topic cannot be restored: not replayable either
+    long_key = dlq.Letter(0, 5, b"k" * MAX_DEAD_LETTER_KEY_BYTES, [], xs[0].body)
+    short_key = dlq.Letter(0, 6, b"k" * 10, [], xs[0].body)
+    p = dlq.plan([long_key, short_key], set())
+    assert ([x.name for x in p.replay], [x.name for x in p.truncated]) == (["0:6"], ["0:5"])
+
+
+def test_a_letter_is_named_partition_colon_offset_or_by_its_offset_on_one_partition() -> None:
+    assert dlq.parse_letter("2:41", partitions=3) == (2, 41)
+    assert dlq.parse_letter("41", partitions=1) == (0, 41)
+    assert dlq.parse_letter(" 0:7 ", partitions=1) == (0, 7)
+    for bad, partitions in (("41", 3), ("x:1", 3), ("1:", 3), ("-1:2", 3), ("", 1)):
+        with pytest.raises(ValueError):
+            dlq.parse_letter(bad, partitions=partitions)
