@@ -144,6 +144,62 @@ async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
         worker.stop()
 
 
+async def test_a_replay_fences_one_still_running_so_each_letter_is_replayed_once(stack: Stack) -> None:
+    """Two replays at once: the second one's start fences the first (same transactional id) and aborts
+    its open transaction, so its record and marker never become visible; the second replays the letter,
+    and the first cannot commit."""
+    from datetime import UTC, datetime
+
+    from aiokafka.errors import KafkaError
+
+    from pipeline.wire.records import dead_letter, dlq_replay_key, to_json
+
+    bootstrap = stack.bootstrap
+    original = b'{"not": "read by any worker here"}'
+    body = dead_letter(
+        stage="count",
+        reason="processing_failure",
+        error=ValueError("boom"),
+        original=original,
+        topic=stack.names.units,
+        partition=0,
+        offset=7,
+        key=b"k1",
+        failed_at=datetime.now(UTC),
+    )
+    await produce(bootstrap, stack.names.dlq, to_json(body), key=b"k1")
+    [letter] = await read_until(bootstrap, stack.names.dlq, lambda r: True)
+    name = f"{letter.partition}:{letter.offset}"
+
+    first = dlq.replayer(stack.settings, bootstrap)  # a replay caught mid-way: written, not committed
+    await first.start()
+    try:
+        await first.begin_transaction()
+        await first.send_and_wait(
+            stack.names.units, original, key=b"k1", partition=0, headers=[(REPLAY_HEADER, name.encode())]
+        )
+        await first.send_and_wait(
+            stack.names.dlq_replays, b"{}", key=dlq_replay_key(letter.partition, letter.offset)
+        )
+        done = await stack.feedstream("dlq", "replay", "--yes")
+        assert "replayed 1, already replayed 0" in done
+        with pytest.raises(KafkaError):  # fenced: ProducerFenced (or the abort it caused)
+            await first.commit_transaction()
+    finally:
+        await first.stop()
+
+    replayed = await read_until(
+        bootstrap,
+        stack.names.units,
+        lambda r: dict(r.headers).get(REPLAY_HEADER) == name.encode(),
+        settle_s=2.0,
+    )
+    assert [(r.key, r.value, r.partition) for r in replayed] == [(b"k1", original, 0)]
+    markers = await read_until(bootstrap, stack.names.dlq_replays, lambda r: True, settle_s=1.0)
+    assert len(markers) == 1 and json.loads(markers[0].value)["dlq_offset"] == letter.offset
+    assert "replayed 0, already replayed 1" in await stack.feedstream("dlq", "replay", "--yes")
+
+
 def test_selection_and_plan_are_pure() -> None:
     from datetime import UTC, datetime
 
