@@ -398,7 +398,8 @@ def replay_command(
 def _report(result: Plan, *, dry_run: bool) -> None:
     verb = "would replay" if dry_run else "replayed"
     if result.replay:
-        console.print(_letters_table(result.replay, set(), f"{verb}: {len(result.replay)}"))
+        done = set() if dry_run else {x.coord for x in result.replay}
+        console.print(_letters_table(result.replay, done, f"{verb}: {len(result.replay)}"))
     console.print(
         f"selected {len(result.replay) + len(result.already) + len(result.truncated)}, {verb} "
         f"{len(result.replay)}, already replayed {len(result.already)}, not replayable (original "

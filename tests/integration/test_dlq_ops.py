@@ -12,17 +12,26 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaError
 
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
 from pipeline.ops import dlq
 from pipeline.tenants import load_tenants
-from pipeline.wire.records import MAX_DEAD_LETTER_KEY_BYTES, REPLAY_HEADER
+from pipeline.wire.records import (
+    MAX_DEAD_LETTER_KEY_BYTES,
+    REPLAY_HEADER,
+    DeadLetter,
+    dead_letter,
+    dlq_replay_key,
+    to_json,
+)
 from tests.conftest import TEST_TENANTS
 from tests.kafka_helpers import produce, read_until
 from tests.stacks import Stack, own_stack
@@ -50,6 +59,31 @@ async def publisher(stack: Stack) -> AsyncIterator[FeedbackPublisher]:
 
 def outcome(seeker: str, candidate: str, label: str) -> dict[str, Any]:
     return {"seeker_id": seeker, "candidate_id": candidate, "outcome": label}
+
+
+def letter_body(
+    stage: str,
+    topic: str,
+    offset: int,
+    failed_at: datetime,
+    *,
+    original: bytes = b"abc",
+    key: bytes | None = None,
+    max_original_bytes: int | None = None,
+) -> DeadLetter:
+    """A count or expand dead letter's body, as the runtime writes it."""
+    return dead_letter(
+        stage=stage,
+        reason="processing_failure",
+        error=ValueError("boom"),
+        original=original,
+        topic=topic,
+        partition=0,
+        offset=offset,
+        key=key,
+        failed_at=failed_at,
+        max_original_bytes=max_original_bytes,
+    )
 
 
 async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
@@ -148,25 +182,9 @@ async def test_a_replay_fences_one_still_running_so_each_letter_is_replayed_once
     """Two replays at once: the second one's start fences the first (same transactional id) and aborts
     its open transaction, so its record and marker never become visible; the second replays the letter,
     and the first cannot commit."""
-    from datetime import UTC, datetime
-
-    from aiokafka.errors import KafkaError
-
-    from pipeline.wire.records import dead_letter, dlq_replay_key, to_json
-
     bootstrap = stack.bootstrap
     original = b'{"not": "read by any worker here"}'
-    body = dead_letter(
-        stage="count",
-        reason="processing_failure",
-        error=ValueError("boom"),
-        original=original,
-        topic=stack.names.units,
-        partition=0,
-        offset=7,
-        key=b"k1",
-        failed_at=datetime.now(UTC),
-    )
+    body = letter_body("count", stack.names.units, 7, datetime.now(UTC), original=original, key=b"k1")
     await produce(bootstrap, stack.names.dlq, to_json(body), key=b"k1")
     [letter] = await read_until(bootstrap, stack.names.dlq, lambda r: True)
     name = f"{letter.partition}:{letter.offset}"
@@ -201,23 +219,9 @@ async def test_a_replay_fences_one_still_running_so_each_letter_is_replayed_once
 
 
 def test_selection_and_plan_are_pure() -> None:
-    from datetime import UTC, datetime
-
-    from pipeline.wire.records import dead_letter
-
     def letter(p: int, o: int, stage: str, truncated: bool = False) -> dlq.Letter:
-        body = dead_letter(
-            stage=stage,
-            reason="processing_failure",
-            error=ValueError("x"),
-            original=b"abc",
-            topic="t",
-            partition=0,
-            offset=o,
-            key=None,
-            failed_at=datetime(2026, 1, 1, 0, o, tzinfo=UTC),
-            max_original_bytes=1 if truncated else None,
-        )
+        at = datetime(2026, 1, 1, 0, o, tzinfo=UTC)
+        body = letter_body(stage, "t", o, at, max_original_bytes=1 if truncated else None)
         return dlq.Letter(p, o, None, [("a", b"1"), ("feedstream.dlq.stage", b"x")], body)
 
     xs = [
