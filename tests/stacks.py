@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sys
 import uuid
-from asyncio.subprocess import PIPE
+from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +38,13 @@ class Stack:
         return self.settings.kafka_bootstrap_servers or ""
 
     async def run(self, *args: str) -> tuple[int | None, str, str]:
-        """``feedstream ARGS`` (as ``python -m pipeline.ops``) on the stack's topics: status, out, err."""
+        """``feedstream ARGS`` (as ``python -m pipeline.ops``) on the stack's topics: status, out, err.
+
+        No terminal on stdin: a command that would ask (``dlq replay`` without ``--yes``) must refuse,
+        not wait."""
         env = child_env(self.env, columns=200)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pipeline.ops", *args, env=env, stdout=PIPE, stderr=PIPE
+            sys.executable, "-m", "pipeline.ops", *args, env=env, stdin=DEVNULL, stdout=PIPE, stderr=PIPE
         )
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         return proc.returncode, out.decode(), err.decode()

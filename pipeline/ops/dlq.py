@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from pipeline.ops.context import connect
 from pipeline.ops.reading import parse_time, read_topic
 from pipeline.settings import Settings
 from pipeline.wire.records import (
+    MAX_DEAD_LETTER_KEY_BYTES,
     REPLAY_HEADER,
     DeadLetter,
     DlqReplay,
@@ -71,7 +73,7 @@ class Letter:
 @dataclass
 class Plan:
     """What a replay of a selection does: replay these, skip those (already replayed, or their
-    original was cut to fit the dead-letter topic)."""
+    original or key was cut to fit the dead-letter topic, so it cannot be restored)."""
 
     replay: list[Letter] = field(default_factory=list)
     already: list[Letter] = field(default_factory=list)
@@ -121,11 +123,31 @@ def plan(selected: Sequence[Letter], replayed: set[tuple[int, int]]) -> Plan:
     for letter in selected:
         if letter.coord in replayed:
             out.already.append(letter)
-        elif letter.body.original_truncated:
+        elif letter.body.original_truncated or key_cut(letter):
             out.truncated.append(letter)
         else:
             out.replay.append(letter)
     return out
+
+
+def key_cut(letter: Letter) -> bool:
+    """Whether the letter's key may be the head of a longer original key (the runtime cuts keys to
+    ``MAX_DEAD_LETTER_KEY_BYTES``; one of exactly that length may or may not have been cut)."""
+    return letter.key is not None and len(letter.key) >= MAX_DEAD_LETTER_KEY_BYTES
+
+
+def parse_letter(text: str, *, partitions: int) -> tuple[int, int]:
+    """``PARTITION:OFFSET`` as ``dlq ls`` prints it; a bare ``OFFSET`` only when the dead-letter topic
+    has one partition (else it would be ambiguous)."""
+    parts = text.strip().split(":")
+    if len(parts) == 1 and partitions == 1:
+        parts = ["0", *parts]
+    if len(parts) != 2 or not all(x.isdigit() for x in parts):
+        raise ValueError(
+            f"not a dead letter's name: {text!r} (PARTITION:OFFSET, e.g. 2:41"
+            + (", or the offset alone)" if partitions == 1 else f"; the topic has {partitions} partitions)")
+        )
+    return int(parts[0]), int(parts[1])
 
 
 def replay_headers(letter: Letter) -> list[tuple[str, bytes]]:
@@ -285,14 +307,21 @@ def ls(
 
 @dlq_app.command("show")
 def show(
-    letter: Annotated[str, typer.Argument(help="PARTITION:OFFSET of the dead letter (as `dlq ls` shows).")],
+    letter: Annotated[
+        str,
+        typer.Argument(
+            help="PARTITION:OFFSET of the dead letter (as `dlq ls` shows); "
+            "OFFSET alone if the topic has one partition."
+        ),
+    ],
 ) -> None:
     """One dead letter: its body, its headers and the original (as text when it is)."""
     _settings, bootstrap, names = connect()
+    count = len(asyncio.run(partitions_of(bootstrap, [names.dlq])).get(names.dlq, []))
     try:
-        partition, offset = (int(p) for p in letter.split(":"))
-    except ValueError:
-        raise typer.BadParameter("give PARTITION:OFFSET, e.g. 2:41") from None
+        partition, offset = parse_letter(letter, partitions=count)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
     async def go() -> tuple[Letter | None, set[tuple[int, int]]]:
         async for rec in read_topic(bootstrap, names.dlq, start_offset=offset):
@@ -335,26 +364,44 @@ def replay_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be replayed; write nothing.")
     ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Replay without asking first.")] = False,
 ) -> None:
-    """Write the selected dead letters' originals back to their stage's input, once per dead letter."""
+    """Write the selected dead letters' originals back to their stage's input, once per dead letter.
+
+    Without ``--yes`` it shows what would go and asks; with no terminal to ask on it refuses.
+    """
     settings, bootstrap, names = connect()
-    filters = {
+    filters: dict[str, Any] = {
         "stage": stage,
         "reason": reason,
         "partition": partition,
         "start": parse_bound(start),
         "end": parse_bound(end),
     }
+    if not dry_run and not yes:
+        preview = asyncio.run(replay(settings, bootstrap, names, dry_run=True, **filters))
+        _report(preview, dry_run=True)
+        if not preview.replay:
+            return
+        if not sys.stdin.isatty():
+            console.print("not replaying: no terminal to confirm on; add --yes to replay")
+            raise typer.Exit(1)
+        if not typer.confirm(f"replay {len(preview.replay)} dead letters?"):
+            raise typer.Exit(1)
     with Progress(console=console, transient=True, disable=dry_run) as progress:
         result = asyncio.run(
             replay(settings, bootstrap, names, dry_run=dry_run, progress=progress, **filters)
         )
-    if result.replay:
-        title = "would replay" if dry_run else "replayed"
-        console.print(_letters_table(result.replay, set(), f"{title}: {len(result.replay)}"))
+    _report(result, dry_run=dry_run)
+
+
+def _report(result: Plan, *, dry_run: bool) -> None:
     verb = "would replay" if dry_run else "replayed"
+    if result.replay:
+        done = set() if dry_run else {x.coord for x in result.replay}
+        console.print(_letters_table(result.replay, done, f"{verb}: {len(result.replay)}"))
     console.print(
         f"selected {len(result.replay) + len(result.already) + len(result.truncated)}, {verb} "
         f"{len(result.replay)}, already replayed {len(result.already)}, not replayable (original "
-        f"truncated) {len(result.truncated)}"
+        f"or key truncated) {len(result.truncated)}"
     )

@@ -12,17 +12,26 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaError
 
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
 from pipeline.ops import dlq
 from pipeline.tenants import load_tenants
-from pipeline.wire.records import REPLAY_HEADER
+from pipeline.wire.records import (
+    MAX_DEAD_LETTER_KEY_BYTES,
+    REPLAY_HEADER,
+    DeadLetter,
+    dead_letter,
+    dlq_replay_key,
+    to_json,
+)
 from tests.conftest import TEST_TENANTS
 from tests.kafka_helpers import produce, read_until
 from tests.stacks import Stack, own_stack
@@ -50,6 +59,31 @@ async def publisher(stack: Stack) -> AsyncIterator[FeedbackPublisher]:
 
 def outcome(seeker: str, candidate: str, label: str) -> dict[str, Any]:
     return {"seeker_id": seeker, "candidate_id": candidate, "outcome": label}
+
+
+def letter_body(
+    stage: str,
+    topic: str,
+    offset: int,
+    failed_at: datetime,
+    *,
+    original: bytes = b"abc",
+    key: bytes | None = None,
+    max_original_bytes: int | None = None,
+) -> DeadLetter:
+    """A count or expand dead letter's body, as the runtime writes it."""
+    return dead_letter(
+        stage=stage,
+        reason="processing_failure",
+        error=ValueError("boom"),
+        original=original,
+        topic=topic,
+        partition=0,
+        offset=offset,
+        key=key,
+        failed_at=failed_at,
+        max_original_bytes=max_original_bytes,
+    )
 
 
 async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
@@ -100,10 +134,15 @@ async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
     assert "would replay 1, already replayed 0" in dry
     assert await read_until(bootstrap, stack.names.dlq_replays, lambda r: True, count=1, timeout_s=2) == []
 
+    # without --yes and no terminal to ask on, a replay refuses and writes nothing
+    status, out, err = await stack.run("dlq", "replay", "--stage", "count")
+    assert status == 1 and "--yes" in out + err and "would replay 1" in out
+    assert await read_until(bootstrap, stack.names.dlq_replays, lambda r: True, count=1, timeout_s=2) == []
+
     # the fix: the worker now knows the domain; replay the count letter, once
     worker = stack.worker()
     try:
-        done = await stack.feedstream("dlq", "replay", "--stage", "count")
+        done = await stack.feedstream("dlq", "replay", "--stage", "count", "--yes")
         assert "replayed 1, already replayed 0" in done
         event_ids = set(res.event_ids)
         units = await read_until(
@@ -115,7 +154,7 @@ async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
             settle_s=2.0,
         )
         assert len(units) == 1 and orjson.loads(units[0].value)["positive"] == "bob"
-        again = await stack.feedstream("dlq", "replay", "--stage", "count")
+        again = await stack.feedstream("dlq", "replay", "--stage", "count", "--yes")
         assert "replayed 0, already replayed 1" in again
         replayed = await read_until(
             bootstrap,
@@ -139,24 +178,50 @@ async def test_dead_letters_are_listed_shown_and_replayed_once_after_the_fix(
         worker.stop()
 
 
-def test_selection_and_plan_are_pure() -> None:
-    from datetime import UTC, datetime
+async def test_a_replay_fences_one_still_running_so_each_letter_is_replayed_once(stack: Stack) -> None:
+    """Two replays at once: the second one's start fences the first (same transactional id) and aborts
+    its open transaction, so its record and marker never become visible; the second replays the letter,
+    and the first cannot commit."""
+    bootstrap = stack.bootstrap
+    original = b'{"not": "read by any worker here"}'
+    body = letter_body("count", stack.names.units, 7, datetime.now(UTC), original=original, key=b"k1")
+    await produce(bootstrap, stack.names.dlq, to_json(body), key=b"k1")
+    [letter] = await read_until(bootstrap, stack.names.dlq, lambda r: True)
+    name = f"{letter.partition}:{letter.offset}"
 
-    from pipeline.wire.records import dead_letter
-
-    def letter(p: int, o: int, stage: str, truncated: bool = False) -> dlq.Letter:
-        body = dead_letter(
-            stage=stage,
-            reason="processing_failure",
-            error=ValueError("x"),
-            original=b"abc",
-            topic="t",
-            partition=0,
-            offset=o,
-            key=None,
-            failed_at=datetime(2026, 1, 1, 0, o, tzinfo=UTC),
-            max_original_bytes=1 if truncated else None,
+    first = dlq.replayer(stack.settings, bootstrap)  # a replay caught mid-way: written, not committed
+    await first.start()
+    try:
+        await first.begin_transaction()
+        await first.send_and_wait(
+            stack.names.units, original, key=b"k1", partition=0, headers=[(REPLAY_HEADER, name.encode())]
         )
+        await first.send_and_wait(
+            stack.names.dlq_replays, b"{}", key=dlq_replay_key(letter.partition, letter.offset)
+        )
+        done = await stack.feedstream("dlq", "replay", "--yes")
+        assert "replayed 1, already replayed 0" in done
+        with pytest.raises(KafkaError):  # fenced: ProducerFenced (or the abort it caused)
+            await first.commit_transaction()
+    finally:
+        await first.stop()
+
+    replayed = await read_until(
+        bootstrap,
+        stack.names.units,
+        lambda r: dict(r.headers).get(REPLAY_HEADER) == name.encode(),
+        settle_s=2.0,
+    )
+    assert [(r.key, r.value, r.partition) for r in replayed] == [(b"k1", original, 0)]
+    markers = await read_until(bootstrap, stack.names.dlq_replays, lambda r: True, settle_s=1.0)
+    assert len(markers) == 1 and json.loads(markers[0].value)["dlq_offset"] == letter.offset
+    assert "replayed 0, already replayed 1" in await stack.feedstream("dlq", "replay", "--yes")
+
+
+def test_selection_and_plan_are_pure() -> None:
+    def letter(p: int, o: int, stage: str, truncated: bool = False) -> dlq.Letter:
+        at = datetime(2026, 1, 1, 0, o, tzinfo=UTC)
+        body = letter_body(stage, "t", o, at, max_original_bytes=1 if truncated else None)
         return dlq.Letter(p, o, None, [("a", b"1"), ("feedstream.dlq.stage", b"x")], body)
 
     xs = [
@@ -176,3 +241,17 @@ def test_selection_and_plan_are_pure() -> None:
     )
     assert dlq.replay_headers(xs[0]) == [("a", b"1"), (REPLAY_HEADER, b"0:1")]
     assert dlq.parse_bound("12") == 12 and isinstance(dlq.parse_bound("2h"), datetime)
+    # a key cut to fit the dead-letter topic cannot be restored: not replayable either
+    long_key = dlq.Letter(0, 5, b"k" * MAX_DEAD_LETTER_KEY_BYTES, [], xs[0].body)
+    short_key = dlq.Letter(0, 6, b"k" * 10, [], xs[0].body)
+    p = dlq.plan([long_key, short_key], set())
+    assert ([x.name for x in p.replay], [x.name for x in p.truncated]) == (["0:6"], ["0:5"])
+
+
+def test_a_letter_is_named_partition_colon_offset_or_by_its_offset_on_one_partition() -> None:
+    assert dlq.parse_letter("2:41", partitions=3) == (2, 41)
+    assert dlq.parse_letter("41", partitions=1) == (0, 41)
+    assert dlq.parse_letter(" 0:7 ", partitions=1) == (0, 7)
+    for bad, partitions in (("41", 3), ("x:1", 3), ("1:", 3), ("-1:2", 3), ("", 1)):
+        with pytest.raises(ValueError):
+            dlq.parse_letter(bad, partitions=partitions)

@@ -18,7 +18,16 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, Request
 
 from pipeline.metrics import CONSUMER_LAG
 from pipeline.stream.partitions import OFFSET_GAPS, Backoff
-from pipeline.stream.runtime import STAGE_ERRORS, Record, StageRunner, Table, Tx, fenced, transient
+from pipeline.stream.runtime import (
+    STAGE_ERRORS,
+    Record,
+    StageRunner,
+    Table,
+    Tx,
+    fenced,
+    record_size,
+    transient,
+)
 from pipeline.wire.records import DeadLetter, from_json, original_headers, to_json
 from tests.fakekafka import Cluster, FakeClients, FakeConsumer, FakeProducer
 
@@ -590,3 +599,39 @@ async def test_a_fenced_zombie_cannot_commit_a_tick() -> None:
     await turn(zombie)
     assert cluster.values(OUT) == [] and changelog(cluster) == []
     assert errors("fenced") == before + 1
+
+
+def test_a_dead_letter_counts_its_headers_and_still_fits_its_topic() -> None:
+    """The typed headers and the original's headers take room in the letter: a big original with
+    big headers is cut to fit with them; headers over a quarter of the room are left out instead."""
+    limit = 64 * 1024
+
+    async def go(headers: list[tuple[str, bytes]]) -> Record:
+        cluster = Cluster()
+        producer = FakeProducer(cluster, "t")
+        await producer.start()
+        await producer.begin_transaction()
+        tx = Tx(producer, stage="s", dlq=DLQ, limits={DLQ: limit})
+        cluster.produce(IN, [b"\x00" * 100_000], key=b"k", headers=headers)
+        [rec] = cluster.records(IN)
+        await tx.dead_letter(rec, ValueError("x" * 10_000), "size_violation")
+        await tx.flush()
+        await producer.commit_transaction()
+        [letter] = cluster.records(DLQ)
+        return letter
+
+    some = [(f"h{i}", b"v" * 1000) for i in range(12)]  # 12 KB: under a quarter, kept
+    letter = asyncio.run(go(some))
+    body = from_json(DeadLetter, letter.value or b"")
+    assert original_headers(letter.headers) == some
+    assert record_size(letter.key, letter.value, letter.headers) <= limit
+    assert body.original_truncated and len(body.original_bytes()) > 20_000  # cut, not emptied
+    # without counting the headers the same original would have kept more of its bytes
+    bare = asyncio.run(go([]))
+    assert len(from_json(DeadLetter, bare.value or b"").original_bytes()) > len(body.original_bytes())
+
+    many = [(f"h{i}", b"v" * 1000) for i in range(20)]  # 20 KB: over a quarter, left out
+    letter = asyncio.run(go(many))
+    assert original_headers(letter.headers) == []
+    assert dict(letter.headers)["feedstream.dlq.reason"] == b"size_violation"
+    assert record_size(letter.key, letter.value, letter.headers) <= limit
