@@ -51,10 +51,12 @@ def consumer(bootstrap: str, **options: Any) -> AIOKafkaConsumer:
 
 
 async def read_range(bootstrap: str, trigger: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
-    """Every record of the trigger's range as (offset, unit), all domains, in order."""
+    """Every record of the trigger's range as (offset, unit), all domains, in order. A range no
+    longer all on the topic (retention, deleted records) raises ``OffsetOutOfRangeError``: with the
+    default reset the consumer would jump to the end and return a shorter range without a word."""
     r = trigger["range"]
     tp = TopicPartition(r["topic"], r["partition"])
-    c = consumer(bootstrap)
+    c = consumer(bootstrap, auto_offset_reset="none")
     await c.start()
     try:
         c.assign([tp])
