@@ -153,8 +153,17 @@ def snapshot_bytes(units: list[tuple[int, dict[str, Any]]], fmt: str) -> bytes:
         }
         for o, u in units
     ]
+    schema = pa.schema(  # explicit: a range whose units were all erased still has the columns
+        [
+            ("offset", pa.int64()),
+            ("unit_id", pa.string()),
+            ("kind", pa.string()),
+            ("event_id", pa.string()),
+            ("unit", pa.string()),
+        ]
+    )
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows), sink)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
     return bytes(sink.getvalue().to_pybytes())
 
 

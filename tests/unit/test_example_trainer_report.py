@@ -5,10 +5,12 @@ went through is not sent again."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -56,3 +58,14 @@ async def test_a_report_lost_after_the_snapshot_is_sent_by_the_next_run(tmp_path
         # reported (and remembered durably): the next run skips the trigger and the report
         await trainer.handle(args(url), tmp_path, TRIGGER, "parquet")
         assert len(reports) == 1
+
+
+def test_an_empty_snapshot_has_the_same_columns() -> None:
+    """Every unit of a range can be erased: its Parquet snapshot still has the columns a reader
+    selects, not an empty schema."""
+    trainer = trainer_module()
+    unit = {"unit_id": "u", "kind": "triplet", "event_id": "e", "domain": "d"}
+    full = pq.read_table(io.BytesIO(trainer.snapshot_bytes([(3, unit)], "parquet")))
+    empty = pq.read_table(io.BytesIO(trainer.snapshot_bytes([], "parquet")))
+    assert empty.num_rows == 0 and empty.schema == full.schema
+    assert full.column_names == ["offset", "unit_id", "kind", "event_id", "unit"]
