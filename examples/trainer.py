@@ -51,10 +51,12 @@ def consumer(bootstrap: str, **options: Any) -> AIOKafkaConsumer:
 
 
 async def read_range(bootstrap: str, trigger: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
-    """Every record of the trigger's range as (offset, unit), all domains, in order."""
+    """Every record of the trigger's range as (offset, unit), all domains, in order. A range no
+    longer all on the topic (retention, deleted records) raises ``OffsetOutOfRangeError``: with the
+    default reset the consumer would jump to the end and return a shorter range without a word."""
     r = trigger["range"]
     tp = TopicPartition(r["topic"], r["partition"])
-    c = consumer(bootstrap)
+    c = consumer(bootstrap, auto_offset_reset="none")
     await c.start()
     try:
         c.assign([tp])
@@ -151,8 +153,17 @@ def snapshot_bytes(units: list[tuple[int, dict[str, Any]]], fmt: str) -> bytes:
         }
         for o, u in units
     ]
+    schema = pa.schema(  # explicit: a range whose units were all erased still has the columns
+        [
+            ("offset", pa.int64()),
+            ("unit_id", pa.string()),
+            ("kind", pa.string()),
+            ("event_id", pa.string()),
+            ("unit", pa.string()),
+        ]
+    )
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows), sink)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
     return bytes(sink.getvalue().to_pybytes())
 
 
@@ -187,8 +198,14 @@ def manifest_path(out: Path, trigger: dict[str, Any]) -> Path:
     return out / f"{trigger['domain']}-{trigger['sequence']:06d}.manifest.json"
 
 
-async def report(url: str, key: str, trigger: dict[str, Any], manifest: dict[str, Any]) -> None:
-    """Tell feedstream the trigger was trained on (here: the snapshot is the "model")."""
+def training_path(out: Path, trigger: dict[str, Any]) -> Path:
+    """The ingest's answer to the trigger's report: present once the report went through."""
+    return out / f"{trigger['domain']}-{trigger['sequence']:06d}.training.json"
+
+
+async def report(url: str, key: str, trigger: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """Tell feedstream the trigger was trained on (here: the snapshot is the "model"); its answer.
+    The model version comes from the manifest, so a report sent again names the same training."""
     body = {
         "sequence": trigger["sequence"],
         "trigger_id": trigger["trigger_id"],
@@ -203,20 +220,26 @@ async def report(url: str, key: str, trigger: dict[str, Any], manifest: dict[str
             headers={"Authorization": f"Bearer {key}"},
         ) as resp,
     ):
-        if resp.status != 201:
+        if resp.status not in (200, 201):
             raise RuntimeError(f"report refused: {resp.status} {await resp.text()}")
+        answer: dict[str, Any] = await resp.json()
+        return answer
 
 
 async def handle(args: argparse.Namespace, out: Path, trigger: dict[str, Any], fmt: str) -> None:
-    """Snapshot one trigger unless its manifest exists (then say so)."""
+    """Snapshot one trigger unless its manifest exists (then say so); report it unless its report
+    went through before (a run that died between the snapshot and the report left it to this one)."""
     if manifest_path(out, trigger).exists():
+        manifest = json.loads(manifest_path(out, trigger).read_text())
         print(f"skip {trigger['domain']} #{trigger['sequence']}: already snapshotted")
-        return
-    erased = await erased_entries(args.bootstrap, args.prefix + "feedback.erasures")
-    manifest = snapshot(trigger, await read_range(args.bootstrap, trigger), erased, out, fmt)
-    print(f"snapshot {manifest['file']}: {manifest['units']} units, sha256 {manifest['sha256']}")
-    if args.report:
-        await report(args.report, args.key, trigger, manifest)
+    else:
+        erased = await erased_entries(args.bootstrap, args.prefix + "feedback.erasures")
+        manifest = snapshot(trigger, await read_range(args.bootstrap, trigger), erased, out, fmt)
+        print(f"snapshot {manifest['file']}: {manifest['units']} units, sha256 {manifest['sha256']}")
+    if args.report and not training_path(out, trigger).exists():
+        answer = await report(args.report, args.key, trigger, manifest)
+        write_durably(training_path(out, trigger), json.dumps(answer, indent=2).encode())
+        print(f"reported {trigger['domain']} #{trigger['sequence']}: {answer.get('training_id')}")
 
 
 async def run(args: argparse.Namespace, out: Path) -> int:

@@ -26,7 +26,7 @@ from pipeline.kafka.io import bootstrap_list, partitions_of
 from pipeline.kafka.topics import TopicNames
 from pipeline.rules.counters import DomainCounter
 from pipeline.settings import get_settings
-from pipeline.wire.records import StageResult, TrainingResult, from_json
+from pipeline.wire.records import StageResult, TrainingResult, from_json, latest_training
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ RESULT_OVERHEAD_BYTES = 80
 MAX_REMEMBERED_EXPECTATIONS = 10_000
 #: Results of domains no tenant owns (only injected records can have them) share one budget.
 NO_TENANT = ""
+#: Domains whose last training is kept (train.completed can name any domain): bounds its memory.
+MAX_TRAINING_DOMAINS = 100_000
 
 
 def events_done(results: Iterable[StageResult]) -> int:
@@ -96,8 +98,8 @@ class StreamView:
         self.bootstrap = bootstrap
         self.names = names
         self.domains: dict[str, DomainCounter] = {}
-        #: the last training result per domain (train.completed, read from its beginning): one per
-        #: domain, so bounded by the tenants' domains
+        #: the last training per domain (train.completed, read from its beginning; latest_training),
+        #: least recently reported first, at most MAX_TRAINING_DOMAINS domains
         self.trainings: dict[str, TrainingResult] = {}
         self.owner_of = owner_of or (lambda domain: None)
         self.max_bytes_per_tenant = (
@@ -254,8 +256,7 @@ class StreamView:
         if value is None:
             return
         if topic == self.names.trainings:
-            training = from_json(TrainingResult, value)
-            self.trainings[training.domain] = training
+            self._keep_training(from_json(TrainingResult, value))
             return
         result = from_json(StageResult, value)
         self._keep_result(result, value)
@@ -263,6 +264,15 @@ class StreamView:
         if waiter is not None:
             waiter.results.append(result)
             self._maybe_done(result.request_id, waiter)
+
+    def _keep_training(self, training: TrainingResult) -> None:
+        """The domain's last training (:func:`latest_training`), for at most MAX_TRAINING_DOMAINS
+        domains (least recently reported out first): the topic takes any domain's records."""
+        domain = training.domain
+        kept = self.trainings.pop(domain, None)
+        self.trainings[domain] = latest_training(kept, training)
+        while len(self.trainings) > MAX_TRAINING_DOMAINS:
+            del self.trainings[next(iter(self.trainings))]
 
     def _keep_result(self, result: StageResult, value: bytes) -> None:
         request_id = result.request_id

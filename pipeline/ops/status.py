@@ -30,7 +30,14 @@ from pipeline.rules.counters import DomainCounter
 from pipeline.settings import Settings
 from pipeline.store.sql import open_database, read_offsets
 from pipeline.tenants import load_tenants
-from pipeline.wire.records import DeadLetter, TrainingResult, TrainTrigger, decoder, from_json
+from pipeline.wire.records import (
+    DeadLetter,
+    TrainingResult,
+    TrainTrigger,
+    decoder,
+    from_json,
+    latest_training,
+)
 
 #: Dead letters the snapshot shows (the newest).
 LATEST_LETTERS = 10
@@ -169,7 +176,7 @@ async def _trainings(bootstrap: str, names: TopicNames) -> dict[str, TrainingRes
     async for rec in read_topic(bootstrap, names.trainings):
         if rec.value is not None:
             result = dec.decode(rec.value)
-            out[result.domain] = result
+            out[result.domain] = latest_training(out.get(result.domain), result)
     return out
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "deterministic_id",
     "erasure_id",
     "from_json",
+    "latest_training",
     "record_json_schemas",
     "record_uuid5",
     "signal_id",
@@ -508,6 +509,15 @@ class TrainingResult(_Record, frozen=True, kw_only=True):
 
 def training_id(domain: str, trigger_id: str, model_version: str) -> str:
     return deterministic_id("training", domain, trigger_id, model_version)
+
+
+def latest_training(kept: TrainingResult | None, candidate: TrainingResult) -> TrainingResult:
+    """A domain's last training: the newest trigger's (highest ``sequence``), then the latest
+    report; a trainer reporting an older trigger late never hides the newer one (the topic's order
+    is the order of reports, not of triggers)."""
+    if kept is None or (candidate.sequence, candidate.reported_at) >= (kept.sequence, kept.reported_at):
+        return candidate
+    return kept
 
 
 def struct_json_schema(*types: Any) -> dict[str, Any]:

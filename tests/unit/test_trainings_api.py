@@ -3,10 +3,17 @@ its checks and errors, and ``GET /v1/domains/{domain}`` showing the last one."""
 
 from __future__ import annotations
 
-import orjson
+from datetime import UTC, datetime
 
+import orjson
+import pytest
+
+from pipeline.api import stream_view
+from pipeline.api.stream_view import StreamView
+from pipeline.kafka.topics import topic_names
 from pipeline.rules.counters import DomainCounter, trigger_id
-from pipeline.wire.records import TrainingResult, from_json, training_id
+from pipeline.settings import Settings
+from pipeline.wire.records import TrainingResult, from_json, latest_training, to_json, training_id
 from tests.inprocess import Edge, edge  # noqa: F401 (fixture)
 
 PATH = "/v1/domains/dating/trainings"
@@ -46,3 +53,43 @@ async def test_a_report_of_no_such_trigger_or_the_wrong_id_is_refused(edge: Edge
     assert not [r for r in edge.writer.records if r.topic.endswith("train.completed")]
     status, state, _ = await edge.call("GET", "/v1/domains/dating")
     assert state["last_training"] is None
+
+
+# --- the last training of a domain ---------------------------------------------------------------------
+
+
+def training(domain: str, sequence: int, day: int) -> TrainingResult:
+    tid = trigger_id(domain, sequence)
+    at = datetime(2026, 11, day, tzinfo=UTC)
+    return TrainingResult(
+        training_id=training_id(domain, tid, f"m-{sequence}"),
+        domain=domain,
+        trigger_id=tid,
+        sequence=sequence,
+        model_version=f"m-{sequence}",
+        tenant="dev",
+        completed_at=at,
+        reported_at=at,
+    )
+
+
+def test_the_last_training_is_the_newest_trigger_then_the_latest_report() -> None:
+    assert latest_training(None, training("d", 1, 1)).sequence == 1
+    assert latest_training(training("d", 1, 2), training("d", 2, 1)).sequence == 2
+    kept = training("d", 2, 1)
+    assert latest_training(kept, training("d", 1, 3)) is kept  # a late report of an older trigger
+    assert latest_training(kept, training("d", 2, 3)).reported_at.day == 3  # trained again
+
+
+def test_the_view_keeps_the_newest_training_per_domain_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = topic_names(Settings(topic_prefix="p."))
+    view = StreamView("unused:9092", names, max_bytes_per_tenant=1 << 20)
+    view._apply(names.trainings, b"d", to_json(training("d", 2, 1)))
+    view._apply(names.trainings, b"d", to_json(training("d", 1, 2)))  # reported late: d stays at #2
+    assert view.trainings["d"].sequence == 2
+    monkeypatch.setattr(stream_view, "MAX_TRAINING_DOMAINS", 2)
+    view._apply(names.trainings, b"a", to_json(training("a", 1, 1)))
+    view._apply(names.trainings, b"b", to_json(training("b", 1, 1)))
+    assert list(view.trainings) == ["a", "b"]  # the least recently reported domain is dropped
