@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.ids import canonical_uuid
 from pipeline.kafka import topics
 from pipeline.kafka.io import bootstrap_list, partitions_of
 from pipeline.ops.cli import app
@@ -142,6 +143,7 @@ async def train(settings: Settings, bootstrap: str, domain: str, wait_s: float) 
     """What ``POST /v1/train`` does, as the operator: a ``TrainRequest`` to the count stage (written
     once, acked by all replicas), then its result from ``feedback.results`` (None if none in time)."""
     registry = load_tenants(settings.tenants_file)
+    domain = canonical_uuid(domain) or domain  # a task id as the stream keys it (as POST /v1/train)
     owner = registry.owner_of(domain)
     if owner is None and domain != settings.shared_pool_domain:
         raise typer.BadParameter(f"no tenant owns domain '{domain}' ({settings.tenants_file})")
@@ -192,7 +194,7 @@ def train_command(
         console.print(f"requested; no answer from the count stage within {wait:.0f} s (is a worker running?)")
         raise typer.Exit(2)
     if not result.triggers:
-        console.print(f"nothing pending in '{domain}': no trigger (pending {result.pending})")
+        console.print(f"nothing pending in '{result.domain}': no trigger (pending {result.pending})")
         return
     console.print_json(json.dumps(to_builtins(result.triggers[0])))
 

@@ -87,6 +87,10 @@ async def test_train_forces_a_trigger_and_triggers_tail_shows_it(stack: Stack) -
         assert [t["trigger_id"] for t in tail if t["domain"] == DOMAIN] == [trigger["trigger_id"]]
         line = await stack.feedstream("triggers", "tail", "--domain", DOMAIN)
         assert f"{DOMAIN}  #1  manual  1 units" in line
+        task = "7D444840-9DC0-11D1-B245-5FFDCE74FAD2"  # a task id, upper case: canonical, as the ingest
+        assert "nothing pending in '7d444840-9dc0-11d1-b245-5ffdce74fad2'" in await stack.feedstream(
+            "train", task
+        )
         status, _, err = await stack.run("train", "nobody_owns_this")
         assert status == 2 and "no tenant owns domain" in err
     finally:
