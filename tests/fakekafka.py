@@ -252,6 +252,7 @@ class FakeConsumer:
 
     def last_stable_offset(self, partition: TopicPartition) -> int | None:
         """The end a fetch reports (every transaction here is committed at once: the log's end)."""
+        assert partition in self.assigned, "Partition is not assigned"  # as aiokafka
         return len(self.cluster.logs[partition])
 
     async def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:

@@ -399,6 +399,8 @@ class PartitionRunner(ABC, Generic[H]):
     def _report_lag(self, tp: TopicPartition, at: int) -> None:
         """``feedstream_consumer_lag``: the partition's end as the last fetch saw it (read_committed:
         the last stable offset) minus ``at``. Costs no request."""
+        if tp not in self.consumer.assignment():  # aiokafka asserts on a partition not assigned
+            return
         end = self.consumer.last_stable_offset(tp)
         if end is not None and end >= 0:
             metrics.CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(max(0, end - at))
@@ -446,6 +448,9 @@ class PartitionRunner(ABC, Generic[H]):
         assigned = consumer.assignment()
         busy = set(self._inflight) | self._revoking
         active = [tp for tp in self._owned if tp not in self._paused and tp in assigned and tp not in busy]
+        for tp, held in self._places.items():  # a batch under way or backing off: lag from its commit
+            if tp not in active and tp in self._owned:
+                self._report_lag(tp, held.committed)
         if busy and not active:  # every partition has a batch under way or is being let go
             if self._inflight:
                 await asyncio.wait(list(self._inflight.values()), timeout=self.poll_ms / 1000)

@@ -635,3 +635,21 @@ def test_a_dead_letter_counts_its_headers_and_still_fits_its_topic() -> None:
     assert original_headers(letter.headers) == []
     assert dict(letter.headers)["feedstream.dlq.reason"] == b"size_violation"
     assert record_size(letter.key, letter.value, letter.headers) <= limit
+
+
+async def test_the_lag_of_a_partition_whose_batch_is_stuck_counts_from_its_committed_offset() -> None:
+    """A batch that hangs (or keeps failing) must show as lag, or the "lag growing" alert stays quiet."""
+    cluster, _, runner, consumer, stage = setup()
+    await owning(runner, consumer)
+    await turn(runner)
+    assert lag() == 0
+    stage.gates[0] = asyncio.Event()  # the next batch stays in flight
+    cluster.produce(IN, [b"a", b"b", b"c"])
+    await runner.step()  # fetched: the batch is under way
+    for _ in range(3):
+        await runner.step()  # more turns while it hangs
+        await asyncio.sleep(0)
+    assert lag() == 4  # three records and their marker, none committed
+    stage.gates[0].set()
+    await turn(runner)
+    assert lag() == 0
