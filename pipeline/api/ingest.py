@@ -623,19 +623,24 @@ class Ingest:
             200, {"triggered": True, "domain": domain, "request_id": call.request_id, "trigger": trigger}
         )
 
-    async def get_domain(self, request: web.Request) -> web.Response:
-        """Pending, threshold, total and last trigger of a domain, from the counting stage's changelog."""
-        call: Call = request["call"]
-        tenant = self.authenticate(request, call)
-        domain = self.owned_domain(tenant, request.match_info["domain"], "read")
-        if not self.view.caught_up.is_set():  # before the changelog is read, counts would be wrong
+    def counter(self, domain: str) -> DomainCounter:
+        """A domain's counter from the count stage's changelog; 503 NOT_READY until the view has read
+        it to where it ended at start (counts would be wrong before)."""
+        if not self.view.caught_up.is_set():
             raise ApiError(
                 503,
                 "NOT_READY",
                 "The ingest is still reading the domain counters; retry shortly.",
                 headers={"Retry-After": "1"},
             )
-        counter = self.view.domains.get(domain) or DomainCounter()
+        return self.view.domains.get(domain) or DomainCounter()
+
+    async def get_domain(self, request: web.Request) -> web.Response:
+        """Pending, threshold, total and last trigger of a domain, from the counting stage's changelog."""
+        call: Call = request["call"]
+        tenant = self.authenticate(request, call)
+        domain = self.owned_domain(tenant, request.match_info["domain"], "read")
+        counter = self.counter(domain)
         last = to_builtins(counter.last_trigger) if counter.last_trigger else None
         training = self.view.trainings.get(domain)
         return json_response(
@@ -664,14 +669,7 @@ class Ingest:
             report = TrainingReport.model_validate(body)
         except ValidationError as err:
             raise ApiError(400, "INVALID_REQUEST", describe_validation_error(err)) from None
-        if not self.view.caught_up.is_set():  # the triggers are known from the counters' changelog
-            raise ApiError(
-                503,
-                "NOT_READY",
-                "The ingest is still reading the domain counters; retry shortly.",
-                headers={"Retry-After": "1"},
-            )
-        counter = self.view.domains.get(domain) or DomainCounter()
+        counter = self.counter(domain)  # the triggers are known from the counters' changelog
         if report.sequence > counter.sequence:
             raise ApiError(
                 404,
