@@ -26,7 +26,7 @@ from pipeline import contracts, memtrace, metrics, tracing
 from pipeline.api import answers, intake
 from pipeline.api.contracts import TrainingReport
 from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
-from pipeline.api.intake import erasure_record
+from pipeline.api.intake import erasure_record, train_record
 from pipeline.api.stream_view import StreamView
 from pipeline.api.wording import describe_validation_error
 from pipeline.ids import canonical_uuid, new_request_id
@@ -39,7 +39,7 @@ from pipeline.store import sql as store_sql
 from pipeline.store.sql import Database, ErasureRow, open_database
 from pipeline.tenants import Tenant, TenantRegistry, load_tenants
 from pipeline.wire.envelope import Contract, Envelope
-from pipeline.wire.records import TrainingResult, TrainRequest, to_builtins, to_json, training_id
+from pipeline.wire.records import TrainingResult, to_builtins, to_json, training_id
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -585,12 +585,16 @@ class Ingest:
         return domain
 
     async def train(self, call: Call, tenant: Tenant, domain: str) -> web.Response:
-        msg = TrainRequest(
-            request_id=call.request_id, tenant=tenant.id, domain=domain, requested_at=call.received_at
+        record = train_record(
+            self.topics.units,
+            request_id=call.request_id,
+            tenant=tenant.id,
+            domain=domain,
+            requested_at=call.received_at,
+            headers=call.trace or (),
         )
         waiting = self.view.expect(call.request_id, 1)
         try:
-            record = OutRecord(self.topics.units, domain.encode(), to_json(msg), call.trace or [])
             await self.write_records([record])
         except ApiError:
             self.view.forget(call.request_id)

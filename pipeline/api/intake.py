@@ -46,7 +46,7 @@ from pipeline.wire.envelope import (
     SearchEventEnvelope,
     SearchEventPayload,
 )
-from pipeline.wire.records import Erasure, erasure_id, to_json
+from pipeline.wire.records import Erasure, TrainRequest, erasure_id, to_json
 
 __all__ = [
     "Context",
@@ -382,6 +382,21 @@ def search_event(ctx: Context, req: SearchEventRequest, header_session: str | No
     domain = default_domain(ctx, Contract.SEARCH_EVENT)
     session = req.session_id or header_session or str(uuid.uuid4())
     return Intake([SearchEventEnvelope(**base_fields(ctx, domain), payload=search_payload(req, session))])
+
+
+def train_record(
+    topic: str,
+    *,
+    request_id: str,
+    tenant: str,
+    domain: str,
+    requested_at: datetime,
+    headers: Sequence[tuple[str, bytes]] = (),
+) -> OutRecord:
+    """The ``feedback.units`` record of a manual trigger (``POST /v1/train``, ``feedstream train``):
+    keyed by the domain, so the count stage orders it with the domain's units."""
+    msg = TrainRequest(request_id=request_id, tenant=tenant, domain=domain, requested_at=requested_at)
+    return OutRecord(topic, domain.encode(), to_json(msg), list(headers))
 
 
 def erasure_record(

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.api.intake import train_record
 from pipeline.ids import canonical_uuid
 from pipeline.kafka import topics
 from pipeline.kafka.io import bootstrap_list, partitions_of
@@ -26,7 +27,7 @@ from pipeline.ops.context import connect
 from pipeline.ops.reading import consumer, read_topic
 from pipeline.settings import Settings
 from pipeline.tenants import TenantsConfigError, hash_api_key, load_tenants
-from pipeline.wire.records import StageResult, TrainRequest, TrainTrigger, from_json, to_builtins, to_json
+from pipeline.wire.records import StageResult, TrainTrigger, from_json, to_builtins
 
 console = Console()
 topics_app = typer.Typer(help="The pipeline's topics: create them, or see them.", no_args_is_help=True)
@@ -149,8 +150,12 @@ async def train(settings: Settings, bootstrap: str, domain: str, wait_s: float) 
         raise typer.BadParameter(f"no tenant owns domain '{domain}' ({settings.tenants_file})")
     names = topics.topic_names(settings)
     request_id = f"ops-{uuid.uuid4()}"
-    msg = TrainRequest(
-        request_id=request_id, tenant=owner or "", domain=domain, requested_at=datetime.now(UTC)
+    record = train_record(
+        names.units,
+        request_id=request_id,
+        tenant=owner or "",
+        domain=domain,
+        requested_at=datetime.now(UTC),
     )
     # the results' end before writing, so the answer cannot slip past the read
     c = consumer(bootstrap)
@@ -168,7 +173,7 @@ async def train(settings: Settings, bootstrap: str, domain: str, wait_s: float) 
         )
         await producer.start()
         try:
-            await producer.send_and_wait(names.units, to_json(msg), key=domain.encode())
+            await producer.send_and_wait(record.topic, record.value, key=record.key, headers=record.headers)
         finally:
             await producer.stop()
         deadline = asyncio.get_running_loop().time() + wait_s
