@@ -210,23 +210,26 @@ async def replay(
             chunk = result.replay[i : i + REPLAY_CHUNK]
             async with producer.transaction():
                 now = datetime.now(UTC)
-                for letter in chunk:
+                sent = []
+                for letter in chunk:  # the originals, then their markers once all are acknowledged
                     body = letter.body
                     partition = body.partition if body.partition in counts.get(body.topic, []) else None
-                    sent = await producer.send(
-                        body.topic,
-                        body.original_bytes(),
-                        key=letter.key,
-                        partition=partition,
-                        headers=replay_headers(letter),
+                    sent.append(
+                        await producer.send(
+                            body.topic,
+                            body.original_bytes(),
+                            key=letter.key,
+                            partition=partition,
+                            headers=replay_headers(letter),
+                        )
                     )
-                    meta = await sent
+                for letter, meta in zip(chunk, await asyncio.gather(*sent), strict=True):
                     marker = DlqReplay(
                         dlq_partition=letter.partition,
                         dlq_offset=letter.offset,
-                        stage=body.stage,
-                        reason=body.reason,
-                        to_topic=body.topic,
+                        stage=letter.body.stage,
+                        reason=letter.body.reason,
+                        to_topic=letter.body.topic,
                         to_partition=meta.partition,
                         replayed_at=now,
                     )
