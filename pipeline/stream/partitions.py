@@ -396,11 +396,12 @@ class PartitionRunner(ABC, Generic[H]):
             self._report_lag(tp, place.expected)
         self._attempts.pop(tp, None)
 
-    def _report_lag(self, tp: TopicPartition, at: int) -> None:
+    def _report_lag(self, tp: TopicPartition, at: int, assigned: set[TopicPartition] | None = None) -> None:
         """``feedstream_consumer_lag``: the partition's end as the last fetch saw it (read_committed:
-        the last stable offset) minus ``at``. Costs no request."""
-        if tp not in self.consumer.assignment():  # aiokafka asserts on a partition not assigned
-            return
+        the last stable offset) minus ``at``. Costs no request. ``assigned``: the consumer's
+        assignment, when the caller has it at hand."""
+        if tp not in (self.consumer.assignment() if assigned is None else assigned):
+            return  # aiokafka asserts on a partition not assigned
         end = self.consumer.last_stable_offset(tp)
         if end is not None and end >= 0:
             metrics.CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(max(0, end - at))
@@ -450,7 +451,7 @@ class PartitionRunner(ABC, Generic[H]):
         active = [tp for tp in self._owned if tp not in self._paused and tp in assigned and tp not in busy]
         for tp, held in self._places.items():  # a batch under way or backing off: lag from its commit
             if tp not in active and tp in self._owned:
-                self._report_lag(tp, held.committed)
+                self._report_lag(tp, held.committed, assigned)
         if busy and not active:  # every partition has a batch under way or is being let go
             if self._inflight:
                 await asyncio.wait(list(self._inflight.values()), timeout=self.poll_ms / 1000)
@@ -469,7 +470,7 @@ class PartitionRunner(ABC, Generic[H]):
         fetched = {tp: records for tp, records in fetched.items() if records}
         for tp in active:  # what the fetch found nothing for stands where it is: that is its lag
             if tp not in fetched and tp in self._places:
-                with contextlib.suppress(IllegalStateError):
+                with contextlib.suppress(IllegalStateError):  # (each after an await: asked afresh)
                     self._report_lag(tp, await consumer.position(tp))
         if not fetched:
             await self._idle()
