@@ -99,6 +99,11 @@ class Settings(BaseSettings):
             raise ValueError(f"name at least one of {', '.join(ALL_STAGES)}")
         return tuple(stage for stage in ALL_STAGES if stage in value)
 
+    def stage_group(self, stage: str) -> str:
+        """The consumer group of a stage's processes (``<WORKER_ID>-<stage>``): the worker joins it,
+        the operators' tools read its offsets."""
+        return f"{self.worker_id}-{stage}"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -1163,7 +1163,7 @@ async def memory_run(bench: Bench, n_seekers: int) -> dict[str, Any]:
         ends = await end_offsets(bench.bootstrap, names.raw)
         left = timeout_s - (time.perf_counter() - started)
         reached = await committed_reach(
-            bench.bootstrap, f"{settings.worker_id}-expand", ends, max(10.0, left)
+            bench.bootstrap, settings.stage_group("expand"), ends, max(10.0, left)
         )
         if reached is None:
             raise TimeoutError(f"the expand process did not commit {sent} events within {timeout_s:.0f} s")

@@ -127,8 +127,8 @@ async def wait_processed(
     started = time.monotonic()
     while True:
         left = (
-            await unprocessed(bootstrap, f"{settings.worker_id}-expand", names.raw),
-            await unprocessed(bootstrap, f"{settings.worker_id}-count", names.units),
+            await unprocessed(bootstrap, settings.stage_group("expand"), names.raw),
+            await unprocessed(bootstrap, settings.stage_group("count"), names.units),
         )
         if left == (0, 0) or time.monotonic() - started > timeout_s:
             return time.monotonic() - started, left

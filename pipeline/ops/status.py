@@ -89,12 +89,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
 
 def stage_inputs(settings: Settings, names: TopicNames) -> dict[str, tuple[str, list[str]]]:
     """Each stage's consumer group and input topics (as ``pipeline.stream.worker`` wires them)."""
-    w = settings.worker_id
-    return {
-        "expand": (f"{w}-expand", [names.raw]),
-        "count": (f"{w}-count", [names.units]),
-        "store": (f"{w}-store", [names.raw, names.erasures]),
-    }
+    inputs = {"expand": [names.raw], "count": [names.units], "store": [names.raw, names.erasures]}
+    return {stage: (settings.stage_group(stage), topics) for stage, topics in inputs.items()}
 
 
 def domain_rows(

@@ -65,7 +65,7 @@ def build_runners(
     expand = StageRunner(
         ExpandStage(names, limits, settings.shared_pool_domain),
         bootstrap=bootstrap,
-        group_id=f"{settings.worker_id}-expand",
+        group_id=settings.stage_group("expand"),
         input_topic=names.raw,
         changelog_topic=names.expand_state,
         dlq_topic=names.dlq,
@@ -81,7 +81,7 @@ def build_runners(
             time_trigger_for=registry.time_trigger_for,
         ),
         bootstrap=bootstrap,
-        group_id=f"{settings.worker_id}-count",
+        group_id=settings.stage_group("count"),
         input_topic=names.units,
         changelog_topic=names.count_state,
         dlq_topic=names.dlq,
@@ -98,7 +98,7 @@ def build_store_runner(settings: Settings, bootstrap: str, db: Database) -> Stor
     return StoreRunner(
         db,
         bootstrap=bootstrap,
-        group_id=f"{settings.worker_id}-store",
+        group_id=settings.stage_group("store"),
         raw_topic=names.raw,
         erasures_topic=names.erasures,
         max_batch=settings.stage_batch,

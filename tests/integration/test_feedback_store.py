@@ -292,7 +292,7 @@ async def test_sigkill_of_the_store_stage_loses_and_duplicates_no_row(
             ends: dict[int, int] = {}
             for r in on_kafka:
                 ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
-            stored = await read_offsets(db, f"{settings.worker_id}-store", names.raw)
+            stored = await read_offsets(db, settings.stage_group("store"), names.raw)
             assert all(stored[p] >= end for p, end in ends.items()), (stored, ends)
         finally:
             final.stop()
