@@ -560,19 +560,20 @@ class Ticker(Counting):
         self.want = False
 
 
-def ticking_runner(cluster: Cluster, clients: FakeClients, stage: Ticker) -> StageRunner[int]:
-    return StageRunner(
-        stage, group_id=GROUP, input_topic=IN, changelog_topic=LOG, dlq_topic=DLQ, clients=clients, tick_s=0.0
-    )
-
-
-async def test_a_due_tick_commits_its_outputs_and_table_change_together_without_input() -> None:
+async def ticking() -> tuple[Cluster, FakeClients, Ticker, StageRunner[int]]:
+    """A runner of a Ticker asked at every turn, owning partition 0."""
     cluster = Cluster()
     clients = FakeClients(cluster)
     stage = Ticker()
-    runner = ticking_runner(cluster, clients, stage)
-    consumer = cast(FakeConsumer, runner.attach())
-    await owning(runner, consumer)
+    runner = StageRunner(
+        stage, group_id=GROUP, input_topic=IN, changelog_topic=LOG, dlq_topic=DLQ, clients=clients, tick_s=0.0
+    )
+    await owning(runner, cast(FakeConsumer, runner.attach()))
+    return cluster, clients, stage, runner
+
+
+async def test_a_due_tick_commits_its_outputs_and_table_change_together_without_input() -> None:
+    cluster, _, stage, runner = await ticking()
     await turn(runner)
     assert cluster.values(OUT) == []  # not due: nothing
     stage.want = True
@@ -586,12 +587,7 @@ async def test_a_due_tick_commits_its_outputs_and_table_change_together_without_
 
 
 async def test_a_fenced_zombie_cannot_commit_a_tick() -> None:
-    cluster = Cluster()
-    clients = FakeClients(cluster)
-    stage = Ticker()
-    zombie = ticking_runner(cluster, clients, stage)
-    consumer = cast(FakeConsumer, zombie.attach())
-    await owning(zombie, consumer)
+    cluster, clients, stage, zombie = await ticking()
     fencer = FakeProducer(cluster, clients.producers[0].tid)
     await fencer.start()  # the partition's new owner (same transactional id) fences it
     stage.want = True
