@@ -93,3 +93,26 @@ def test_the_view_keeps_the_newest_training_per_domain_within_a_bound(
     view._apply(names.trainings, b"a", to_json(training("a", 1, 1)))
     view._apply(names.trainings, b"b", to_json(training("b", 1, 1)))
     assert list(view.trainings) == ["a", "b"]  # the least recently reported domain is dropped
+
+
+async def test_hostile_reports_are_refused_and_write_nothing(edge: Edge) -> None:  # noqa: F811
+    edge.view.domains["dating"] = DomainCounter(sequence=1)
+    cases = [
+        {"sequence": 1, "model_version": "m", "metrics": {"auc": "high"}},  # wrong type
+        {"sequence": 1, "model_version": "m", "metrics": {f"m{i}": 0.1 for i in range(65)}},  # too many
+        {"sequence": 1, "model_version": "m" * 257},  # too long
+        {"sequence": 1, "model_version": "m", "metrics": {"x" * 129: 1.0}},  # name too long
+        {"sequence": [1], "model_version": "m"},
+        "not an object",
+    ]
+    for body in cases:
+        status, err, _ = await edge.post(PATH, body)
+        assert status == 400 and err["error"]["code"] == "INVALID_REQUEST", (body, err)
+    deep: object = 1
+    for _ in range(200):
+        deep = [deep]
+    status, err, _ = await edge.post(PATH, {"sequence": 1, "model_version": "m", "metrics": deep})
+    assert status == 400 and err["error"]["code"] == "TOO_DEEP"
+    status, _, _ = await edge.post(PATH, raw=b'{"sequence": 1, "model_version": "' + b"m" * 2_000_000 + b'"}')
+    assert status == 413
+    assert not [r for r in edge.writer.records if r.topic.endswith("train.completed")]
