@@ -74,6 +74,10 @@ def output_headers(rec: Record) -> tracing.TraceHeaders | None:
 
 class CountStage:
     name = "count"
+    #: ``feedback.triplets`` is keyed by domain like this stage's input, so a partition's domains
+    #: (and their triplets) are this partition's producer's alone: the runtime predicts their offsets
+    #: and a batch's triggers need no round trip before them (checked before each commit).
+    predict_offsets: frozenset[str]
 
     def __init__(
         self,
@@ -84,6 +88,7 @@ class CountStage:
         time_trigger_for: Callable[[str], TimeTrigger | None] = lambda domain: None,
     ) -> None:
         self.names = names
+        self.predict_offsets = frozenset({names.triplets})
         self.threshold_for = threshold_for
         self.time_trigger_for = time_trigger_for  # a domain's max_wait/min_units (tenants file)
         self.source = source  # the triggers' CloudEvents source (pipeline.wire.cloudevents)
@@ -167,7 +172,7 @@ class CountStage:
                 key = msg.domain.encode()
                 futures = [await tx.send(triplets, bytes(u), key=key, headers=headers) for u in msg.units]
             decoded.append((incoming, threshold, futures, headers))
-        await tx.flush()
+        await tx.offsets()
 
         # 2. count in order, emit triggers and results; the runtime writes each changed domain once
         produced: collections.Counter[tuple[str, str]] = collections.Counter()

@@ -79,6 +79,7 @@ __all__ = [
     "OutputRefused",
     "Record",
     "Sent",
+    "Mispredicted",
     "Stage",
     "StageRunner",
     "Table",
@@ -179,7 +180,8 @@ STAGE_ERRORS = Counter(
     "feedstream_stage_errors_total",
     "Failed stage transactions by how they were handled: fenced (partition dropped until the rebalance), "
     "transient (aborted, retried from the committed offset with backoff), unknown_outcome (the commit "
-    "may have landed: partition re-taken), refused (an output refused: careful mode), error (anything "
+    "may have landed: partition re-taken), refused (an output refused: careful mode), mispredicted "
+    "(another writer moved a predicted output offset: aborted, processed again), error (anything "
     "else: aborted and retried like a transient error).",
     ["stage", "kind"],
 )
@@ -261,7 +263,8 @@ class Table(MutableMapping[bytes, S]):
 
 
 class Sent:
-    """Where one record of a transaction landed, known once the transaction's records are flushed."""
+    """Where one record of a transaction landed: known once the transaction's records are flushed, or
+    at once where the runtime predicts the partition's offsets (:meth:`Tx.offsets`)."""
 
     __slots__ = ("_batch", "_index")
 
@@ -270,26 +273,35 @@ class Sent:
         self._index = index
 
     def result(self) -> RecordMetadata:
-        """The record's topic, partition and offset (after :meth:`Tx.flush`; raises before)."""
-        base = self._batch.sent
+        """The record's topic, partition and offset (after :meth:`Tx.offsets`; raises before)."""
+        batch = self._batch
+        base = batch.sent
         if base is None or not base.done():
-            raise RuntimeError("the record is not flushed yet")
+            if batch.predicted is None:
+                raise RuntimeError("the record is not flushed yet")
+            tp = batch.tp  # predicted: checked against the broker's offsets before the commit
+            return RecordMetadata(tp.topic, tp.partition, tp, batch.predicted + self._index, -1, -1, -1)
         meta = base.result()
         return RecordMetadata(
             meta.topic, meta.partition, meta.topic_partition, meta.offset + self._index, -1, -1, -1
         )
 
 
+class Mispredicted(Exception):
+    """A predicted offset was not the one the broker gave: the transaction must not commit."""
+
+
 class _Batch:
     """One record batch being filled for a topic partition (aiokafka's ``BatchBuilder``)."""
 
-    __slots__ = ("builder", "count", "sent", "tp")
+    __slots__ = ("builder", "count", "predicted", "sent", "tp")
 
-    def __init__(self, tp: TopicPartition, builder: Any) -> None:
+    def __init__(self, tp: TopicPartition, builder: Any, predicted: int | None = None) -> None:
         self.tp = tp
         self.builder = builder
         self.count = 0
         self.sent: asyncio.Future[RecordMetadata] | None = None
+        self.predicted = predicted  # the base offset the runtime expects, if it predicts this partition
 
 
 class Tx:
@@ -300,6 +312,10 @@ class Tx:
     costs about a microsecond, where ``producer.send`` (a coroutine, a future and an accumulator
     lookup per record) cost ten times more and was a tenth of the worker's CPU. Order within a
     partition is the order of ``send``; a batch that fills up is handed over at once.
+
+    ``predicted``: the next offset of partitions this producer alone writes (the runtime learns them
+    from its own committed transactions). Their records' offsets are known at once, without a round
+    trip to the broker; :meth:`verify` holds them to the broker's before the commit.
     """
 
     def __init__(
@@ -309,11 +325,15 @@ class Tx:
         stage: str = "stage",
         dlq: str | None = None,
         limits: Mapping[str, int] | None = None,
+        predicted: Mapping[TopicPartition, int] | None = None,
     ) -> None:
         self._producer = producer
         self._open: dict[tuple[str, int], _Batch] = {}
         self._handed: list[_Batch] = []
         self._partitions: dict[str, int] = {}
+        self._next = dict(predicted or {})
+        self._predicted: list[_Batch] = []  # every batch of this transaction sent with a prediction
+        self._written: list[_Batch] = []  # every batch handed to the producer in this transaction
         self.stage = stage
         self.dlq = dlq
         self.limits = limits or {}
@@ -357,21 +377,31 @@ class Tx:
         slot = (topic, partition)
         batch = self._open.get(slot)
         if batch is None:
-            batch = self._open[slot] = _Batch(TopicPartition(topic, partition), self._producer.create_batch())
+            batch = self._open[slot] = self._batch(TopicPartition(topic, partition))
         if batch.builder.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
             await self._hand_over(batch)  # full: send it, start the next one (the first always fits)
-            batch = self._open[slot] = _Batch(batch.tp, self._producer.create_batch())
+            batch = self._open[slot] = self._batch(batch.tp)
             batch.builder.append(timestamp=None, key=key, value=value, headers=headers or [])
         index = batch.count
         batch.count = index + 1
         return Sent(batch, index)
 
+    def _batch(self, tp: TopicPartition) -> _Batch:
+        predicted = self._next.get(tp)
+        batch = _Batch(tp, self._producer.create_batch(), predicted)
+        if predicted is not None:
+            self._predicted.append(batch)
+        return batch
+
     async def _hand_over(self, batch: _Batch) -> None:
+        if batch.predicted is not None:  # the next batch of the partition starts after this one
+            self._next[batch.tp] = batch.predicted + batch.count
         batch.builder.close()  # closed: the producer sends it without waiting for its linger
         batch.sent = await self._producer.send_batch(
             batch.builder, batch.tp.topic, partition=batch.tp.partition
         )
         self._handed.append(batch)
+        self._written.append(batch)
 
     async def hand_over(self) -> None:
         """Hand every open batch to the producer (they go out at once; nothing waits for them)."""
@@ -385,6 +415,35 @@ class Tx:
         if self._handed:
             await asyncio.gather(*(b.sent for b in self._handed if b.sent is not None))
             self._handed.clear()
+
+    async def offsets(self) -> None:
+        """Make the offset of every record sent so far known (``Sent.result``): at once if the runtime
+        predicts all their partitions, else by a flush (a round trip to the broker)."""
+        if any(b.predicted is None for b in self._open.values()) or any(
+            b.predicted is None for b in self._handed
+        ):
+            await self.flush()
+
+    def verify(self) -> None:
+        """After the last flush: raise :class:`Mispredicted` if the broker gave any predicted batch
+        another base offset (someone else wrote the partition), so the transaction is not committed."""
+        for batch in self._predicted:
+            meta = batch.sent.result() if batch.sent is not None and batch.sent.done() else None
+            if meta is None or meta.offset != batch.predicted:
+                raise Mispredicted(
+                    f"{batch.tp.topic}[{batch.tp.partition}]: predicted offset {batch.predicted}, "
+                    f"the broker gave {None if meta is None else meta.offset}"
+                )
+
+    def next_offsets(self, topics: frozenset[str]) -> dict[TopicPartition, int]:
+        """After the commit: the next offset of each partition of ``topics`` this transaction wrote
+        (its last record + 1, + 1 for the commit marker the broker writes after it)."""
+        out: dict[TopicPartition, int] = {}
+        for batch in self._written:
+            if batch.tp.topic in topics and batch.sent is not None and batch.sent.done():
+                end = batch.sent.result().offset + batch.count + 1
+                out[batch.tp] = max(end, out.get(batch.tp, 0))
+        return out
 
     async def settle(self) -> None:
         """Wait for every batch handed over, whatever became of it (before an abort); drop the rest."""
@@ -489,6 +548,10 @@ class _Owned(Generic[S]):
     state: dict[bytes, S] = field(default_factory=dict)
     sizes: dict[bytes, int] = field(default_factory=dict)  # changelog bytes (key + value) per key
     state_bytes: int = 0
+    #: the next offset of the output partitions only this producer writes (``Stage.predict_offsets``),
+    #: learnt from its committed transactions; forgotten on any failure
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    predicting: bool = True  # off once another writer was found in a predicted partition
 
     def apply(self, key: bytes, value: S | None, size: int) -> None:
         self.state_bytes -= self.sizes.pop(key, 0)
@@ -552,6 +615,8 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         self.fence_grace_s = fence_grace_s  # a fenced partition still ours after this is re-taken
         self.retake_delay_s = retake_delay_s  # pause before re-taking a partition after a failure
         self._careful: dict[int, _Careful] = {}
+        #: output topics whose partition only this partition's producer writes (the stage says which)
+        self.predictable: frozenset[str] = frozenset(getattr(stage, "predict_offsets", ()))
         self.tick_s = tick_s  # how often a Ticking stage is asked whether a partition is due
         self._ticked = 0.0
 
@@ -645,7 +710,13 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         producer = owned.producer
         careful = self._careful.get(tp.partition)
         poison = careful.poison.get(records[0].offset) if careful and len(records) == 1 else None
-        tx = Tx(producer, stage=self.stage.name, dlq=self.dlq_topic, limits=self.limits)
+        tx = Tx(
+            producer,
+            stage=self.stage.name,
+            dlq=self.dlq_topic,
+            limits=self.limits,
+            predicted=owned.next_offsets,
+        )
         table: Table[S] = Table(owned.state)
         sizes: dict[bytes, int] = {}
         started = time.perf_counter()
@@ -673,6 +744,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
                     await offsets
                 raise
             await offsets
+            tx.verify()  # a wrong predicted offset: abort, nothing of it is seen
             try:
                 await producer.commit_transaction()
             except asyncio.CancelledError:
@@ -682,8 +754,11 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            owned.next_offsets.clear()  # an abort marker, or an unknown outcome: learn them again
             await self._failed(tp, owned, tx, records, exc, poisoned=poison is not None)
             return False
+        if owned.predicting:
+            owned.next_offsets.update(tx.next_offsets(self.predictable))
         for key, value in table.changes.items():
             owned.apply(key, value, sizes[key])
         self.batches += 1
@@ -742,6 +817,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            owned.next_offsets.clear()
             name, p = stage.name, tp.partition
             if fenced(exc):
                 STAGE_ERRORS.labels(name, "fenced").inc()
@@ -753,6 +829,8 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             await self._abort(tp, owned, tx)
             self.reopen(tp, delay=self.retake_delay_s)
             return
+        if owned.predicting:
+            owned.next_offsets.update(tx.next_offsets(self.predictable))
         for key, value in table.changes.items():
             owned.apply(key, value, sizes[key])
         self._state_metrics()
@@ -776,6 +854,19 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             STAGE_ERRORS.labels(name, "fenced").inc()
             log.warning("%s: partition %d fenced (%s): %r; dropping it", name, p, span, exc)
             self.drop(tp, grace=self.fence_grace_s)
+            return
+        if isinstance(exc, Mispredicted):
+            # Someone else wrote a partition we predicted: nothing was committed. Abort, and take the
+            # same records again; the next transaction learns the offsets from the broker.
+            STAGE_ERRORS.labels(name, "mispredicted").inc()
+            owned.predicting = False  # not a partition this producer alone writes: until re-taken
+            log.warning(
+                "%s: partition %d %s: %s; processing them again, without predicting", name, p, span, exc
+            )
+            if await self._abort(tp, owned, tx):
+                self.seek(tp, records[0].offset)
+            else:
+                self.reopen(tp, delay=self.retake_delay_s)
             return
         refused = None if poisoned else refusal(exc)
         if refused is not None:

@@ -649,3 +649,90 @@ async def test_the_lag_of_a_partition_whose_batch_is_stuck_counts_from_its_commi
     stage.gates[0].set()
     await turn(runner)
     assert lag() == 0
+
+
+# -- predicted offsets: a partition only this producer writes needs no round trip to learn them ---------
+
+NOTE = "note"
+
+
+class Noting:
+    """Echoes each input to ``out`` (a topic it alone writes), then notes on ``note`` the offset it was
+    told each echo has: the way the count stage puts its triplets' offsets into triggers."""
+
+    name = "counting"
+    predict_offsets = frozenset({OUT})
+
+    def __init__(self) -> None:
+        self.predicted: list[bool] = []  # per batch: were its echoes' offsets known without a flush
+
+    def decode_state(self, value: bytes) -> int:
+        return int(value)
+
+    def encode_state(self, state: int) -> bytes:
+        return str(state).encode()
+
+    async def process(self, records: Sequence[Record], table: Table[int], tx: Tx) -> None:
+        echoes = [(rec.value or b"", await tx.send(OUT, rec.value, key=rec.key)) for rec in records]
+        await tx.offsets()
+        self.predicted.append(all(sent._batch.sent is None for _, sent in echoes))
+        for value, sent in echoes:
+            await tx.send(NOTE, value + b"@" + str(sent.result().offset).encode())
+
+
+def noting() -> tuple[Cluster, StageRunner[int], FakeConsumer, Noting]:
+    cluster = Cluster()
+    stage = Noting()
+    runner: StageRunner[int] = StageRunner(
+        stage,
+        group_id=GROUP,
+        input_topic=IN,
+        changelog_topic=LOG,
+        dlq_topic=DLQ,
+        clients=FakeClients(cluster),
+        backoff=Backoff(base=0.0, cap=0.0, attempts=3),
+        retake_delay_s=0.0,
+    )
+    return cluster, runner, cast(FakeConsumer, runner.attach()), stage
+
+
+def notes_hold(cluster: Cluster) -> list[bytes]:
+    """Every committed note names the offset its echo really has; returns the echoes in order."""
+    log = cluster.logs[TopicPartition(OUT, 0)]
+    for note in cluster.values(NOTE):
+        value, _, offset = (note or b"").rpartition(b"@")
+        record = log[int(offset)]
+        assert record is not None and record.value == value, (note, record)
+    return [v or b"" for v in cluster.values(OUT)]
+
+
+async def test_offsets_of_a_partition_only_this_producer_writes_are_predicted_after_its_first_commit() -> None:
+    cluster, runner, consumer, stage = noting()
+    await owning(runner, consumer)
+    for batch in ([b"a", b"b"], [b"c"], [b"d", b"e", b"f"]):
+        cluster.produce(IN, batch)
+        await turn(runner, 2)
+    # the first batch learns the partition's offsets from the broker; the next ones know them at once
+    # (each commit marker counted), and every note names the echo's true offset
+    assert stage.predicted == [False, True, True]
+    assert notes_hold(cluster) == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    assert errors("mispredicted") == 0
+
+
+async def test_a_wrong_prediction_aborts_the_batch_and_takes_it_again_with_true_offsets() -> None:
+    cluster, runner, consumer, stage = noting()
+    await owning(runner, consumer)
+    cluster.produce(IN, [b"a"])
+    await turn(runner, 2)
+    before = errors("mispredicted")
+    cluster.produce(OUT, [b"someone else"])  # another writer moves the partition's end
+    cluster.produce(IN, [b"b", b"c"])
+    await turn(runner, 4)
+    assert errors("mispredicted") == before + 1
+    # nothing of the mispredicted transaction was committed; the batch came again, offsets learnt
+    assert notes_hold(cluster) == [b"a", b"someone else", b"b", b"c"]
+    assert cluster.values(NOTE) == [b"a@0", b"b@4", b"c@5"]  # its marker and ours in between
+    # a partition found written by someone else is not predicted again until it is re-taken
+    cluster.produce(IN, [b"d"])
+    await turn(runner, 2)
+    assert stage.predicted[-1] is False and notes_hold(cluster)[-1] == b"d"
