@@ -76,10 +76,10 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 __all__ = [
+    "Mispredicted",
     "OutputRefused",
     "Record",
     "Sent",
-    "Mispredicted",
     "Stage",
     "StageRunner",
     "Table",

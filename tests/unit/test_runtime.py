@@ -706,7 +706,7 @@ def notes_hold(cluster: Cluster) -> list[bytes]:
     return [v or b"" for v in cluster.values(OUT)]
 
 
-async def test_offsets_of_a_partition_only_this_producer_writes_are_predicted_after_its_first_commit() -> None:
+async def test_offsets_of_a_partition_only_this_producer_writes_are_known_after_its_first_commit() -> None:
     cluster, runner, consumer, stage = noting()
     await owning(runner, consumer)
     for batch in ([b"a", b"b"], [b"c"], [b"d", b"e", b"f"]):
