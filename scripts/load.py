@@ -12,15 +12,19 @@ Starts, on the broker of ``pipeline.kafka.broker.find_broker`` with its own ``TO
   body, parses it as JSON and answers 200 JSON, on the same stack (aiohttp, ``AppRunner``,
   ``TCPSite``, no access log) in its own process.
 
-Each case (seed 000 with 1 and with 100 items; seeds 001, 002, 003 and 004 with 1 item; a seed
-002 array of 100 items) is driven against the ingest and then the baseline with an aiohttp client
-at a fixed concurrency, bounded in time (``--duration``) and count (``--max-requests``), after a
-short warm-up. Between ingest runs the worker is given time to drain what the last case wrote
-(bounded). Reported per case: requests/s, items/s, latency p50/p99, status counts, and requests/s
-relative to the baseline. One clock for every run: the load generator's ``time.perf_counter``,
-from the first measured request sent to the last answer read (latency: request sent to answer
-read, same clock). ``--cases`` runs a subset; ``--profile`` records a py-spy profile of the ingest
-during each ingest run (``<logs>/profile-<case>.txt``, py-spy's raw format).
+Each case (seed 000 with 1 and with 100 items; seeds 001, 002, 003 and 004 with 1 item; a seed 002
+array of 100 items) is driven against the ingest and then the baseline with an aiohttp client at a
+fixed concurrency, bounded in time (``--duration``) and count (``--max-requests``), after a short
+warm-up. Between ingest runs the worker is given time to drain what the last case wrote (bounded).
+By default (``--worker paused``) the worker is stopped (SIGSTOP) during the ingest runs of the cases
+whose answer does not wait for the stream (all but seed 000), so the ingest is measured alone, as
+the baseline is, instead of sharing the two cores with the stream processing what it writes;
+``--worker running`` measures them with the worker at work. Reported per case: requests/s, items/s,
+latency p50/p99, status counts, and requests/s relative to the baseline. One clock for every run:
+the load generator's ``time.perf_counter``, from the first measured request sent to the last answer
+read (latency: request sent to answer read, same clock). ``--cases`` runs a subset; ``--profile``
+records a py-spy profile of the ingest during each ingest run (``<logs>/profile-<case>.txt``,
+py-spy's raw format).
 
 The load generator shares the machine's cores with the ingest, the worker and the broker, so the
 absolute numbers are lower bounds; the ratio against the baseline (driven identically in the same
@@ -33,15 +37,17 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,6 +339,20 @@ async def wait_drained(bootstrap: str, settings: Settings, timeout_s: float) -> 
 # --- the run ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def pausing(service: Service | None) -> Iterator[None]:
+    """``service``'s processes stopped (SIGSTOP) inside the block, continued after (None: nothing)."""
+    proc = service.proc if service is not None else None
+    if proc is None or proc.poll() is not None:
+        yield
+        return
+    os.killpg(proc.pid, signal.SIGSTOP)  # its own session (pipeline.procs): the group is its processes
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+
+
 async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, tag: str) -> dict[str, Any]:
     prefix = f"{tag}."
     log_dir = REPO_ROOT / ".local" / "bench-logs" / tag
@@ -365,16 +385,21 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
                 spy = None
                 if args.profile and target == "ingest" and ingest.proc is not None:
                     spy = profile(ingest.proc.pid, args.duration, log_dir / f"profile-{case.name}.txt")
-                row[target] = await drive(
-                    f"http://127.0.0.1:{port}{case.path}",
-                    case,
-                    key=tenant_key(0),
-                    concurrency=args.concurrency,
-                    duration_s=args.duration,
-                    max_requests=args.max_requests,
-                    warmup=args.warmup,
-                    on_measure=spy,
-                )
+                # the ingest alone, as the baseline runs: the worker's catching up (the stream of
+                # what the ingest writes) would take its cores from the process measured
+                paused = args.worker == "paused" and target == "ingest" and not case.through_stream
+                row[f"worker_paused_{target}"] = paused
+                with pausing(worker if paused else None):
+                    row[target] = await drive(
+                        f"http://127.0.0.1:{port}{case.path}",
+                        case,
+                        key=tenant_key(0),
+                        concurrency=args.concurrency,
+                        duration_s=args.duration,
+                        max_requests=args.max_requests,
+                        warmup=args.warmup,
+                        on_measure=spy,
+                    )
             row["ratio_rps"] = row["ingest"]["requests_per_s"] / row["baseline"]["requests_per_s"]
             results.append(row)
             i, b = row["ingest"], row["baseline"]
@@ -394,6 +419,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
             "max_requests": args.max_requests,
             "warmup_requests": args.warmup,
             "result_wait_s": settings.result_wait_s,
+            "worker": args.worker,
             "note": "the load generator runs on the same cores as the ingest, the worker and the broker",
         },
         "cases": results,
@@ -434,6 +460,12 @@ def table(r: dict[str, Any]) -> str:
         f"{cfg['max_requests']} requests), nproc {r['nproc']}; the load generator shares the cores",
         "seed 000 answers wait for the worker's count result (202 after result_wait_s); "
         "vs baseline = ingest req/s / baseline req/s",
+        (
+            "worker paused (SIGSTOP) during the other cases' ingest runs: the ingest measured alone, as "
+            "the baseline is; the worker catches up before the next run"
+            if cfg.get("worker") == "paused"
+            else "worker running during every run: it processes what the ingest writes on the same cores"
+        ),
         "one clock for every run: the load generator's time.perf_counter, first measured request sent "
         "to last answer read (latency: request sent to answer read)",
     ]
@@ -452,6 +484,13 @@ def main(argv: list[str] | None = None) -> int:
         "--cases", type=lambda v: v.split(","), default=list(CASE_NAMES), help="comma-separated subset"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the ingest during each ingest run")
+    parser.add_argument(
+        "--worker",
+        choices=("paused", "running"),
+        default="paused",
+        help="during the ingest runs of cases whose answer does not wait for the stream (all but seed "
+        "000): the worker paused (the ingest alone, like the baseline) or running",
+    )
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_baseline:
