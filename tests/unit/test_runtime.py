@@ -90,7 +90,21 @@ def setup(
     cluster = Cluster()
     clients = FakeClients(cluster)
     stage = Counting()
-    runner: StageRunner[int] = StageRunner(
+    runner = runner_of(stage, clients, limits=limits, backoff=backoff, grace=grace)
+    consumer = cast(FakeConsumer, runner.attach())
+    return cluster, clients, runner, consumer, stage
+
+
+def runner_of(
+    stage: Any,
+    clients: FakeClients,
+    *,
+    limits: dict[str, int] | None = None,
+    backoff: Backoff | None = None,
+    grace: float = 10.0,
+) -> StageRunner[int]:
+    """The runner every test here drives: no retry delays, ``in`` -> ``out``, ``changelog``, ``dlq``."""
+    return StageRunner(
         stage,
         group_id=GROUP,
         input_topic=IN,
@@ -102,8 +116,6 @@ def setup(
         fence_grace_s=grace,
         retake_delay_s=0.0,
     )
-    consumer = cast(FakeConsumer, runner.attach())
-    return cluster, clients, runner, consumer, stage
 
 
 async def turn(runner: StageRunner[Any], n: int = 6) -> None:
@@ -683,16 +695,7 @@ class Noting:
 def noting() -> tuple[Cluster, StageRunner[int], FakeConsumer, Noting]:
     cluster = Cluster()
     stage = Noting()
-    runner: StageRunner[int] = StageRunner(
-        stage,
-        group_id=GROUP,
-        input_topic=IN,
-        changelog_topic=LOG,
-        dlq_topic=DLQ,
-        clients=FakeClients(cluster),
-        backoff=Backoff(base=0.0, cap=0.0, attempts=3),
-        retake_delay_s=0.0,
-    )
+    runner = runner_of(stage, FakeClients(cluster))
     return cluster, runner, cast(FakeConsumer, runner.attach()), stage
 
 
