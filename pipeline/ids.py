@@ -50,6 +50,7 @@ def uuid5_str(namespace: uuid.UUID, name: str) -> str:
 
 
 _UUID_HEX = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _UUID_SPELLINGS = re.compile(
     rf"(?:[uU][rR][nN]:[uU][uU][iI][dD]:)?(?:{_UUID_HEX}|\{{{_UUID_HEX}\}}|[0-9a-fA-F]{{32}})"
 )
@@ -64,6 +65,8 @@ def canonical_uuid(value: object) -> str | None:
     """
     if not isinstance(value, str) or len(value) > MAX_UUID_INPUT_CHARS:
         return None
+    if _CANONICAL.fullmatch(value):  # already canonical (the common case): no UUID object to build
+        return value
     if not _UUID_SPELLINGS.fullmatch(value):
         return None
     return str(uuid.UUID(value.lower()))  # uuid.UUID strips only a lower-case 'urn:uuid:'
