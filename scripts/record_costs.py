@@ -58,7 +58,7 @@ class CollectingTx:
 
     def __init__(self) -> None:
         self.sent: dict[str, list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
-        self.offsets: dict[tuple[str, int], int] = defaultdict(int)
+        self.next_offset: dict[tuple[str, int], int] = defaultdict(int)
         self.dead = 0
         self.loop = asyncio.get_running_loop()
 
@@ -67,13 +67,16 @@ class CollectingTx:
     ) -> asyncio.Future[Meta]:
         self.sent[topic].append((key, value))
         partition = key_partition(key, PARTITIONS) or 0 if key is not None else 0
-        offset = self.offsets[topic, partition]
-        self.offsets[topic, partition] = offset + 1
+        offset = self.next_offset[topic, partition]
+        self.next_offset[topic, partition] = offset + 1
         fut: asyncio.Future[Meta] = self.loop.create_future()
         fut.set_result(Meta(partition, offset))
         return fut
 
     async def flush(self) -> None:
+        return None
+
+    async def offsets(self) -> None:
         return None
 
     async def decode(self, rec: Record, decode: Callable[[bytes], T]) -> T | None:
