@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.kafka.broker import Broker
 from pipeline.kafka.io import AckedWriter, OutRecord
+from pipeline.kafka.partitioner import default_partition
 from tests.kafka_helpers import read_until
 
 
@@ -69,3 +70,26 @@ async def test_several_records_are_one_transaction(broker: Broker) -> None:
         assert ends[tp] == last + 2
     got = await read_until(broker.bootstrap, topic, lambda r: True, count=8, settle_s=0.5)
     assert sorted((r.key, r.value) for r in got) == sorted((r.key, r.value) for r in records)
+
+
+async def test_a_large_group_fills_several_record_batches_and_says_where_each_record_landed(
+    broker: Broker,
+) -> None:
+    """The group commit appends to record batches per partition and hands a full one over at once:
+    every record is where its ``Written`` says, in Kafka's partition of its key, in request order."""
+    topic = await _topic(broker.bootstrap, 4)
+    writer = AckedWriter(broker.bootstrap, transactional_id=f"w-{uuid.uuid4().hex[:8]}", timeout_s=10)
+    await writer.start()
+    try:
+        # 400 records of ~1 KB: about 100 KB a partition, several of the producer's 16 KB batches
+        records = [
+            OutRecord(topic, f"seeker-{i % 37}".encode(), b'{"i":%d,"pad":"%s"}' % (i, b"x" * 1000), [])
+            for i in range(400)
+        ]
+        written = await writer.write(records)
+    finally:
+        await writer.stop()
+    assert [w.partition for w in written] == [default_partition(r.key or b"", 4) for r in records]
+    got = await read_until(broker.bootstrap, topic, lambda r: True, count=400, settle_s=0.5)
+    at = {(r.partition, r.offset): r.value for r in got}
+    assert [at[w.partition, w.offset] for w in written] == [r.value for r in records]
