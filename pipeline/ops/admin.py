@@ -24,7 +24,7 @@ from pipeline.kafka import topics
 from pipeline.kafka.io import bootstrap_list, partitions_of
 from pipeline.ops.cli import app
 from pipeline.ops.context import connect
-from pipeline.ops.reading import consumer, read_topic
+from pipeline.ops.reading import consumer, follow_from_end, read_topic
 from pipeline.settings import Settings
 from pipeline.tenants import TenantsConfigError, hash_api_key, load_tenants
 from pipeline.wire.records import StageResult, TrainTrigger, from_json, to_builtins
@@ -161,13 +161,7 @@ async def train(settings: Settings, bootstrap: str, domain: str, wait_s: float) 
     c = consumer(bootstrap)
     await c.start()
     try:
-        tps = [
-            TopicPartition(names.results, p)
-            for p in (await partitions_of(bootstrap, [names.results]))[names.results]
-        ]
-        c.assign(tps)
-        for tp, end in (await c.end_offsets(tps)).items():
-            c.seek(tp, end)
+        await follow_from_end(c, bootstrap, names.results)
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_list(bootstrap), acks="all", enable_idempotence=True
         )
@@ -246,13 +240,7 @@ def triggers_tail(
         c = consumer(bootstrap)
         await c.start()
         try:
-            tps = [
-                TopicPartition(names.triggers, p)
-                for p in (await partitions_of(bootstrap, [names.triggers]))[names.triggers]
-            ]
-            c.assign(tps)
-            for tp, end in (await c.end_offsets(tps)).items():
-                c.seek(tp, end)
+            await follow_from_end(c, bootstrap, names.triggers)
             while True:
                 for records in (await c.getmany(timeout_ms=1000)).values():
                     for rec in records:
