@@ -14,12 +14,13 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import RecordMetadata
 
+from pipeline.kafka.batches import RecordBatches, Sent
 from pipeline.kafka.partitioner import partitioner
 
 log = logging.getLogger(__name__)
@@ -66,73 +67,21 @@ def bootstrap_list(bootstrap: str) -> list[str]:
     return [s.strip() for s in bootstrap.split(",") if s.strip()]
 
 
-class _Filling:
-    """A record batch being filled for one partition, and its base offset once the broker has it."""
-
-    __slots__ = ("builder", "count", "partition", "sent", "topic")
-
-    def __init__(self, topic: str, partition: int, builder: Any) -> None:
-        self.topic, self.partition, self.builder = topic, partition, builder
-        self.count = 0
-        self.sent: asyncio.Future[RecordMetadata] | None = None
-
-
-class RecordBatches:
-    """Records appended to one record batch per partition (aiokafka's C ``BatchBuilder``) and handed to
-    the producer whole: per record about a microsecond, where ``producer.send`` (a coroutine, a
-    future, a partitioner call and an accumulator lookup per record) cost ten times more and was
-    the largest part of writing a 100-item request. Partitions as ``producer.send`` picks them
-    (Kafka's murmur2 of the key); order within a partition is the order of :meth:`add`."""
+class _Partitioning:
+    """Each record's partition as ``producer.send`` would pick it (Kafka's murmur2 of the key), the
+    topics' partitions read once per transaction."""
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
-        self._open: dict[tuple[str, int], _Filling] = {}
-        self._handed: list[_Filling] = []
         self._partitions: dict[str, list[int]] = {}
 
-    async def _partitions_of(self, topic: str) -> list[int]:
-        known = self._partitions.get(topic)
+    async def of(self, record: OutRecord) -> int:
+        known = self._partitions.get(record.topic)
         if known is None:
-            await self._producer.client._wait_on_metadata(topic)
-            known = self._partitions[topic] = sorted(self._producer._metadata.partitions_for_topic(topic))
-        return known
-
-    async def add(self, record: OutRecord) -> tuple[_Filling, int]:
-        """Append ``record``; returns where it is (for :meth:`written` after :meth:`flush`)."""
-        partitions = await self._partitions_of(record.topic)
-        partition = partitioner(record.key, partitions, partitions)
-        slot = (record.topic, partition)
-        batch = self._open.get(slot)
-        if batch is None:
-            batch = self._open[slot] = _Filling(record.topic, partition, self._producer.create_batch())
-        if (
-            batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers)
-            is None
-        ):
-            await self._hand_over(batch)  # full: send it, start the next one (the first always fits)
-            batch = self._open[slot] = _Filling(record.topic, partition, self._producer.create_batch())
-            batch.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers)
-        batch.count += 1
-        return batch, batch.count - 1
-
-    async def _hand_over(self, batch: _Filling) -> None:
-        batch.builder.close()
-        batch.sent = await self._producer.send_batch(batch.builder, batch.topic, partition=batch.partition)
-        self._handed.append(batch)
-
-    async def flush(self) -> None:
-        """Hand every open batch over and wait until the broker has them all."""
-        for batch in self._open.values():
-            await self._hand_over(batch)
-        self._open.clear()
-        await asyncio.gather(*(b.sent for b in self._handed if b.sent is not None))
-
-    @staticmethod
-    def written(at: tuple[_Filling, int]) -> Written:
-        """Where a record added with :meth:`add` landed (after :meth:`flush`)."""
-        batch, index = at
-        assert batch.sent is not None
-        return Written(batch.topic, batch.partition, batch.sent.result().offset + index)
+            await self._producer.client._wait_on_metadata(record.topic)
+            known = sorted(self._producer._metadata.partitions_for_topic(record.topic))
+            self._partitions[record.topic] = known
+        return partitioner(record.key, known, known)
 
 
 class TransactionalWriter:
@@ -275,15 +224,21 @@ class TransactionalWriter:
         assert producer is not None
         await producer.begin_transaction()
         try:
-            batches = RecordBatches(producer)
-            placed = [[await batches.add(r) for r in records] for records, _ in group]
+            batches, partition = RecordBatches(producer), _Partitioning(producer)
+            placed = [
+                [
+                    await batches.append(r.topic, await partition.of(r), r.key, r.value, r.headers)
+                    for r in records
+                ]
+                for records, _ in group
+            ]
             await batches.flush()
             await producer.commit_transaction()
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.abort_transaction(), timeout=self._timeout_s)
             raise
-        return [[batches.written(at) for at in request] for request in placed]
+        return [[Written(m.topic, m.partition, m.offset) for m in map(Sent.result, sent)] for sent in placed]
 
     def _fenced(
         self,

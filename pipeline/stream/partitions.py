@@ -37,10 +37,11 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
-from aiokafka.structs import ConsumerRecord, RecordMetadata
+from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 
 from pipeline import metrics
+from pipeline.kafka.batches import BatchProducer
 from pipeline.kafka.io import MAX_REQUEST_BYTES, bootstrap_list
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ class Consumer(Protocol):
     ) -> dict[TopicPartition, list[Record]]: ...
 
 
-class Producer(Protocol):
-    """The part of a transactional ``AIOKafkaProducer`` the stage runtime uses."""
+class Producer(BatchProducer, Protocol):
+    """The part of a transactional ``AIOKafkaProducer`` the stage runtime uses (with the record
+    batches' ``create_batch`` and ``send_batch``)."""
 
     _metadata: Any  # partitions_for_topic: the default partitioner needs the partition count
     client: Any  # _wait_on_metadata: a topic's partitions before its first record
@@ -92,14 +94,6 @@ class Producer(Protocol):
     async def send_offsets_to_transaction(
         self, offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None: ...
-    def create_batch(self) -> Any:
-        """An empty record batch (``BatchBuilder``: ``append(timestamp=, key=, value=, headers=)``
-        returns None once full, ``close()``)."""
-        ...
-
-    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[RecordMetadata]:
-        """Queue a whole batch in the open transaction; the future gives its base offset."""
-        ...
 
 
 class Clients(Protocol):

@@ -51,10 +51,10 @@ from aiokafka.errors import (
     TransactionCoordinatorFenced,
     UnknownProducerId,
 )
-from aiokafka.structs import RecordMetadata
 from prometheus_client import Counter
 
 from pipeline import metrics, tracing
+from pipeline.kafka.batches import Mispredicted, RecordBatches, Sent
 from pipeline.kafka.io import MAX_REQUEST_BYTES
 from pipeline.kafka.partitioner import default_partition
 from pipeline.stream.partitions import Backoff, Clients, KafkaClients, PartitionRunner, Producer, Record
@@ -262,60 +262,13 @@ class Table(MutableMapping[bytes, S]):
         return sum(1 for _ in self)
 
 
-class Sent:
-    """Where one record of a transaction landed: known once the transaction's records are flushed, or
-    at once where the runtime predicts the partition's offsets (:meth:`Tx.offsets`)."""
-
-    __slots__ = ("_batch", "_index")
-
-    def __init__(self, batch: _Batch, index: int) -> None:
-        self._batch = batch
-        self._index = index
-
-    def result(self) -> RecordMetadata:
-        """The record's topic, partition and offset (after :meth:`Tx.offsets`; raises before)."""
-        batch = self._batch
-        base = batch.sent
-        if base is None or not base.done():
-            if batch.predicted is None:
-                raise RuntimeError("the record is not flushed yet")
-            tp = batch.tp  # predicted: checked against the broker's offsets before the commit
-            return RecordMetadata(tp.topic, tp.partition, tp, batch.predicted + self._index, -1, -1, -1)
-        meta = base.result()
-        return RecordMetadata(
-            meta.topic, meta.partition, meta.topic_partition, meta.offset + self._index, -1, -1, -1
-        )
-
-
-class Mispredicted(Exception):
-    """A predicted offset was not the one the broker gave: the transaction must not commit."""
-
-
-class _Batch:
-    """One record batch being filled for a topic partition (aiokafka's ``BatchBuilder``)."""
-
-    __slots__ = ("builder", "count", "predicted", "sent", "tp")
-
-    def __init__(self, tp: TopicPartition, builder: Any, predicted: int | None = None) -> None:
-        self.tp = tp
-        self.builder = builder
-        self.count = 0
-        self.sent: asyncio.Future[RecordMetadata] | None = None
-        self.predicted = predicted  # the base offset the runtime expects, if it predicts this partition
-
-
-class Tx:
+class Tx(RecordBatches):
     """What a stage may do inside the transaction of one batch: send, and dead-letter inputs.
 
-    Records are appended to one record batch per topic partition (aiokafka's ``BatchBuilder``, the
-    C record builder) and handed to the producer as whole batches on :meth:`flush`: per record that
-    costs about a microsecond, where ``producer.send`` (a coroutine, a future and an accumulator
-    lookup per record) cost ten times more and was a tenth of the worker's CPU. Order within a
-    partition is the order of ``send``; a batch that fills up is handed over at once.
-
-    ``predicted``: the next offset of partitions this producer alone writes (the runtime learns them
-    from its own committed transactions). Their records' offsets are known at once, without a round
-    trip to the broker; :meth:`verify` holds them to the broker's before the commit.
+    Its records go into record batches (:class:`pipeline.kafka.batches.RecordBatches`: flush,
+    offsets, predicted offsets and their check); ``send`` adds the topic's size limit and the key's
+    partition. ``predicted``: the next offset of partitions this producer alone writes (the runtime
+    learns them from its own committed transactions).
     """
 
     def __init__(
@@ -327,13 +280,9 @@ class Tx:
         limits: Mapping[str, int] | None = None,
         predicted: Mapping[TopicPartition, int] | None = None,
     ) -> None:
-        self._producer = producer
-        self._open: dict[tuple[str, int], _Batch] = {}
-        self._handed: list[_Batch] = []
+        super().__init__(producer, predicted)
+        self._producer: Producer = producer
         self._partitions: dict[str, int] = {}
-        self._next = dict(predicted or {})
-        self._predicted: list[_Batch] = []  # every batch of this transaction sent with a prediction
-        self._written: list[_Batch] = []  # every batch handed to the producer in this transaction
         self.stage = stage
         self.dlq = dlq
         self.limits = limits or {}
@@ -374,85 +323,7 @@ class Tx:
                 await self._producer.client._wait_on_metadata(topic)
                 n = self._partition_count(topic)
             partition = 0 if key is None or n == 0 else key_partition(key, n) or 0
-        slot = (topic, partition)
-        batch = self._open.get(slot)
-        if batch is None:
-            batch = self._open[slot] = self._batch(TopicPartition(topic, partition))
-        if batch.builder.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
-            await self._hand_over(batch)  # full: send it, start the next one (the first always fits)
-            batch = self._open[slot] = self._batch(batch.tp)
-            batch.builder.append(timestamp=None, key=key, value=value, headers=headers or [])
-        index = batch.count
-        batch.count = index + 1
-        return Sent(batch, index)
-
-    def _batch(self, tp: TopicPartition) -> _Batch:
-        predicted = self._next.get(tp)
-        batch = _Batch(tp, self._producer.create_batch(), predicted)
-        if predicted is not None:
-            self._predicted.append(batch)
-        return batch
-
-    async def _hand_over(self, batch: _Batch) -> None:
-        if batch.predicted is not None:  # the next batch of the partition starts after this one
-            self._next[batch.tp] = batch.predicted + batch.count
-        batch.builder.close()  # closed: the producer sends it without waiting for its linger
-        batch.sent = await self._producer.send_batch(
-            batch.builder, batch.tp.topic, partition=batch.tp.partition
-        )
-        self._handed.append(batch)
-        self._written.append(batch)
-
-    async def hand_over(self) -> None:
-        """Hand every open batch to the producer (they go out at once; nothing waits for them)."""
-        for batch in list(self._open.values()):
-            await self._hand_over(batch)
-        self._open.clear()
-
-    async def flush(self) -> None:
-        """Hand every open batch to the producer and wait until the broker has them all."""
-        await self.hand_over()
-        if self._handed:
-            await asyncio.gather(*(b.sent for b in self._handed if b.sent is not None))
-            self._handed.clear()
-
-    async def offsets(self) -> None:
-        """Make the offset of every record sent so far known (``Sent.result``): at once if the runtime
-        predicts all their partitions, else by a flush (a round trip to the broker)."""
-        if any(b.predicted is None for b in self._open.values()) or any(
-            b.predicted is None for b in self._handed
-        ):
-            await self.flush()
-
-    def verify(self) -> None:
-        """After the last flush: raise :class:`Mispredicted` if the broker gave any predicted batch
-        another base offset (someone else wrote the partition), so the transaction is not committed."""
-        for batch in self._predicted:
-            meta = batch.sent.result() if batch.sent is not None and batch.sent.done() else None
-            if meta is None or meta.offset != batch.predicted:
-                raise Mispredicted(
-                    f"{batch.tp.topic}[{batch.tp.partition}]: predicted offset {batch.predicted}, "
-                    f"the broker gave {None if meta is None else meta.offset}"
-                )
-
-    def next_offsets(self, topics: frozenset[str]) -> dict[TopicPartition, int]:
-        """After the commit: the next offset of each partition of ``topics`` this transaction wrote
-        (its last record + 1, + 1 for the commit marker the broker writes after it)."""
-        out: dict[TopicPartition, int] = {}
-        for batch in self._written:
-            if batch.tp.topic in topics and batch.sent is not None and batch.sent.done():
-                end = batch.sent.result().offset + batch.count + 1
-                out[batch.tp] = max(end, out.get(batch.tp, 0))
-        return out
-
-    async def settle(self) -> None:
-        """Wait for every batch handed over, whatever became of it (before an abort); drop the rest."""
-        self._open.clear()
-        if self._handed:
-            await asyncio.gather(
-                *(b.sent for b in self._handed if b.sent is not None), return_exceptions=True
-            )
-            self._handed.clear()
+        return await self.append(topic, partition, key, value, headers)
 
     async def decode(self, rec: Record, decode: Callable[[bytes], T]) -> T | None:
         """``rec``'s value decoded, or None once ``rec`` is dead-lettered (``schema_violation``)."""
