@@ -12,7 +12,7 @@ touch) served over loopback by aiohttp, driven by one sequential client, in thre
 
 Modes alternate round by round (the machine's noise spreads over all of them); reported: the median
 over rounds of the mean microseconds per request, and the difference to ``off``. Then the stages'
-per-record header step (:func:`pipeline.stream.expand.output_headers`) on a raw record with and
+per-record header step (:func:`pipeline.stream.runtime.output_headers`) on a raw record with and
 without a trace context, and the ingest's own step when not tracing (:func:`pipeline.tracing.from_http`),
 in nanoseconds: the end-to-end differences of a few microseconds are below the loop's noise.
 Writes ``bench-results/trace_overhead.json``.
@@ -43,7 +43,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from pipeline import tracing
 from pipeline.api.ingest import Ingest
 from pipeline.settings import REPO_ROOT, Settings
-from pipeline.stream.expand import output_headers
+from pipeline.stream.runtime import output_headers
 from pipeline.tenants import load_tenants
 from scripts.bench import ranking_domains, tenant_key, tenants_data
 from tests.inprocess import FakeView, FakeWriter  # the in-memory writer and view of the HTTP tests

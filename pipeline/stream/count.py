@@ -20,7 +20,7 @@ import msgspec
 from pipeline import metrics, tracing
 from pipeline.kafka.topics import TopicNames
 from pipeline.rules.counters import DomainCounter, count_units, due_trigger, force_trigger
-from pipeline.stream.runtime import Record, Sent, Table, Tx
+from pipeline.stream.runtime import Record, Sent, Table, Tx, output_headers
 from pipeline.tenants import TimeTrigger
 from pipeline.wire.cloudevents import trigger_headers
 from pipeline.wire.records import (
@@ -64,12 +64,6 @@ def parse(value: bytes) -> Incoming:
     if msg.chunk >= msg.chunks:
         raise ValueError(f"bad chunk {msg.chunk!r} of {msg.chunks!r}")
     return msg, [_HEAD.decode(u) for u in msg.units]
-
-
-def output_headers(rec: Record) -> tracing.TraceHeaders | None:
-    """The headers of the triplets of ``rec`` and of a trigger it crosses: its W3C trace context
-    (None without one, so the runtime sends no headers). One place, so other header kinds join here."""
-    return tracing.carried(rec.headers)
 
 
 class CountStage:

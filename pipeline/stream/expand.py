@@ -22,12 +22,12 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from pipeline import contracts, metrics, tracing
+from pipeline import contracts, metrics
 from pipeline.contracts import expand_event
 from pipeline.kafka.topics import UNITS_CHUNK_BYTES, TopicNames
 from pipeline.rules.expansion import ExpandState, decode_state
 from pipeline.rules.triplets import Limits, SeekerHistory, StreamClock, expired
-from pipeline.stream.runtime import Record, Table, Tx
+from pipeline.stream.runtime import Record, Table, Tx, output_headers
 from pipeline.wire.records import RawUnitsBatch, UnitsBatch, to_json
 
 #: The clock's key: table keys of histories always contain '/', so it cannot collide.
@@ -60,12 +60,6 @@ def chunk_batch(batch: UnitsBatch, budget: int = UNITS_CHUNK_BYTES) -> list[byte
         to_json(RawUnitsBatch(**{**fields, "units": group, "chunk": i, "chunks": len(groups)}))
         for i, group in enumerate(groups)
     ]
-
-
-def output_headers(rec: Record) -> tracing.TraceHeaders | None:
-    """The headers of every record derived from ``rec``: its W3C trace context (None without one,
-    so the runtime sends no headers). One place, so other header kinds join here."""
-    return tracing.carried(rec.headers)
 
 
 class ExpandStage:

@@ -85,6 +85,7 @@ __all__ = [
     "Table",
     "Tx",
     "key_partition",
+    "output_headers",
     "refusal",
 ]
 
@@ -380,6 +381,12 @@ class Tx(RecordBatches):
             value = to_json(dead_letter(**fields))
         await self.send(self.dlq, value, key=key, headers=headers)
         metrics.DLQ.labels(self.stage, reason).inc()
+
+
+def output_headers(rec: Record) -> tracing.TraceHeaders | None:
+    """The headers of every record a stage derives from ``rec``: its W3C trace context (None without
+    one, so the runtime sends no headers). One place for every stage, so other header kinds join here."""
+    return tracing.carried(rec.headers)
 
 
 class Stage(Protocol[S]):
