@@ -63,15 +63,24 @@ class CollectingTx:
         self.loop = asyncio.get_running_loop()
 
     async def send(
-        self, topic: str, value: bytes | None, key: bytes | None = None, **_: Any
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        **_: Any,
     ) -> asyncio.Future[Meta]:
         self.sent[topic].append((key, value))
-        partition = key_partition(key, PARTITIONS) or 0 if key is not None else 0
+        if partition is None:
+            partition = key_partition(key, PARTITIONS) or 0 if key is not None else 0
         offset = self.next_offset[topic, partition]
         self.next_offset[topic, partition] = offset + 1
         fut: asyncio.Future[Meta] = self.loop.create_future()
         fut.set_result(Meta(partition, offset))
         return fut
+
+    async def partitions(self, topic: str) -> int:
+        return PARTITIONS
 
     async def flush(self) -> None:
         return None

@@ -99,6 +99,13 @@ class ExpandStage:
         events: collections.Counter[tuple[str, str]] = collections.Counter()
         signals: collections.Counter[str] = collections.Counter()
         latency = metrics.PROCESSING_LATENCY.labels(self.name)
+        # Signals keep the raw key. With as many signals partitions as raw ones they go to the raw
+        # record's own partition: per-key order and co-location whatever partitioner wrote the raw
+        # topic (ours and the publisher's give the same), no hash per record, and one signals
+        # partition per transaction instead of up to all of them (fewer commit markers).
+        own = bool(records) and await tx.partitions(self.names.signals) == await tx.partitions(
+            records[0].topic
+        )
         for rec in records:
             event = await tx.decode(rec, contracts.decode)
             if event is None:
@@ -116,7 +123,13 @@ class ExpandStage:
                 continue
             headers = output_headers(rec)
             for signal in result.signals:
-                await tx.send(self.names.signals, signal, key=rec.key, headers=headers)
+                await tx.send(
+                    self.names.signals,
+                    signal,
+                    key=rec.key,
+                    partition=rec.partition if own else None,
+                    headers=headers,
+                )
             for batch in result.batches:
                 for message in chunk_batch(batch, self.chunk_bytes):
                     await tx.send(self.names.units, message, key=batch.domain.encode(), headers=headers)

@@ -319,12 +319,17 @@ class Tx(RecordBatches):
         if size > limit:
             raise OutputRefused(f"a {size}-byte record for {topic} is over its {limit}-byte limit")
         if partition is None:
-            n = self._partitions.get(topic) or self._partition_count(topic)
-            if n == 0:
-                await self._producer.client._wait_on_metadata(topic)
-                n = self._partition_count(topic)
+            n = self._partitions.get(topic) or await self.partitions(topic)
             partition = 0 if key is None or n == 0 else key_partition(key, n) or 0
         return await self.append(topic, partition, key, value, headers)
+
+    async def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (the producer asks the broker the first time)."""
+        n = self._partitions.get(topic) or self._partition_count(topic)
+        if n == 0:
+            await self._producer.client._wait_on_metadata(topic)
+            n = self._partition_count(topic)
+        return n
 
     async def decode(self, rec: Record, decode: Callable[[bytes], T]) -> T | None:
         """``rec``'s value decoded, or None once ``rec`` is dead-lettered (``schema_violation``)."""

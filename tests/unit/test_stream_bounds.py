@@ -81,6 +81,9 @@ class FakeTx(Tx):
         fut.set_result(RecordMetadata(topic, 0, None, offset, -1, -1, -1))
         return fut
 
+    async def partitions(self, topic: str) -> int:
+        return 1
+
     async def flush(self) -> None:
         return None
 

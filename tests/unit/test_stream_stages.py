@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 from pipeline import contracts
 from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
+from pipeline.kafka.partitioner import default_partition
 from pipeline.kafka.topics import TopicNames, topic_names
 from pipeline.rules.counters import DomainCounter
 from pipeline.settings import Settings
@@ -250,3 +251,32 @@ async def test_a_domain_waiting_its_max_wait_gets_one_time_trigger_without_new_i
     assert counter.pending == 0 and counter.pending_since is None and counter.total == 2
     assert headers["ce_type"] == b"io.feedstream.train.trigger"
     assert headers["ce_id"] == trigger["trigger_id"].encode()
+
+
+@pytest.mark.parametrize(("signals_partitions", "expected"), [(4, "raw"), (3, "key")])
+async def test_signals_go_to_the_raw_records_partition_when_the_topics_match(
+    signals_partitions: int, expected: str
+) -> None:
+    """A raw event's signals keep its key; with as many signals partitions as raw ones they go to the
+    raw record's own partition (per-key order and co-location kept, whatever partitioner wrote the raw
+    topic; one signals partition per expand transaction), else to the key's default partition."""
+    s = Stream()
+    s.cluster.partitions.update({NAMES.raw: 4, NAMES.signals: signals_partitions})
+    key = next(k for k in (f"seeker-{i}".encode() for i in range(100)) if default_partition(k, 4) != 2)
+    intake, _ = s.publishers["stream"].plan(
+        {"domain": "s_five", "items": [outcome("alice", "bob", "accepted")]}
+    )
+    s.cluster.produce(
+        NAMES.raw, [r.value for r in contracts.raw_records(NAMES.raw, intake.events)], partition=2, key=key
+    )
+    expand = s.runners[0]
+    consumer = cast(FakeConsumer, expand.attach())
+    await consumer.rebalance({TopicPartition(NAMES.raw, p) for p in range(4)})
+    for _ in range(4):
+        await expand.step()
+        await expand.drain()
+    await expand.stop()
+    where = 2 if expected == "raw" else default_partition(key, signals_partitions)
+    found = {p: s.cluster.records(NAMES.signals, p) for p in range(signals_partitions)}
+    assert [p for p, records in found.items() if records] == [where]
+    assert {r.key for r in found[where]} == {key}
