@@ -280,3 +280,24 @@ async def test_signals_go_to_the_raw_records_partition_when_the_topics_match(
     found = {p: s.cluster.records(NAMES.signals, p) for p in range(signals_partitions)}
     assert [p for p, records in found.items() if records] == [where]
     assert {r.key for r in found[where]} == {key}
+
+
+async def test_results_go_to_the_counting_partition_when_the_topics_match() -> None:
+    """Results keep the request id as key but go to the partition of the units they count (the
+    ingest reads every results partition): one results partition per count transaction."""
+    s = Stream()
+    s.cluster.partitions.update({NAMES.units: 4, NAMES.results: 4})
+    expand, count = s.runners
+    await cast(FakeConsumer, expand.attach()).rebalance({TopicPartition(NAMES.raw, 0)})
+    await cast(FakeConsumer, count.attach()).rebalance({TopicPartition(NAMES.units, p) for p in range(4)})
+    for domain in ("s_five", "s_llm"):
+        for seeker in ("a", "b", "c", "d"):
+            await s.publish({"domain": domain, "items": [outcome(seeker, "bob", "accepted")]})
+    for runner in (expand, count):
+        await runner.stop()
+    units = {p: s.cluster.records(NAMES.units, p) for p in range(4)}
+    results = {p: s.cluster.records(NAMES.results, p) for p in range(4)}
+    assert sum(len(r) for r in results.values()) == 8
+    for p in range(4):
+        wanted = {orjson.loads(r.value or b"")["request_id"] for r in units[p]}
+        assert {(r.key or b"").decode() for r in results[p]} == wanted
