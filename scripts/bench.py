@@ -812,12 +812,17 @@ class Bench:
     workload: Workload
     registry: TenantRegistry
     profiler: Profiler
+    round: int = 1  # --rounds: every round on topics and groups of its own
+
+    def key(self, run: str) -> str:
+        """``run``'s name in this round's topics, groups and logs."""
+        return run if self.round == 1 else f"{run}-r{self.round}"
 
     def settings(self, run: str) -> Settings:
         return Settings(
             kafka_bootstrap_servers=self.bootstrap,
-            topic_prefix=f"{self.tag}.{run}.",
-            worker_id=f"fs-{self.tag}-{run}",
+            topic_prefix=f"{self.tag}.{self.key(run)}.",
+            worker_id=f"fs-{self.tag}-{self.key(run)}",
             tenants_file=self.tenants_file,
             shared_pool_threshold=self.shared_threshold,
         )
@@ -890,11 +895,11 @@ async def loop_run(bench: Bench, run: Run) -> dict[str, Any]:
     await ensure_topics(bench.bootstrap, settings)
     await create_topic(bench.bootstrap, scratch, settings.topic_partitions)
     n = len(bench.records)
-    held = HeldInput(bench.bootstrap, names.raw, f"{bench.tag}-{run.key}-input")
+    held = HeldInput(bench.bootstrap, names.raw, f"{bench.tag}-{bench.key(run.key)}-input")
     observer = Observer(bench.bootstrap, [scratch])
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    group = f"{bench.tag}-{run.key}-loop"
+    group = f"{bench.tag}-{bench.key(run.key)}-loop"
     child = ctx.Process(
         target=baseline_child,
         args=(
@@ -918,7 +923,7 @@ async def loop_run(bench: Bench, run: Run) -> dict[str, Any]:
         await observer.start()
         write_s = await held.write(bench.records)
         seconds, busy, finished = await timed(
-            bench, run.key, procs, held, observer, lambda: observer.counts[scratch] >= n
+            bench, bench.key(run.key), procs, held, observer, lambda: observer.counts[scratch] >= n
         )
         loop = await receive(ours, 30)
         if not finished or loop.get("events") != n:
@@ -941,9 +946,9 @@ async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = No
     names = topic_names(settings)
     await ensure_topics(bench.bootstrap, settings)
     n = len(bench.records)
-    log_dir = REPO_ROOT / ".local" / "bench-logs" / bench.tag / run.key
+    log_dir = REPO_ROOT / ".local" / "bench-logs" / bench.tag / bench.key(run.key)
     env = bench.env(settings)
-    held = HeldInput(bench.bootstrap, names.raw, f"{bench.tag}-{run.key}-input")
+    held = HeldInput(bench.bootstrap, names.raw, f"{bench.tag}-{bench.key(run.key)}-input")
     observer = Observer(
         bench.bootstrap, [names.results, names.triggers], results=names.results, triggers=names.triggers
     )
@@ -966,7 +971,7 @@ async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = No
         write_s = await held.write(bench.records)
         seconds, busy, finished = await timed(
             bench,
-            run.key,
+            bench.key(run.key),
             procs,
             held,
             observer,
@@ -1247,6 +1252,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
 
     rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in args.runs}
     for i in range(args.rounds):  # interleaved: the loop and the pipeline share each round's machine
+        bench.round = i + 1
         if args.rounds > 1:
             print(f"[bench] round {i + 1} of {args.rounds}")
         for key in args.runs:
