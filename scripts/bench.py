@@ -1432,12 +1432,14 @@ def table(r: dict[str, Any]) -> str:
             f"(settled idle {fmt(m['idle_rss_mib'], '.0f')} MiB, peak {fmt(m['peak_rss_mib'], '.0f')} MiB), "
             f"{fmt(m['bytes_per_seeker'], '.0f')} bytes per seeker; took {m['seconds']:.0f} s",
         ]
-    for run in r["runs"].values():
+    for key, run in r["runs"].items():
         if len(run.get("rounds", [])) > 1:
+            if key == "tx" or "vs_tx_events_per_s" not in run:
+                each = ", ".join(fmt(x["events_per_s"], ".0f") for x in run["rounds"])
+                out.append(f"rounds of {run['label']} (events/s): {each}")
+                continue
             ratios = ", ".join(
                 f"{fmt(x.get('vs_tx_events_per_s'), '.2f')}/{fmt(x.get('vs_tx_cpu_per_event'), '.2f')}"
-                if "vs_tx_events_per_s" in x
-                else fmt(x["events_per_s"], ".0f")
                 for x in run["rounds"]
             )
             out.append(f"rounds of {run['label']} (events/s / CPU per event vs the round's loop): {ratios}")

@@ -40,4 +40,6 @@ def test_the_table_prints_every_round() -> None:
         "nproc": 2,
         "config": {"events": 1, "items": 1, "counting_units": 1, "topic_partitions": 4, "stage_batch": 500},
     }
-    assert "(events/s / CPU per event vs the round's loop): 0.40/4.00, 0.60/4.00" in table(report)
+    printed = table(report)
+    assert "(events/s / CPU per event vs the round's loop): 0.40/4.00, 0.60/4.00" in printed
+    assert "rounds of x (events/s): 10000, 10000" in printed
