@@ -79,8 +79,8 @@ class CollectingTx:
         fut.set_result(Meta(partition, offset))
         return fut
 
-    async def partitions(self, topic: str) -> int:
-        return PARTITIONS
+    async def co_partition(self, topic: str, rec: Record) -> int | None:
+        return int(rec.partition)  # every topic has PARTITIONS partitions here
 
     async def flush(self) -> None:
         return None

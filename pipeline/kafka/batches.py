@@ -29,6 +29,9 @@ __all__ = ["Batch", "BatchProducer", "Mispredicted", "RecordBatches", "Sent"]
 class BatchProducer(Protocol):
     """What the batches need of a producer (aiokafka's, or a fake)."""
 
+    _metadata: Any  # partitions_for_topic: a topic's partitions, as far as the producer knows them
+    client: Any  # _wait_on_metadata: ask the broker for a topic the producer does not know yet
+
     def create_batch(self) -> Any:
         """An empty record batch (``BatchBuilder``: ``append(timestamp=, key=, value=, headers=)``
         returns None once full, ``close()``)."""
@@ -93,6 +96,20 @@ class RecordBatches:
         self._next = dict(predicted or {})
         self._predicted: list[Batch] = []  # every batch sent with a prediction
         self._written: list[Batch] = []  # every batch handed to the producer
+        self._partitions: dict[str, int] = {}  # partition counts, read once per transaction
+
+    async def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (0 if the broker does not know it); the producer asks
+        the broker the first time it meets the topic."""
+        n = self._partitions.get(topic)
+        if n is None:
+            n = len(self._producer._metadata.partitions_for_topic(topic) or ())
+            if n == 0:
+                await self._producer.client._wait_on_metadata(topic)
+                n = len(self._producer._metadata.partitions_for_topic(topic) or ())
+            if n:
+                self._partitions[topic] = n
+        return n
 
     async def append(
         self,

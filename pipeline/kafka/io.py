@@ -67,23 +67,6 @@ def bootstrap_list(bootstrap: str) -> list[str]:
     return [s.strip() for s in bootstrap.split(",") if s.strip()]
 
 
-class _Partitioning:
-    """Each record's partition as ``producer.send`` would pick it (Kafka's murmur2 of the key), the
-    topics' partitions read once per transaction."""
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-        self._partitions: dict[str, list[int]] = {}
-
-    async def of(self, record: OutRecord) -> int:
-        known = self._partitions.get(record.topic)
-        if known is None:
-            await self._producer.client._wait_on_metadata(record.topic)
-            known = sorted(self._producer._metadata.partitions_for_topic(record.topic))
-            self._partitions[record.topic] = known
-        return partitioner(record.key, known, known)
-
-
 class TransactionalWriter:
     """Write batches of records atomically; concurrent callers share transactions (group commit).
 
@@ -224,14 +207,8 @@ class TransactionalWriter:
         assert producer is not None
         await producer.begin_transaction()
         try:
-            batches, partition = RecordBatches(producer), _Partitioning(producer)
-            placed = [
-                [
-                    await batches.append(r.topic, await partition.of(r), r.key, r.value, r.headers)
-                    for r in records
-                ]
-                for records, _ in group
-            ]
+            batches = RecordBatches(producer)
+            placed = [[await self._append(batches, r) for r in records] for records, _ in group]
             await batches.flush()
             await producer.commit_transaction()
         except BaseException:
@@ -239,6 +216,14 @@ class TransactionalWriter:
                 await asyncio.wait_for(producer.abort_transaction(), timeout=self._timeout_s)
             raise
         return [[Written(m.topic, m.partition, m.offset) for m in map(Sent.result, sent)] for sent in placed]
+
+    @staticmethod
+    async def _append(batches: RecordBatches, record: OutRecord) -> Sent:
+        """``record`` into the transaction's batches, in the partition ``producer.send`` would pick
+        (Kafka's murmur2 of the key)."""
+        every = range(await batches.partitions(record.topic))
+        partition = partitioner(record.key, every, every)
+        return await batches.append(record.topic, partition, record.key, record.value, record.headers)
 
     def _fenced(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Sequence
 
 __all__ = ["default_partition", "murmur2", "partitioner"]
 
@@ -49,7 +50,7 @@ def default_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+def partitioner(key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]) -> int:
     """aiokafka's ``partitioner`` hook with our murmur2 (a keyless record goes anywhere available)."""
     if key is None:
         return random.choice(available or all_partitions)

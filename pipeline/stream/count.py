@@ -152,12 +152,9 @@ class CountStage:
         # 1. decode and write every unit (its bytes as they came): their offsets bound the triggers' ranges
         decoded: list[tuple[Incoming, int, list[Sent], tracing.TraceHeaders | None]] = []
         triplets = self.names.triplets
-        # Results keep the request id as key but go to this input partition when the topics have as
-        # many partitions (the ingest reads them all): one results partition per transaction, not up
-        # to all of them (fewer partitions to add and commit markers to write).
-        here = None
-        if records and await tx.partitions(self.names.results) == await tx.partitions(records[0].topic):
-            here = records[0].partition
+        # Results keep the request id as key, in this input partition when the topics have as many
+        # (the ingest reads them all): one results partition per transaction (fewer commit markers).
+        results_partition = await tx.co_partition(self.names.results, records[0]) if records else None
         for rec in records:
             incoming = await tx.decode(rec, parse)
             if incoming is None:
@@ -240,7 +237,10 @@ class CountStage:
                     request_events=request_events,
                 )
                 await tx.send(
-                    self.names.results, to_json(result), key=msg.request_id.encode(), partition=here
+                    self.names.results,
+                    to_json(result),
+                    key=msg.request_id.encode(),
+                    partition=results_partition,
                 )
             table[key] = counter
         for (domain, kind), n in produced.items():

@@ -99,13 +99,10 @@ class ExpandStage:
         events: collections.Counter[tuple[str, str]] = collections.Counter()
         signals: collections.Counter[str] = collections.Counter()
         latency = metrics.PROCESSING_LATENCY.labels(self.name)
-        # Signals keep the raw key. With as many signals partitions as raw ones they go to the raw
-        # record's own partition: per-key order and co-location whatever partitioner wrote the raw
-        # topic (ours and the publisher's give the same), no hash per record, and one signals
-        # partition per transaction instead of up to all of them (fewer commit markers).
-        own = bool(records) and await tx.partitions(self.names.signals) == await tx.partitions(
-            records[0].topic
-        )
+        # Signals keep the raw key, in the raw record's own partition when the topics have as many:
+        # per-key order whatever partitioner wrote the raw topic (ours and the publisher's give the
+        # same), no hash per record, one signals partition per transaction (fewer commit markers).
+        signals_partition = await tx.co_partition(self.names.signals, records[0]) if records else None
         for rec in records:
             event = await tx.decode(rec, contracts.decode)
             if event is None:
@@ -127,7 +124,7 @@ class ExpandStage:
                     self.names.signals,
                     signal,
                     key=rec.key,
-                    partition=rec.partition if own else None,
+                    partition=signals_partition,
                     headers=headers,
                 )
             for batch in result.batches:

@@ -283,21 +283,12 @@ class Tx(RecordBatches):
     ) -> None:
         super().__init__(producer, predicted)
         self._producer: Producer = producer
-        self._partitions: dict[str, int] = {}
         self.stage = stage
         self.dlq = dlq
         self.limits = limits or {}
 
     def limit(self, topic: str) -> int:
         return self.limits.get(topic, DEFAULT_LIMIT)
-
-    def _partition_count(self, topic: str) -> int:
-        n = self._partitions.get(topic)
-        if n is None:
-            n = len(self._producer._metadata.partitions_for_topic(topic) or ())
-            if n:
-                self._partitions[topic] = n
-        return n
 
     async def send(
         self,
@@ -323,13 +314,12 @@ class Tx(RecordBatches):
             partition = 0 if key is None or n == 0 else key_partition(key, n) or 0
         return await self.append(topic, partition, key, value, headers)
 
-    async def partitions(self, topic: str) -> int:
-        """How many partitions ``topic`` has (the producer asks the broker the first time)."""
-        n = self._partitions.get(topic) or self._partition_count(topic)
-        if n == 0:
-            await self._producer.client._wait_on_metadata(topic)
-            n = self._partition_count(topic)
-        return n
+    async def co_partition(self, topic: str, rec: Record) -> int | None:
+        """The partition of an output to ``topic`` that keeps ``rec``'s partitioning: ``rec``'s own
+        when ``topic`` has as many partitions as ``rec``'s topic, else None (the key's default)."""
+        if await self.partitions(topic) == await self.partitions(rec.topic):
+            return int(rec.partition)
+        return None
 
     async def decode(self, rec: Record, decode: Callable[[bytes], T]) -> T | None:
         """``rec``'s value decoded, or None once ``rec`` is dead-lettered (``schema_violation``)."""
@@ -640,10 +630,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             owned.next_offsets.clear()  # an abort marker, or an unknown outcome: learn them again
             await self._failed(tp, owned, tx, records, exc, poisoned=poison is not None)
             return False
-        if owned.predicting:
-            owned.next_offsets.update(tx.next_offsets(self.predictable))
-        for key, value in table.changes.items():
-            owned.apply(key, value, sizes[key])
+        self._committed(owned, tx, table, sizes)
         self.batches += 1
         metrics.STAGE_BATCHES.labels(self.stage.name).inc()
         metrics.STAGE_BATCH_SIZE.labels(self.stage.name).observe(len(records))
@@ -694,7 +681,6 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             await producer.begin_transaction()
             await stage.tick(table, tx, now)
             sizes = await self._changelog(tp, table, tx)
-            await tx.hand_over()
             await tx.flush()
             await producer.commit_transaction()
         except asyncio.CancelledError:
@@ -712,11 +698,16 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             await self._abort(tp, owned, tx)
             self.reopen(tp, delay=self.retake_delay_s)
             return
+        self._committed(owned, tx, table, sizes)
+        self._state_metrics()
+
+    def _committed(self, owned: _Owned[S], tx: Tx, table: Table[S], sizes: dict[bytes, int]) -> None:
+        """After a commit (a batch's or a tick's): the table's changes become the partition's state,
+        and the predicted partitions' next offsets are learnt from what the transaction wrote."""
         if owned.predicting:
             owned.next_offsets.update(tx.next_offsets(self.predictable))
         for key, value in table.changes.items():
             owned.apply(key, value, sizes[key])
-        self._state_metrics()
 
     async def _failed(
         self,
