@@ -43,3 +43,39 @@ def test_the_table_prints_every_round() -> None:
     printed = table(report)
     assert "(events/s / CPU per event vs the round's loop): 0.40/4.00, 0.60/4.00" in printed
     assert "rounds of x (events/s): 10000, 10000" in printed
+
+
+def test_a_rounds_latencies_sit_side_by_side_and_a_chain_that_fell_behind_fails() -> None:
+    def phase(p50: float, caught_up: bool = True) -> dict[str, Any]:
+        return {
+            "rate_events_per_s": 400.0,
+            "achieved_events_per_s": 399.0,
+            "samples": 10,
+            "p50": p50,
+            "p90": p50,
+            "p99": p50,
+            "caught_up": caught_up,
+        }
+
+    common = {"processes": 2, "events_per_cpu_s": 1.0, "peak_rss_mib": {}, "machine_busy_cores": 1.0}
+    stage = [
+        row(4_000, 0.2, **common, other_busy_cores=0.5, trigger_latency_ms=[phase(p)]) for p in (120, 130)
+    ]
+    chain = [row(9_000, 0.1, **common, other_busy_cores=0.5, latency_ms=[phase(p)]) for p in (80, 90)]
+    for r in (*stage, *chain):
+        r["label"] = "stage1" if "trigger_latency_ms" in r else "chain"
+    report = {
+        "runs": median_rounds({"stage1": stage, "chain": chain}),
+        "clock": "c",
+        "nproc": 2,
+        "config": {"events": 1, "items": 1, "counting_units": 1, "topic_partitions": 4, "stage_batch": 500},
+    }
+    lines = [line.split()[:-7] for line in table(report).splitlines() if "paced" in line]
+    assert [" ".join(words) for words in lines] == [
+        "stage1: trigger, paced (round 1)",
+        "chain: record through 2 hops, paced (round 1)",
+        "stage1: trigger, paced (round 2)",
+        "chain: record through 2 hops, paced (round 2)",
+    ]
+    chain[1]["latency_ms"] = [phase(90, caught_up=False)]
+    assert verdict({"runs": median_rounds({"chain": chain})}) == ["chain: paced phase at 400/s not caught up"]
