@@ -2,7 +2,7 @@
 and worker memory, on a real broker.
 
 Run with ``make bench`` (``python -m scripts.bench [--events N] [--rounds N]
-[--runs tx,plain,chain,chain1,combined,stage1,stage2] [--seekers 1000000] [--profile DIR]
+[--runs tx,plain,chain,chainlog,chain1,combined,stage1,stage2] [--seekers 1000000] [--profile DIR]
 [--out bench-results/bench.json]``).
 
 All against the broker of ``pipeline.kafka.broker.find_broker``; every run has topics and groups of
@@ -24,9 +24,10 @@ its own (``<tag>.<run>.``), deleted at the end unless ``--keep-topics``.
    loop (orjson decode and re-encode, per partition and batch like ``pipeline.stream.runtime``),
    transactional (the baseline) and plain; a bare two-hop chain (raw -> mid -> out, one process per
    hop, Kafka clients made as the stage runtime makes them) with a transactional producer per input
-   partition (our runtime's exactly-once v1 shape) and with one per process (the shape exactly-once v2
-   would allow; a baseline only); the pipeline with expand and count in one process; one process per
-   stage; two per stage on the same partitions. CPU: utime+stime of the processor
+   partition, the input offsets sent to the transaction (``chain``) or written as a record of it
+   (``chainlog``, the stage runtime's way), and with one producer per process (``chain1``, the shape
+   exactly-once v2 would allow; a baseline only); the pipeline with expand and count in one process;
+   one process per stage; two per stage on the same partitions. CPU: utime+stime of the processor
    processes over t0..t1 from ``/proc/<pid>/stat`` (the loops run in a child process); peak RSS:
    ``VmHWM`` of each. The store stage is not part of the stream here (``scripts.store_bench``).
 3. Trigger latency, in the one-process-per-stage run after its throughput phase: paced at
@@ -548,7 +549,13 @@ def child_main(
 
 
 async def chain_stage(
-    conn: Connection, bootstrap: str, src: str, dst: str, group: str, per_partition: bool
+    conn: Connection,
+    bootstrap: str,
+    src: str,
+    dst: str,
+    group: str,
+    per_partition: bool,
+    offsets_to: str = "",
 ) -> dict[str, Any]:
     """One hop of a bare two-stage chain: ``src`` read_committed, each record re-encoded (orjson) to
     ``dst`` with its key, the input offsets in the same transaction; Kafka clients made as the stage
@@ -558,7 +565,9 @@ async def chain_stage(
     (no barrier between them), the shape of ``pipeline.stream`` (exactly-once v1). Otherwise one
     producer for the process and one transaction per poll over every partition: the shape
     exactly-once v2 (KIP-447) allows, which aiokafka 0.14 cannot make safe on a rebalance, so it is a
-    baseline here, never a design. Says "ready" once it owns every partition, runs until "stop"."""
+    baseline here, never a design. ``offsets_to``: the input offsets go to that topic as records of
+    the transaction (the stage runtime's changelog record) instead of ``send_offsets_to_transaction``.
+    Says "ready" once it owns every partition, runs until "stop"."""
     clients = KafkaClients(bootstrap, poll_ms=10)
     consumer = cast(AIOKafkaConsumer, clients.consumer(group, f"{group}-consumer", max_poll_records=500))
     tps = await partitions_of(bootstrap, src)
@@ -569,18 +578,28 @@ async def chain_stage(
         if producer is not None:
             await producer.start()
     processed = transactions = 0
+    cycles: list[tuple[float, float, int]] = []  # (wall time begun, seconds, input records)
 
     async def commit(producer: Any, batch: dict[TopicPartition, list[Any]]) -> None:
         nonlocal processed, transactions
+        begun, started = time.time(), time.perf_counter()
         await producer.begin_transaction()
         for records in batch.values():
             for rec in records:
                 await producer.send(dst, orjson.dumps(orjson.loads(rec.value or b"null")), key=rec.key)
         # the offsets beside the records, not after their acks (as the stage runtime does)
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-        await producer.send_offsets_to_transaction(offsets, group)
+        if offsets_to:  # a record of the transaction itself
+            for tp, offset in offsets.items():
+                await producer.send(
+                    offsets_to, str(offset).encode(), key=group.encode(), partition=tp.partition
+                )
+        else:
+            await producer.send_offsets_to_transaction(offsets, group)
         await producer.commit_transaction()
-        processed += sum(len(records) for records in batch.values())
+        n = sum(len(records) for records in batch.values())
+        cycles.append((begun, time.perf_counter() - started, n))
+        processed += n
         transactions += 1
 
     inflight: dict[TopicPartition, asyncio.Task[None]] = {}
@@ -613,7 +632,7 @@ async def chain_stage(
             if producer is not None:
                 await producer.stop()
         await consumer.stop()
-    return {"events": processed, "batches": transactions}
+    return {"events": processed, "batches": transactions, "cycles": cycles}
 
 
 async def receive(conn: Connection, timeout_s: float) -> Any:
@@ -624,6 +643,63 @@ async def receive(conn: Connection, timeout_s: float) -> Any:
 
 
 # --- the pipeline's worker processes --------------------------------------------------------------
+
+
+#: The stage runtime's cadence metrics: (count, sum) of each, by stage.
+CADENCE_METRICS = ("feedstream_stage_transaction_seconds", "feedstream_stage_batch_records")
+
+
+def cadence_totals(services: list[Service]) -> dict[str, dict[str, float]]:
+    """The workers' cadence histograms summed by stage: ``{stage: {"<metric>_count": n, ...}}``."""
+    totals: dict[str, dict[str, float]] = {}
+    for svc in services:
+        url = svc.health_url.rsplit("/", 1)[0] + "/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            name, _, rest = line.partition("{")
+            if not name.endswith(("_count", "_sum")) or not name.startswith(CADENCE_METRICS):
+                continue
+            labels, _, value = rest.rpartition("} ")
+            stage = labels.split('stage="', 1)[1].split('"', 1)[0]
+            totals.setdefault(stage, {})
+            totals[stage][name] = totals[stage].get(name, 0.0) + float(value)
+    return totals
+
+
+def cadence(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], seconds: float
+) -> dict[str, Any]:
+    """Each stage's committed transactions between two readings: per second, mean wall ms, mean
+    input records (what a record waits for: the transaction in flight, then its own)."""
+    out: dict[str, Any] = {}
+    for stage, now in after.items():
+        was = before.get(stage, {})
+        tx, tx_s, batch_n, batch_sum = (
+            now.get(f"{m}{suffix}", 0.0) - was.get(f"{m}{suffix}", 0.0)
+            for m in CADENCE_METRICS
+            for suffix in ("_count", "_sum")
+        )
+        if tx:
+            out[stage] = {
+                "transactions_per_s": tx / seconds,
+                "mean_ms": 1000 * tx_s / tx,
+                "mean_records": batch_sum / batch_n if batch_n else None,
+            }
+    return out
+
+
+def hop_cadence(cycles: list[tuple[float, float, int]], start: float, end: float) -> dict[str, Any]:
+    """A chain hop's transactions begun in [start, end) (wall time), as :func:`cadence` gives a stage's."""
+    within = [(s, n) for begun, s, n in cycles if start <= begun < end]
+    return {
+        "transactions_per_s": len(within) / (end - start),
+        "mean_ms": 1000 * sum(s for s, _ in within) / len(within) if within else None,
+        "mean_records": sum(n for _, n in within) / len(within) if within else None,
+    }
 
 
 def ready_body(url: str) -> dict[str, Any]:
@@ -877,13 +953,18 @@ class Run:
     label: str
     layout: list[tuple[str, ...]] = field(default_factory=list)  # worker processes' stages; [] = a loop
     transactional: bool = True
-    chain: str = ""  # a raw two-stage chain; its producers: "partition" (one per input partition), "process"
+    #: a raw two-stage chain: "partition" (a producer per input partition), "log" (the same, offsets as
+    #: records), "process" (one producer per process)
+    chain: str = ""
 
 
 RUNS = {
     "tx": Run("tx", "raw aiokafka loop, transactional (baseline)"),
     "plain": Run("plain", "raw aiokafka loop, plain", transactional=False),
-    "chain": Run("chain", "raw 2-stage chain, producer per partition", chain="partition"),
+    "chain": Run(
+        "chain", "raw 2-stage chain, producer per partition, offsets to the group", chain="partition"
+    ),
+    "chainlog": Run("chainlog", "raw 2-stage chain, producer per partition, offsets as records", chain="log"),
     "chain1": Run("chain1", "raw 2-stage chain, 1 producer per process", chain="process"),
     "combined": Run("combined", "pipeline, expand+count in 1 process", [("expand", "count")]),
     "stage1": Run("stage1", "pipeline, 1 process per stage", [("expand",), ("count",)]),
@@ -1045,8 +1126,10 @@ async def chain_run(bench: Bench, run: Run) -> dict[str, Any]:
     names = topic_names(settings)
     mid, out = settings.topic_prefix + "bench.mid", settings.topic_prefix + "bench.out"
     await ensure_topics(bench.bootstrap, settings)
-    for topic in (mid, out):
-        await create_topic(bench.bootstrap, topic, settings.topic_partitions)
+    offsets_to = settings.topic_prefix + "bench.offsets" if run.chain == "log" else ""
+    for topic in (mid, out, offsets_to):
+        if topic:
+            await create_topic(bench.bootstrap, topic, settings.topic_partitions)
     n = len(bench.records)
     held = HeldInput(bench.bootstrap, names.raw, f"{bench.tag}-{bench.key(run.key)}-input")
     observer = Observer(bench.bootstrap, [out], stamped=out)
@@ -1057,7 +1140,7 @@ async def chain_run(bench: Bench, run: Run) -> dict[str, Any]:
         group = f"{bench.tag}-{bench.key(run.key)}-hop{i + 1}"
         child = ctx.Process(
             target=child_main,
-            args=(theirs, chain_stage, bench.bootstrap, src, dst, group, run.chain == "partition"),
+            args=(theirs, chain_stage, bench.bootstrap, src, dst, group, run.chain != "process", offsets_to),
             daemon=True,
         )
         child.start()
@@ -1083,16 +1166,21 @@ async def chain_run(bench: Bench, run: Run) -> dict[str, Any]:
             [(orjson.dumps({"sent": time.time()}), keys[i % n], [])] for i in itertools.count()
         )
         budget = int(rate * bench.args.paced_seconds)
-        sent, produced_s, _ = await pace(bench, names.raw, rate, budget, stamped)
+        sent, produced_s, wall_start = await pace(bench, names.raw, rate, budget, stamped)
         caught_up = await observer.wait_for(lambda: len(observer.stamps_ms) >= sent, bench.args.phase_timeout)
         print(f"[bench] {run.label}: paced {sent} records at {rate:.0f}/s, caught up: {caught_up}")
-        result["latency_ms"] = [latency_phase(rate, sent, produced_s, observer.stamps_ms, caught_up)]
+        phase = latency_phase(rate, sent, produced_s, observer.stamps_ms, caught_up)
         for ours, _, _ in hops:
             ours.send("stop")
         said = [await receive(ours, 30) for ours, _, _ in hops]
         if any("error" in each for each in said):
             raise RuntimeError(f"{run.label}: {said}")
         result["batches"] = sum(each["batches"] for each in said)
+        phase["cadence"] = {
+            f"hop{i + 1}": hop_cadence(each["cycles"], wall_start, wall_start + produced_s)
+            for i, each in enumerate(said)
+        }
+        result["latency_ms"] = [phase]
         for p in procs:
             p.peak_rss_mib = status_mib(p.pid, "VmHWM")
         result["peak_rss_mib"] = {p.name: p.peak_rss_mib for p in procs}
@@ -1169,7 +1257,10 @@ async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = No
         }
         latency = []
         for rate in paced_at or []:
-            latency.append(await paced_phase(bench, names, observer, rate or 0.8 * n / seconds))
+            before, t = cadence_totals(services), time.perf_counter()
+            phase = await paced_phase(bench, names, observer, rate or 0.8 * n / seconds)
+            phase["cadence"] = cadence(before, cadence_totals(services), time.perf_counter() - t)
+            latency.append(phase)
         if latency:
             result["trigger_latency_ms"] = latency
         trigger_ids = [t["trigger_id"] for _, t in observer.triggers]
@@ -1194,8 +1285,10 @@ async def paced_phase(bench: Bench, names: TopicNames, observer: Observer, rate:
     trigger - its ``emitted_at`` (the ``received_at`` of the event whose units crossed the threshold)."""
     budget = int(rate * bench.args.paced_seconds)
     requests: list[Request] = []
-    while sum(r.items for r in requests) < 2 * budget:  # enough: a request has more items than events
+    items = 0
+    while items < 2 * budget:  # enough: a request has more items than events
         requests.append(bench.workload.next())
+        items += requests[-1].items
     tenants = [bench.registry.tenant(f"bench{i}") for i in range(N_TENANTS)]
     before_triggers = len(observer.triggers)
     before_results = len(observer.result_events)
@@ -1611,6 +1704,14 @@ def table(r: dict[str, Any]) -> str:
                 )
             )
         out += ["", *render(lat_rows)]
+        for _, _, what, lat in sorted(entries, key=lambda e: (e[0], e[1])):
+            if lat.get("cadence"):
+                each = "; ".join(
+                    f"{stage} {c['transactions_per_s']:.0f} tx/s, {fmt(c['mean_ms'], '.0f')} ms, "
+                    f"{fmt(c['mean_records'], '.1f')} records"
+                    for stage, c in lat["cadence"].items()
+                )
+                out.append(f"committed transactions in {what}: {each}")
     if r.get("memory"):
         m = r["memory"]
         out += [

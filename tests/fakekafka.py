@@ -250,6 +250,15 @@ class FakeConsumer:
     async def committed(self, partition: TopicPartition) -> int | None:
         return self.cluster.offsets.get((self.group_id, partition))
 
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """A group offset commit outside any transaction (the runtime's, for monitoring)."""
+        await asyncio.sleep(0)
+        error = self.cluster.fault("group_commit")
+        if error is not None:
+            raise error
+        for tp, offset in offsets.items():
+            self.cluster.offsets[self.group_id, tp] = offset
+
     def last_stable_offset(self, partition: TopicPartition) -> int | None:
         """The end a fetch reports (every transaction here is committed at once: the log's end)."""
         assert partition in self.assigned, "Partition is not assigned"  # as aiokafka

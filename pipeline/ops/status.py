@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
 import typer
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +37,7 @@ from pipeline.wire.records import (
     TrainTrigger,
     decoder,
     from_json,
+    input_offset_topic,
     latest_training,
 )
 
@@ -155,9 +157,16 @@ def lag_rows(
 
 
 async def _counters(bootstrap: str, names: TopicNames) -> dict[str, DomainCounter]:
+    return counters_of([rec async for rec in read_topic(bootstrap, names.count_state)])
+
+
+def counters_of(records: Iterable[ConsumerRecord[bytes, bytes]]) -> dict[str, DomainCounter]:
+    """Each domain's last counter in the count changelog's ``records`` (its input offsets passed over)."""
     out: dict[str, DomainCounter] = {}
     dec = decoder(DomainCounter)
-    async for rec in read_topic(bootstrap, names.count_state):
+    for rec in records:
+        if input_offset_topic(rec.key) is not None:
+            continue
         key = (rec.key or b"").decode()
         if rec.value is None:
             out.pop(key, None)

@@ -61,8 +61,12 @@ from pipeline.stream.partitions import Backoff, Clients, KafkaClients, Partition
 from pipeline.wire.records import (
     MAX_DEAD_LETTER_KEY_BYTES,
     DeadLetterReason,
+    InputOffset,
     dead_letter,
     dead_letter_headers,
+    from_json,
+    input_offset_key,
+    input_offset_topic,
     to_json,
 )
 
@@ -425,6 +429,8 @@ class _Owned(Generic[S]):
     #: learnt from its committed transactions; forgotten on any failure
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     predicting: bool = True  # off once another writer was found in a predicted partition
+    #: the input offsets the changelog holds (``InputOffset``), by input topic
+    inputs: dict[str, int] = field(default_factory=dict)
 
     def apply(self, key: bytes, value: S | None, size: int) -> None:
         self.state_bytes -= self.sizes.pop(key, 0)
@@ -492,6 +498,19 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         self.predictable: frozenset[str] = frozenset(getattr(stage, "predict_offsets", ()))
         self.tick_s = tick_s  # how often a Ticking stage is asked whether a partition is due
         self._ticked = 0.0
+        self._advised: dict[TopicPartition, int] = {}  # group offsets not yet committed (monitoring)
+        self._advising: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        """Stop; the last advisory offset commit is given a moment first (the next open repeats it)."""
+        if self._advising is not None and not self._advising.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._advising), timeout=2.0)
+        await super().stop()
+        if self._advising is not None:
+            self._advising.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._advising
 
     def state(self, partition: int) -> dict[bytes, S] | None:
         """The committed table of an owned partition (None if not owned)."""
@@ -501,14 +520,18 @@ class StageRunner(PartitionRunner[_Owned[S]]):
     # -- taking and letting go ---------------------------------------------------------------------
 
     async def _open(self, tp: TopicPartition) -> tuple[_Owned[S], int]:
-        """Fence the previous owner, restore the table, then read the (now final) committed offset."""
+        """Fence the previous owner, restore the table and the input offset committed with it (a
+        changelog from before offsets were kept there: the group's committed offset)."""
         producer = self.clients.producer(f"{self.group_id}-{self.stage.name}-{tp.partition}")
         await producer.start()  # init_transactions: fences the previous owner, aborts its open txn
         try:
             owned = await self._restore(tp.partition, producer)
-            committed = await self.consumer.committed(tp)  # final: nobody else can commit for it now
+            committed = owned.inputs.get(tp.topic)  # final: nobody else can commit for it now
+            if committed is None:
+                committed = await self.consumer.committed(tp)
             if committed is None:
                 committed = (await self.consumer.beginning_offsets([tp]))[tp]
+            self._advise(tp, committed)  # the group's offset catches up with where we stand
         except BaseException:
             with contextlib.suppress(Exception):
                 await producer.stop()
@@ -528,6 +551,11 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         async for batch in self.clients.changelog(TopicPartition(self.changelog_topic, partition)):
             for rec in batch:
                 if rec.key is None:
+                    continue
+                topic = input_offset_topic(rec.key)
+                if topic is not None:
+                    if rec.value is not None:
+                        owned.inputs[topic] = from_json(InputOffset, rec.value).next_offset
                     continue
                 if rec.value is None:
                     owned.apply(rec.key, None, 0)
@@ -604,19 +632,12 @@ class StageRunner(PartitionRunner[_Owned[S]]):
                     with tracing.batch_span(self.tracer, self.stage.name, tp.topic, tp.partition, records):
                         await self.stage.process(records, table, tx)
                 sizes = await self._changelog(tp, table, tx)
-            # the records and the input offsets travel side by side (one round trip less per batch);
-            # a refused record still surfaces first, from its batch, so careful mode can find it
-            await tx.hand_over()
-            offsets = asyncio.ensure_future(
-                producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-            )
-            try:
-                await tx.flush()
-            except BaseException:
-                with contextlib.suppress(BaseException):
-                    await offsets
-                raise
-            await offsets
+            # the input offset is a record of the transaction (the changelog's): no AddOffsetsToTxn
+            # and TxnOffsetCommit round trips, no marker on __consumer_offsets (``InputOffset``)
+            next_offset = records[-1].offset + 1
+            offset, key = to_json(InputOffset(next_offset=next_offset)), input_offset_key(tp.topic)
+            await tx.send(self.changelog_topic, offset, key=key, partition=tp.partition)
+            await tx.flush()
             tx.verify()  # a wrong predicted offset: abort, nothing of it is seen
             try:
                 await producer.commit_transaction()
@@ -631,11 +652,35 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             await self._failed(tp, owned, tx, records, exc, poisoned=poison is not None)
             return False
         self._committed(owned, tx, table, sizes)
+        owned.inputs[tp.topic] = next_offset
+        self._advise(tp, next_offset)
         self.batches += 1
         metrics.STAGE_BATCHES.labels(self.stage.name).inc()
         metrics.STAGE_BATCH_SIZE.labels(self.stage.name).observe(len(records))
         metrics.STAGE_TRANSACTION_SECONDS.labels(self.stage.name).observe(time.perf_counter() - started)
         return True
+
+    def _advise(self, tp: TopicPartition, offset: int) -> None:
+        """Commit ``offset`` to the consumer group, outside any transaction and off the partition's
+        path: the group's offsets are for monitoring (lag, ``feedstream status``) only; the stage
+        restarts from its changelog's. Pending offsets are coalesced into one commit at a time."""
+        self._advised[tp] = offset
+        if self._advising is None or self._advising.done():
+            self._advising = asyncio.create_task(self._commit_advised(), name=f"{self.name}-advise")
+
+    async def _commit_advised(self) -> None:
+        while self._advised:
+            assigned = self.consumer.assignment()
+            offsets = {tp: offset for tp, offset in self._advised.items() if tp in assigned}
+            self._advised = {}
+            if not offsets:
+                continue
+            try:
+                await self.consumer.commit(offsets)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a rebalance under way: the next commit or open says it again
+                log.debug("%s: advisory offset commit failed: %r", self.name, exc)
 
     async def _changelog(self, tp: TopicPartition, table: Table[S], tx: Tx) -> dict[bytes, int]:
         """Send the table's changes to the changelog partition of ``tp``; their sizes by key."""

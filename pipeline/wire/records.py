@@ -33,6 +33,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterReason",
     "Erasure",
+    "InputOffset",
     "PreferenceUnit",
     "RawUnitsBatch",
     "ScoredUnit",
@@ -54,6 +55,8 @@ __all__ = [
     "deterministic_id",
     "erasure_id",
     "from_json",
+    "input_offset_key",
+    "input_offset_topic",
     "latest_training",
     "record_json_schemas",
     "record_uuid5",
@@ -518,6 +521,33 @@ def latest_training(kept: TrainingResult | None, candidate: TrainingResult) -> T
     if kept is None or (candidate.sequence, candidate.reported_at) >= (kept.sequence, kept.reported_at):
         return candidate
     return kept
+
+
+# --- a stage changelog's input offset ---------------------------------------------------------------
+
+#: Changelog keys of input offsets start so: table keys never start with a NUL byte followed by it.
+INPUT_OFFSET_PREFIX = b"\x00offset/"
+
+
+class InputOffset(_Record, frozen=True):
+    """Where a stage partition's input stands: the next offset of ``feedback.raw`` / ``feedback.units``
+    to process, written in every batch's transaction beside its outputs (key ``\\u0000offset/<topic>``).
+    The stage restores it with its table and starts there: the outputs, the table and the progress
+    commit or abort together. The consumer group's offsets follow after each commit, for monitoring."""
+
+    next_offset: Annotated[int, Meta(ge=0)]
+
+
+def input_offset_key(topic: str) -> bytes:
+    """The changelog key of ``topic``'s offset (one per input topic and partition)."""
+    return INPUT_OFFSET_PREFIX + topic.encode()
+
+
+def input_offset_topic(key: bytes | None) -> str | None:
+    """The input topic an offset key names; None for a table key (readers of a changelog skip those)."""
+    if key is None or not key.startswith(INPUT_OFFSET_PREFIX):
+        return None
+    return key[len(INPUT_OFFSET_PREFIX) :].decode()
 
 
 def struct_json_schema(*types: Any) -> dict[str, Any]:

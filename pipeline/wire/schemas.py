@@ -171,22 +171,27 @@ TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
     ),
     TopicSchema(
         topics.EXPAND_STATE,
-        lambda: records.struct_json_schema(SeekerHistory, StreamClock),
+        lambda: records.struct_json_schema(SeekerHistory, StreamClock, records.InputOffset),
         _doc(SeekerHistory)
         + " Key `\\u0000clock` holds the partition's stream time instead (newest received_at seen,"
-        " and when histories were last swept for their age). Each change goes to the partition with"
+        " and when histories were last swept for their age); key `\\u0000offset/feedback.raw` the"
+        " next feedback.raw offset of the partition, committed with the outputs. Each change goes to"
+        " the partition with"
         " the number of the feedback.raw partition it reflects; a null value (tombstone) deletes the"
         " key: histories whose newest outcome is older than SEEKER_MAX_AGE_S in stream time are"
         " deleted so",
-        "`<domain>/<anchor>`, anchor as in feedback.raw (seeker_id or search anchor); `\\u0000clock`",
+        "`<domain>/<anchor>`, anchor as in feedback.raw (seeker_id or search anchor); `\\u0000clock`;"
+        " `\\u0000offset/feedback.raw`",
         "worker (expand stage)",
         "worker (expand stage, restored on partition assignment)",
     ),
     TopicSchema(
         topics.COUNT_STATE,
-        lambda: records.struct_json_schema(DomainCounter),
+        lambda: records.struct_json_schema(DomainCounter, records.InputOffset),
         _doc(DomainCounter)
-        + " Each change goes to the partition with the number of the feedback.units partition it reflects; "
+        + " Key `\\u0000offset/feedback.units` holds the next feedback.units offset of the partition"
+        " instead, committed with the outputs. Each change goes to the partition with the number of"
+        " the feedback.units partition it reflects; "
         "a null value (tombstone) deletes the key",
         "domain",
         "worker (count stage)",

@@ -28,7 +28,14 @@ from pipeline.stream.runtime import (
     record_size,
     transient,
 )
-from pipeline.wire.records import DeadLetter, from_json, original_headers, to_json
+from pipeline.wire.records import (
+    DeadLetter,
+    InputOffset,
+    from_json,
+    input_offset_key,
+    original_headers,
+    to_json,
+)
 from tests.fakekafka import Cluster, FakeClients, FakeConsumer, FakeProducer
 
 IN, OUT, LOG, DLQ = "in", "out", "changelog", "dlq"
@@ -146,6 +153,12 @@ def changelog(cluster: Cluster) -> list[tuple[bytes | None, bytes | None]]:
     return [(r.key, r.value) for r in cluster.records(LOG)]
 
 
+def input_offset(cluster: Cluster) -> int | None:
+    """The input offset the changelog holds (committed with the outputs), None before any batch."""
+    held = [from_json(InputOffset, v) for k, v in changelog(cluster) if k == input_offset_key(IN) and v]
+    return held[-1].next_offset if held else None
+
+
 # --- the table view --------------------------------------------------------------------------------
 
 
@@ -175,8 +188,10 @@ async def test_a_batch_commits_outputs_changelog_and_offsets_together_once_per_c
     await owning(runner, consumer)
     await turn(runner)
     assert cluster.values(OUT) == [b"x1", b"x2", b"x3"]
-    assert changelog(cluster) == [(b"n", b"3"), (b"k", b"3")]  # once per key, the batch's last value
-    assert cluster.offsets[GROUP, TP] == 3
+    # once per key, the batch's last value; the input offset is a record of the same transaction
+    assert changelog(cluster) == [(b"n", b"3"), (b"k", b"3"), (b"\x00offset/in", b'{"next_offset":3}')]
+    assert "offsets" not in {op for _, op in cluster.calls}  # no round trips to the group coordinator
+    assert cluster.offsets[GROUP, TP] == 3  # the group's offset follows, for lag monitoring
     assert runner.state(0) == {b"n": 3, b"k": 3}
     assert stage.seen == [None]  # one transaction
     assert runner.batches == 1
@@ -189,12 +204,12 @@ async def test_changes_are_applied_only_after_the_commit_and_an_abort_leaves_the
     await turn(runner)
     assert runner.state(0) == {b"n": 1, b"k": 1}
     cluster.produce(IN, [b"x2", b"x3"])
-    cluster.faults["offsets"].append(RequestTimedOutError())  # fails after the outputs were sent
+    cluster.faults["send"].append(RequestTimedOutError())  # the batch's outputs are refused
     await runner.step()
     await runner.drain()
     assert runner.state(0) == {b"n": 1, b"k": 1}  # the failed batch changed nothing
-    assert cluster.values(OUT) == [b"x1"] and cluster.offsets[GROUP, TP] == 1
-    assert [op for _, op in cluster.calls][-2:] == ["offsets", "abort"]
+    assert cluster.values(OUT) == [b"x1"] and input_offset(cluster) == 1
+    assert [op for _, op in cluster.calls][-2:] == ["send", "abort"]
     await turn(runner)
     assert cluster.values(OUT) == [b"x1", b"x2", b"x3"]  # retried once, exactly
     assert runner.state(0) == {b"n": 3, b"k": 3}
@@ -385,6 +400,22 @@ async def test_assignment_pauses_restores_in_the_loop_then_resumes() -> None:
     assert cluster.values(OUT) == [b"new"]  # from the committed offset
 
 
+async def test_a_re_taken_partition_starts_from_the_offset_its_changelog_holds_not_the_groups() -> None:
+    cluster, _, runner, consumer, _ = setup()
+    cluster.produce(IN, [b"a", b"b", b"c"])
+    await owning(runner, consumer)
+    await turn(runner)
+    cluster.offsets[GROUP, TP] = 1  # the group's offset behind (an advisory commit lost, a reset)
+    await consumer.rebalance(set())
+    await consumer.rebalance({TP})
+    await turn(runner)
+    cluster.produce(IN, [b"d"])
+    await turn(runner)
+    assert cluster.values(OUT) == [b"a", b"b", b"c", b"d"]  # none again: the changelog's offset wins
+    assert runner.state(0) == {b"n": 4, b"k": 4}  # the offset record is not a table key
+    assert cluster.offsets[GROUP, TP] == 5
+
+
 async def test_a_revocation_during_restore_cancels_it_cleanly() -> None:
     cluster, clients, runner, consumer, _ = setup()
     cluster.changelog_gate = asyncio.Event()  # restores wait
@@ -463,7 +494,7 @@ async def test_a_revocation_waits_for_the_batch_in_flight_to_commit() -> None:
     assert not revoking.done() and not clients.producers[0].stopped  # waits for the batch
     stage.gates[0].set()
     await revoking
-    assert cluster.values(OUT) == [b"x"] and cluster.offsets[GROUP, TP] == 1  # committed, then let go
+    assert cluster.values(OUT) == [b"x"] and input_offset(cluster) == 1  # committed, then let go
     assert clients.producers[0].stopped and runner.partitions == []
 
 
