@@ -474,6 +474,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         fence_grace_s: float = 10.0,
         retake_delay_s: float = 0.5,
         tick_s: float = 1.0,
+        advise_every_s: float = 0.1,
     ) -> None:
         super().__init__(
             clients=clients or KafkaClients(bootstrap, poll_ms=poll_ms),
@@ -500,6 +501,9 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         self._ticked = 0.0
         self._advised: dict[TopicPartition, int] = {}  # group offsets not yet committed (monitoring)
         self._advising: asyncio.Task[None] | None = None
+        #: at most one group offset commit per this many seconds: a busy stage commits hundreds of
+        #: transactions a second, and each group commit is a write on the broker
+        self.advise_every_s = advise_every_s
 
     async def stop(self) -> None:
         """Stop; the last advisory offset commit is given a moment first (the next open repeats it)."""
@@ -681,6 +685,8 @@ class StageRunner(PartitionRunner[_Owned[S]]):
                 raise
             except Exception as exc:  # a rebalance under way: the next commit or open says it again
                 log.debug("%s: advisory offset commit failed: %r", self.name, exc)
+            if self.advise_every_s:
+                await asyncio.sleep(self.advise_every_s)  # offsets advised meanwhile wait, coalesced
 
     async def _changelog(self, tp: TopicPartition, table: Table[S], tx: Tx) -> dict[bytes, int]:
         """Send the table's changes to the changelog partition of ``tp``; their sizes by key."""

@@ -122,6 +122,7 @@ def runner_of(
         backoff=backoff or Backoff(base=0.0, cap=0.0, attempts=3),
         fence_grace_s=grace,
         retake_delay_s=0.0,
+        advise_every_s=0.0,
     )
 
 
@@ -414,6 +415,27 @@ async def test_a_re_taken_partition_starts_from_the_offset_its_changelog_holds_n
     assert cluster.values(OUT) == [b"a", b"b", b"c", b"d"]  # none again: the changelog's offset wins
     assert runner.state(0) == {b"n": 4, b"k": 4}  # the offset record is not a table key
     assert cluster.offsets[GROUP, TP] == 5
+
+
+async def test_group_offset_commits_are_coalesced_to_one_per_interval() -> None:
+    cluster, _, runner, consumer, _ = setup()
+    runner.advise_every_s = 0.05
+    commits: list[dict[TopicPartition, int]] = []
+    commit = consumer.commit
+
+    async def counted(offsets: Mapping[TopicPartition, int]) -> None:
+        commits.append(dict(offsets))
+        await commit(offsets)
+
+    consumer.commit = counted  # type: ignore[method-assign]
+    await owning(runner, consumer)
+    for value in (b"a", b"b", b"c", b"d"):  # four transactions within one interval
+        cluster.produce(IN, [value])
+        await turn(runner)
+    assert input_offset(cluster) == 7 and len(commits) <= 2  # the open's, then at most one more
+    await asyncio.sleep(0.12)
+    assert commits[-1] == {TP: 7} and cluster.offsets[GROUP, TP] == 7  # the last one, coalesced
+    await runner.stop()
 
 
 async def test_a_revocation_during_restore_cancels_it_cleanly() -> None:
