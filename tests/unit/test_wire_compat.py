@@ -50,12 +50,15 @@ from pipeline.wire.records import (
     DeadLetter,
     DlqReplay,
     Erasure,
+    InputOffset,
     RawUnitsBatch,
     Signal,
     StageResult,
     TrainingResult,
     TrainTrigger,
     from_json,
+    input_offset_key,
+    input_offset_topic,
     to_json,
 )
 
@@ -324,3 +327,14 @@ def test_what_the_stage_decoders_refuse() -> None:
         with pytest.raises(ValueError):
             parse(orjson.dumps(broken))
     assert TRAINING_UNIT.decode(unit).kind == "triplet"
+
+
+def test_the_input_offset_record_of_a_changelog_keeps_its_bytes() -> None:
+    """A stage restores where it stands from this record (``InputOffset``): its key and value must
+    read back after an upgrade, and a table key can never be mistaken for it."""
+    stored = b'{"next_offset":42}'
+    assert from_json(InputOffset, stored).next_offset == 42
+    assert to_json(InputOffset(next_offset=42)) == stored
+    assert input_offset_key("p.feedback.raw") == b"\x00offset/p.feedback.raw"
+    assert input_offset_topic(b"\x00offset/p.feedback.raw") == "p.feedback.raw"
+    assert input_offset_topic(b"\x00clock") is None and input_offset_topic(b"dating/u1") is None
