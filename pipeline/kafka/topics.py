@@ -147,6 +147,15 @@ class TopicSpec:
     partitions: int | None = None
 
 
+#: The stage changelogs: compacted, and rolled hourly (or at 64 MiB) so the cleaner can compact all
+#: but the last hour: every transaction rewrites a few keys (the expand clock, counters, the input
+#: offset), and a restore reads whatever is not compacted yet (Kafka's default rolls weekly or at 1 GiB).
+CHANGELOG_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(3600 * 1000),
+    "segment.bytes": str(64 * 1024 * 1024),
+}
+
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         RAW,
@@ -192,12 +201,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         EXPAND_STATE,
         "Internal changelog: recent outcomes per (domain, seeker), restored on partition assignment.",
-        {"cleanup.policy": "compact"},
+        CHANGELOG_CONFIG,
     ),
     TopicSpec(
         COUNT_STATE,
         "Internal changelog: pending/total/last trigger per domain; also read by GET /v1/domains.",
-        {"cleanup.policy": "compact"},
+        CHANGELOG_CONFIG,
     ),
     TopicSpec(
         DLQ_REPLAYS,

@@ -38,6 +38,11 @@ async def test_existing_topics_get_the_declared_limits_and_keep_other_overrides(
                 for t in TOPICS
                 if t.name in ("feedback.signals", "feedstream.expand.changelog")
             ]
+            + [
+                NewTopic(
+                    prefix + "feedstream.count.changelog", 1, 1, topic_configs={"cleanup.policy": "compact"}
+                )
+            ]
         )
     finally:
         await admin.close()
@@ -47,6 +52,8 @@ async def test_existing_topics_get_the_declared_limits_and_keep_other_overrides(
         for t in TOPICS:
             got = await _configs(broker.bootstrap, prefix + t.name)
             assert got["max.message.bytes"] == str(message_bytes(t.name, settings)), t.name
+        counts = await _configs(broker.bootstrap, prefix + "feedstream.count.changelog")
+        assert (counts["segment.ms"], counts["segment.bytes"]) == ("3600000", str(64 << 20))  # rolled hourly
         signals = await _configs(broker.bootstrap, prefix + "feedback.signals")
         assert signals["segment.ms"] == "3600000"
         assert signals["retention.ms"] == str(4 * 7 * 24 * 3600 * 1000)
