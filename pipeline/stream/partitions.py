@@ -310,10 +310,14 @@ class PartitionRunner(ABC, Generic[H]):
         self._revoking.update(tps)  # no new batch starts for them
         try:
             await self.drain(tps)  # the batches in flight commit or abort
+            await self._handing_over(tps)
             async with self._lock:
                 await self._let_go(tps)
         finally:
             self._revoking.difference_update(tps)
+
+    async def _handing_over(self, tps: Sequence[TopicPartition]) -> None:
+        """``tps`` are going to another member, their batches over (runners may say where they stand)."""
 
     async def drain(self, tps: Sequence[TopicPartition] | None = None) -> None:
         """Wait until the pipelined batches of ``tps`` (default: all) are over."""

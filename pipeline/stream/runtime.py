@@ -506,15 +506,20 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         self.advise_every_s = advise_every_s
 
     async def stop(self) -> None:
-        """Stop; the last advisory offset commit is given a moment first (the next open repeats it)."""
-        if self._advising is not None and not self._advising.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._advising), timeout=2.0)
-        await super().stop()
+        """Stop; first the group's offsets of the partitions it owns, exactly where they stand
+        (bounded; the next owner's open commits them anyway)."""
         if self._advising is not None:
             self._advising.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._advising
+        self._advised = {}
+        pending = {tp: o.inputs[tp.topic] for tp, o in self._owned.items() if tp.topic in o.inputs}
+        if pending:
+            try:
+                await asyncio.wait_for(self.consumer.commit(pending), timeout=2.0)
+            except Exception as exc:
+                log.warning("%s: group offsets not committed at stop: %r", self.name, exc)
+        await super().stop()
 
     def state(self, partition: int) -> dict[bytes, S] | None:
         """The committed table of an owned partition (None if not owned)."""
@@ -663,6 +668,26 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         metrics.STAGE_BATCH_SIZE.labels(self.stage.name).observe(len(records))
         metrics.STAGE_TRANSACTION_SECONDS.labels(self.stage.name).observe(time.perf_counter() - started)
         return True
+
+    async def _handing_over(self, tps: Sequence[TopicPartition]) -> None:
+        """The group's offsets of partitions going elsewhere, exactly where they stand (still in the
+        revocation, before the group moves on): monitoring, and an older release taking over (which
+        starts from the group's offset), see them right."""
+        offsets = {
+            tp: owned.inputs[tp.topic]
+            for tp in tps
+            if (owned := self._owned.get(tp)) and tp.topic in owned.inputs
+        }
+        for tp in offsets:
+            self._advised.pop(tp, None)
+        if not offsets:
+            return
+        try:
+            await asyncio.wait_for(self.consumer.commit(offsets), timeout=5.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s: group offsets of revoked partitions not committed: %r", self.name, exc)
 
     def _advise(self, tp: TopicPartition, offset: int) -> None:
         """Commit ``offset`` to the consumer group, outside any transaction and off the partition's

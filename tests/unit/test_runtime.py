@@ -438,6 +438,24 @@ async def test_group_offset_commits_are_coalesced_to_one_per_interval() -> None:
     await runner.stop()
 
 
+async def test_a_revoked_partition_leaves_the_groups_offset_exactly_where_it_stands() -> None:
+    cluster, _, runner, consumer, _ = setup()
+    runner.advise_every_s = 60.0  # the coalesced commits would wait a minute
+    cluster.produce(IN, [b"a", b"b"])
+    await owning(runner, consumer)
+    await turn(runner)
+    assert input_offset(cluster) == 2 and cluster.offsets.get((GROUP, TP), 0) == 0  # still waiting
+    await consumer.rebalance(set())
+    assert cluster.offsets[GROUP, TP] == 2  # committed in the revocation, before the group moves on
+    await consumer.rebalance({TP})
+    await turn(runner)
+    cluster.produce(IN, [b"c"])
+    await turn(runner)
+    assert input_offset(cluster) == 4 and cluster.offsets[GROUP, TP] == 2  # still waiting
+    await runner.stop()
+    assert cluster.offsets[GROUP, TP] == 4  # a clean stop commits them too
+
+
 async def test_a_revocation_during_restore_cancels_it_cleanly() -> None:
     cluster, clients, runner, consumer, _ = setup()
     cluster.changelog_gate = asyncio.Event()  # restores wait
