@@ -513,12 +513,7 @@ class StageRunner(PartitionRunner[_Owned[S]]):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._advising
         self._advised = {}
-        pending = {tp: o.inputs[tp.topic] for tp, o in self._owned.items() if tp.topic in o.inputs}
-        if pending:
-            try:
-                await asyncio.wait_for(self.consumer.commit(pending), timeout=2.0)
-            except Exception as exc:
-                log.warning("%s: group offsets not committed at stop: %r", self.name, exc)
+        await self._commit_where_they_stand(list(self._owned), within_s=2.0, why="at stop")
         await super().stop()
 
     def state(self, partition: int) -> dict[bytes, S] | None:
@@ -673,6 +668,13 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         """The group's offsets of partitions going elsewhere, exactly where they stand (still in the
         revocation, before the group moves on): monitoring, and an older release taking over (which
         starts from the group's offset), see them right."""
+        await self._commit_where_they_stand(tps, within_s=5.0, why="of revoked partitions")
+
+    async def _commit_where_they_stand(
+        self, tps: Sequence[TopicPartition], *, within_s: float, why: str
+    ) -> None:
+        """Commit to the group the committed input offsets of ``tps`` (those owned), now and bounded,
+        instead of the coalesced commit still pending for them."""
         offsets = {
             tp: owned.inputs[tp.topic]
             for tp in tps
@@ -683,11 +685,11 @@ class StageRunner(PartitionRunner[_Owned[S]]):
         if not offsets:
             return
         try:
-            await asyncio.wait_for(self.consumer.commit(offsets), timeout=5.0)
+            await asyncio.wait_for(self.consumer.commit(offsets), timeout=within_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("%s: group offsets of revoked partitions not committed: %r", self.name, exc)
+            log.warning("%s: group offsets %s not committed: %r", self.name, why, exc)
 
     def _advise(self, tp: TopicPartition, offset: int) -> None:
         """Commit ``offset`` to the consumer group, outside any transaction and off the partition's
