@@ -1064,6 +1064,51 @@ def row(run: Run, n: int, seconds: float, busy: float, procs: list[Proc]) -> dic
     }
 
 
+@dataclass
+class Child:
+    """A baseline's child process (``child_main``) and our end of its pipe."""
+
+    conn: Connection
+    process: multiprocessing.process.BaseProcess
+    proc: Proc
+
+    @classmethod
+    def start(cls, name: str, loop: Callable[..., Coroutine[Any, Any, dict[str, Any]]], *args: Any) -> Child:
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        process = ctx.Process(target=child_main, args=(theirs, loop, *args), daemon=True)
+        process.start()
+        assert process.pid is not None
+        return cls(ours, process, Proc(name, process.pid, process.terminate))
+
+    def reap(self) -> None:
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+
+
+async def released(
+    bench: Bench,
+    run: Run,
+    children: list[Child],
+    held: HeldInput,
+    observer: Observer,
+    done: Callable[[], bool],
+) -> tuple[float, float, float, bool]:
+    """The children ready, the observer reading, the data set written and then released on the
+    bench's clock (``timed``); (seconds writing it, seconds, busy CPU seconds, finished)."""
+    for child in children:
+        if (said := await receive(child.conn, bench.args.phase_timeout)) != "ready":
+            raise RuntimeError(f"{run.label}: {said}")
+    await observer.start()
+    write_s = await held.write(bench.records)
+    seconds, busy, finished = await timed(
+        bench, bench.key(run.key), [c.proc for c in children], held, observer, done
+    )
+    return write_s, seconds, busy, finished
+
+
 async def loop_run(bench: Bench, run: Run) -> dict[str, Any]:
     settings = bench.settings(run.key)
     names = topic_names(settings)
@@ -1073,47 +1118,25 @@ async def loop_run(bench: Bench, run: Run) -> dict[str, Any]:
     n = len(bench.records)
     held = HeldInput(bench.bootstrap, names.raw, f"{bench.tag}-{bench.key(run.key)}-input")
     observer = Observer(bench.bootstrap, [scratch])
-    ctx = multiprocessing.get_context("spawn")
-    ours, theirs = ctx.Pipe()
     group = f"{bench.tag}-{bench.key(run.key)}-loop"
-    child = ctx.Process(
-        target=child_main,
-        args=(
-            theirs,
-            baseline_loop,
-            bench.bootstrap,
-            names.raw,
-            scratch,
-            group,
-            run.transactional,
-            n,
-            bench.args.phase_timeout,
-        ),
-        daemon=True,
-    )
-    child.start()
-    assert child.pid is not None
-    procs = [Proc("loop", child.pid, child.terminate)]
+    args = (bench.bootstrap, names.raw, scratch, group, run.transactional, n, bench.args.phase_timeout)
+    child = Child.start("loop", baseline_loop, *args)
     try:
-        if (said := await receive(ours, bench.args.phase_timeout)) != "ready":
-            raise RuntimeError(f"{run.label}: {said}")
-        await observer.start()
-        write_s = await held.write(bench.records)
-        seconds, busy, finished = await timed(
-            bench, bench.key(run.key), procs, held, observer, lambda: observer.counts[scratch] >= n
+        write_s, seconds, busy, finished = await released(
+            bench, run, [child], held, observer, lambda: observer.counts[scratch] >= n
         )
-        loop = await receive(ours, 30)
+        loop = await receive(child.conn, 30)
         if not finished or loop.get("events") != n:
             raise RuntimeError(f"{run.label}: {observer.counts[scratch]}/{n} outputs seen, loop says {loop}")
         print(f"[bench] {run.label}: {n / seconds:.0f} ev/s ({seconds:.2f} s)")
-        return row(run, n, seconds, busy, procs) | {"batches": loop["batches"], "input_write_s": write_s}
+        return row(run, n, seconds, busy, [child.proc]) | {
+            "batches": loop["batches"],
+            "input_write_s": write_s,
+        }
     finally:
         await held.close()
         await observer.stop()
-        child.join(10)
-        if child.is_alive():
-            child.terminate()
-            child.join(5)
+        child.reap()
 
 
 async def chain_run(bench: Bench, run: Run) -> dict[str, Any]:
@@ -1133,28 +1156,23 @@ async def chain_run(bench: Bench, run: Run) -> dict[str, Any]:
     n = len(bench.records)
     held = HeldInput(bench.bootstrap, names.raw, f"{bench.tag}-{bench.key(run.key)}-input")
     observer = Observer(bench.bootstrap, [out], stamped=out)
-    ctx = multiprocessing.get_context("spawn")
-    hops = []
-    for i, (src, dst) in enumerate(((names.raw, mid), (mid, out))):
-        ours, theirs = ctx.Pipe()
-        group = f"{bench.tag}-{bench.key(run.key)}-hop{i + 1}"
-        child = ctx.Process(
-            target=child_main,
-            args=(theirs, chain_stage, bench.bootstrap, src, dst, group, run.chain != "process", offsets_to),
-            daemon=True,
+    hops = [
+        Child.start(
+            f"hop{i + 1}",
+            chain_stage,
+            bench.bootstrap,
+            src,
+            dst,
+            f"{bench.tag}-{bench.key(run.key)}-hop{i + 1}",
+            run.chain != "process",
+            offsets_to,
         )
-        child.start()
-        assert child.pid is not None
-        hops.append((ours, child, Proc(f"hop{i + 1}", child.pid, child.terminate)))
-    procs = [proc for _, _, proc in hops]
+        for i, (src, dst) in enumerate(((names.raw, mid), (mid, out)))
+    ]
+    procs = [hop.proc for hop in hops]
     try:
-        for ours, _, _ in hops:
-            if (said := await receive(ours, bench.args.phase_timeout)) != "ready":
-                raise RuntimeError(f"{run.label}: {said}")
-        await observer.start()
-        write_s = await held.write(bench.records)
-        seconds, busy, finished = await timed(
-            bench, bench.key(run.key), procs, held, observer, lambda: observer.counts[out] >= n
+        write_s, seconds, busy, finished = await released(
+            bench, run, hops, held, observer, lambda: observer.counts[out] >= n
         )
         if not finished:
             raise RuntimeError(f"{run.label}: {observer.counts[out]}/{n} outputs seen")
@@ -1170,9 +1188,9 @@ async def chain_run(bench: Bench, run: Run) -> dict[str, Any]:
         caught_up = await observer.wait_for(lambda: len(observer.stamps_ms) >= sent, bench.args.phase_timeout)
         print(f"[bench] {run.label}: paced {sent} records at {rate:.0f}/s, caught up: {caught_up}")
         phase = latency_phase(rate, sent, produced_s, observer.stamps_ms, caught_up)
-        for ours, _, _ in hops:
-            ours.send("stop")
-        said = [await receive(ours, 30) for ours, _, _ in hops]
+        for hop in hops:
+            hop.conn.send("stop")
+        said = [await receive(hop.conn, 30) for hop in hops]
         if any("error" in each for each in said):
             raise RuntimeError(f"{run.label}: {said}")
         result["batches"] = sum(each["batches"] for each in said)
@@ -1188,11 +1206,8 @@ async def chain_run(bench: Bench, run: Run) -> dict[str, Any]:
     finally:
         await held.close()
         await observer.stop()
-        for _, child, _ in hops:
-            child.join(10)
-            if child.is_alive():
-                child.terminate()
-                child.join(5)
+        for hop in hops:
+            hop.reap()
 
 
 async def pipeline_run(bench: Bench, run: Run, paced_at: list[float] | None = None) -> dict[str, Any]:
