@@ -24,15 +24,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pipeline import metrics
 from pipeline.kafka.io import bootstrap_list, partitions_of
 from pipeline.kafka.topics import TopicNames
-from pipeline.rules.counters import DomainCounter
+from pipeline.rules.counters import DomainCounter, apply_changelog
 from pipeline.settings import get_settings
-from pipeline.wire.records import (
-    StageResult,
-    TrainingResult,
-    from_json,
-    input_offset_topic,
-    latest_training,
-)
+from pipeline.wire.records import StageResult, TrainingResult, from_json, latest_training
 
 log = logging.getLogger(__name__)
 
@@ -252,12 +246,7 @@ class StreamView:
 
     def _apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if topic == self.names.count_state:
-            if key is None or input_offset_topic(key) is not None:  # the count stage's input offset
-                return
-            if value is None:
-                self.domains.pop(key.decode(), None)
-            else:
-                self.domains[key.decode()] = from_json(DomainCounter, value)
+            apply_changelog(self.domains, key, value)
             return
         if value is None:
             return

@@ -27,7 +27,7 @@ from pipeline.kafka.topics import TopicNames, topic_names
 from pipeline.ops.cli import app
 from pipeline.ops.context import connect
 from pipeline.ops.reading import consumer, read_topic
-from pipeline.rules.counters import DomainCounter
+from pipeline.rules.counters import DomainCounter, apply_changelog
 from pipeline.settings import Settings
 from pipeline.store.sql import open_database, read_offsets
 from pipeline.tenants import load_tenants
@@ -37,7 +37,6 @@ from pipeline.wire.records import (
     TrainTrigger,
     decoder,
     from_json,
-    input_offset_topic,
     latest_training,
 )
 
@@ -163,15 +162,8 @@ async def _counters(bootstrap: str, names: TopicNames) -> dict[str, DomainCounte
 def counters_of(records: Iterable[ConsumerRecord[bytes, bytes]]) -> dict[str, DomainCounter]:
     """Each domain's last counter in the count changelog's ``records`` (its input offsets passed over)."""
     out: dict[str, DomainCounter] = {}
-    dec = decoder(DomainCounter)
     for rec in records:
-        if input_offset_topic(rec.key) is not None:
-            continue
-        key = (rec.key or b"").decode()
-        if rec.value is None:
-            out.pop(key, None)
-        else:
-            out[key] = dec.decode(rec.value)
+        apply_changelog(out, rec.key, rec.value)
     return out
 
 

@@ -7,16 +7,16 @@ partition, offset not beyond the last one seen) is recognised and not counted tw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from datetime import datetime
 from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 from msgspec.structs import replace
 
-from pipeline.wire.records import TrainTrigger, TriggerRange, deterministic_id
+from pipeline.wire.records import TrainTrigger, TriggerRange, deterministic_id, from_json, input_offset_topic
 
-__all__ = ["DomainCounter", "count_units", "due_trigger", "force_trigger", "trigger_id"]
+__all__ = ["DomainCounter", "apply_changelog", "count_units", "due_trigger", "force_trigger", "trigger_id"]
 
 
 class DomainCounter(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -211,3 +211,16 @@ def due_trigger(
         at=now,
         topic=topic,
     )
+
+
+def apply_changelog(
+    domains: MutableMapping[str, DomainCounter], key: bytes | None, value: bytes | None
+) -> None:
+    """One record of the count stage's changelog into its readers' view of the domains (the ingest's,
+    ``feedstream status``): a counter or a tombstone; the stage's input offset is not a domain."""
+    if key is None or input_offset_topic(key) is not None:
+        return
+    if value is None:
+        domains.pop(key.decode(), None)
+    else:
+        domains[key.decode()] = from_json(DomainCounter, value)
