@@ -36,7 +36,7 @@ class Cluster:
     logs: dict[TopicPartition, list[Record | None]] = field(default_factory=lambda: defaultdict(list))
     offsets: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
     epochs: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    #: operation name ("begin", "send", "offsets", "commit", "commit_landed", "abort") -> errors to raise
+    #: operation name ("begin", "send", "commit", "commit_landed", "abort", "group_commit") -> errors to raise
     faults: dict[str, list[BaseException]] = field(default_factory=lambda: defaultdict(list))
     calls: list[tuple[str, str]] = field(default_factory=list)  # (transactional id, operation)
     changelog_gate: asyncio.Event | None = None  # set: restores may read; unset: they wait
@@ -125,7 +125,6 @@ class FakeProducer:
         self._metadata = _Meta(cluster)
         self.client = _Client()
         self._buffer: list[_Buffered] = []
-        self._offsets: dict[tuple[str, TopicPartition], int] = {}
         self._pending: collections.Counter[TopicPartition] = collections.Counter()  # buffered per partition
 
     def _check(self, op: str) -> None:
@@ -147,7 +146,6 @@ class FakeProducer:
         self._check("begin")
         self._buffer.clear()
         self._pending.clear()
-        self._offsets.clear()
 
     async def send(
         self,
@@ -182,11 +180,6 @@ class FakeProducer:
         fut.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, -1, -1))
         return fut
 
-    async def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None:
-        self._check("offsets")
-        for tp, offset in offsets.items():
-            self._offsets[group_id, tp] = offset
-
     async def commit_transaction(self) -> None:
         self._check("commit")
         touched: set[TopicPartition] = set()
@@ -195,10 +188,8 @@ class FakeProducer:
             touched.add(tp)
         for tp in touched:
             self.cluster.logs[tp].append(None)
-        self.cluster.offsets.update(self._offsets)
         self._buffer.clear()
         self._pending.clear()
-        self._offsets.clear()
         error = self.cluster.fault("commit_landed")  # the commit landed, but its answer was lost
         if error is not None:
             raise error
@@ -207,7 +198,6 @@ class FakeProducer:
         self._check("abort")
         self._buffer.clear()
         self._pending.clear()
-        self._offsets.clear()
 
 
 class FakeConsumer:
