@@ -438,6 +438,19 @@ async def test_group_offset_commits_are_coalesced_to_one_per_interval() -> None:
     await runner.stop()
 
 
+async def test_a_failed_group_commit_changes_nothing_of_the_stream_and_the_next_one_lands() -> None:
+    cluster, _, runner, consumer, _ = setup()
+    await owning(runner, consumer)
+    cluster.faults["group_commit"].append(RequestTimedOutError())
+    cluster.produce(IN, [b"a"])
+    await turn(runner)
+    assert cluster.values(OUT) == [b"a"] and input_offset(cluster) == 1  # committed all the same
+    assert cluster.offsets[GROUP, TP] == 0  # the open's commit stands; the batch's was lost
+    cluster.produce(IN, [b"b"])
+    await turn(runner)
+    assert cluster.values(OUT) == [b"a", b"b"] and cluster.offsets[GROUP, TP] == 3
+
+
 async def test_a_revoked_partition_leaves_the_groups_offset_exactly_where_it_stands() -> None:
     cluster, _, runner, consumer, _ = setup()
     runner.advise_every_s = 60.0  # the coalesced commits would wait a minute
