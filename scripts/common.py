@@ -181,11 +181,11 @@ def run_and_report(
     """Find a broker, run, print the table and write the JSON (``--out``); the result, for a verdict."""
     with find_broker() as broker:
         result = asyncio.run(run_tagged(name, measure, args, broker.bootstrap, broker.kind))
-    print()
-    print(table(result))
-    out: Path = args.out
+    out: Path = args.out  # written first: a run is never lost to its table
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(table(result))
     print(f"\nwrote {out} (run took {result['run_s']:.0f} s)")
     return result
 

@@ -10,7 +10,12 @@ Starts, on the broker of ``pipeline.kafka.broker.find_broker`` with its own ``TO
   far above what this machine can send, so nothing is throttled;
 * a baseline server: a tiny aiohttp app (this module, ``--serve-baseline PORT``) that reads the
   body, parses it as JSON and answers 200 JSON, on the same stack (aiohttp, ``AppRunner``,
-  ``TCPSite``, no access log) in its own process.
+  ``TCPSite``, no access log) in its own process;
+* a durable floor: the same app that also writes each body, as it came, as one record (a fresh
+  key per request) through one idempotent ``acks=all`` aiokafka producer (the ingest's
+  ``AckedWriter`` settings, ``linger_ms=0``) to a scratch topic with as many partitions as
+  ``feedback.raw``, and answers after the acknowledgement: the least a durable ingest does on
+  this stack, with no validation, no envelope and no answer to build.
 
 Each case (seed 000 with 1 and with 100 items; seeds 001, 002, 003 and 004 with 1 item; a seed 002
 array of 100 items) is driven against the ingest and then the baseline with an aiohttp client at a
@@ -20,7 +25,8 @@ By default (``--worker paused``) the worker is stopped (SIGSTOP) during the inge
 whose answer does not wait for the stream (all but seed 000), so the ingest is measured alone, as
 the baseline is, instead of sharing the two cores with the stream processing what it writes;
 ``--worker running`` measures them with the worker at work. Reported per case: requests/s, items/s,
-latency p50/p99, status counts, and requests/s relative to the baseline. One clock for every run:
+latency p50/p99, status counts, and requests/s relative to the baseline and to the durable
+floor. One clock for every run:
 the load generator's ``time.perf_counter``, from the first measured request sent to the last answer
 read (latency: request sent to answer read, same clock). ``--cases`` runs a subset; ``--profile``
 records a py-spy profile of the ingest during each ingest run (``<logs>/profile-<case>.txt``,
@@ -56,10 +62,12 @@ import aiohttp
 import orjson
 import yaml
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 
+from pipeline.kafka.io import MAX_REQUEST_BYTES
+from pipeline.kafka.partitioner import partitioner
 from pipeline.kafka.topics import ensure_topics, topic_names
+from pipeline.ops.status import lag_rows, positions, stage_inputs
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
 from pipeline.settings import REPO_ROOT, Settings
 from scripts.bench import (
@@ -67,6 +75,9 @@ from scripts.bench import (
     SCORE_SOURCES,
     SEARCH_TYPES,
     Workload,
+    cpu_seconds,
+    create_topic,
+    machine_busy_s,
     percentile,
     ranking_domains,
     task_id,
@@ -96,10 +107,41 @@ async def _baseline_health(request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
 
-async def serve_baseline(port: int) -> None:
+async def serve_baseline(port: int, durable_topic: str | None = None, bootstrap: str = "") -> None:
+    """The trivial endpoint, or (``durable_topic``) the durable floor: each body one record, answered
+    after the broker's ``acks=all`` acknowledgement."""
+    producer: AIOKafkaProducer | None = None
+    handler = _baseline_feedback
+    if durable_topic is not None:
+        producer = AIOKafkaProducer(
+            partitioner=partitioner,
+            bootstrap_servers=bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            max_request_size=MAX_REQUEST_BYTES,
+        )
+        await producer.start()
+        sent = producer
+        counter = iter(range(1 << 62))
+
+        async def durable_feedback(request: web.Request) -> web.Response:
+            body = await request.read()
+            data = orjson.loads(body)
+            n = (
+                len(data)
+                if isinstance(data, list)
+                else len(data.get("items", [1]))
+                if isinstance(data, dict)
+                else 1
+            )
+            await sent.send_and_wait(durable_topic, body, key=b"%d" % next(counter))
+            return web.Response(body=orjson.dumps({"accepted": n}), content_type="application/json")
+
+        handler = durable_feedback
     app = web.Application(client_max_size=1_048_577)
-    app.router.add_post("/v1/feedback", _baseline_feedback)
-    app.router.add_post("/api/v1/feedback", _baseline_feedback)
+    app.router.add_post("/v1/feedback", handler)
+    app.router.add_post("/api/v1/feedback", handler)
     app.router.add_get("/healthz", _baseline_health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -109,15 +151,21 @@ async def serve_baseline(port: int) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        if producer is not None:
+            await producer.stop()
 
 
-def baseline_service(env: dict[str, str], port: int, log_dir: Path) -> Service:
+def baseline_service(
+    env: dict[str, str], port: int, log_dir: Path, durable_topic: str | None = None
+) -> Service:
+    extra = ["--durable-topic", durable_topic] if durable_topic else []
+    name = "durable" if durable_topic else "baseline"
     return Service(
-        "baseline",
-        [sys.executable, "-m", "scripts.load", "--serve-baseline", str(port)],
+        name,
+        [sys.executable, "-m", "scripts.load", "--serve-baseline", str(port), *extra],
         child_env(env),
         f"http://127.0.0.1:{port}/healthz",
-        log_dir / "baseline.log",
+        log_dir / f"{name}.log",
     )
 
 
@@ -249,8 +297,11 @@ async def drive(
     max_requests: int,
     warmup: int,
     on_measure: Callable[[], None] | None = None,
+    pid: int | None = None,
 ) -> dict[str, Any]:
-    """POST the case's bodies from ``concurrency`` workers until the time or count bound."""
+    """POST the case's bodies from ``concurrency`` workers until the time or count bound; ``pid``:
+    the server's process, whose CPU (and the whole machine's) over the measured part is reported per
+    request."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
@@ -286,11 +337,18 @@ async def drive(
                 statuses[status] += 1
                 latencies.append(latency)
 
+        cpu0 = cpu_seconds(pid) if pid is not None else 0.0
+        busy0 = machine_busy_s()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(pid) - cpu0 if pid is not None else None
+        busy = machine_busy_s() - busy0
     ok = sum(n for s, n in statuses.items() if s.startswith("2"))
+    n = max(1, len(latencies))
     return {
+        "cpu_ms_per_request": None if cpu is None else cpu * 1000 / n,
+        "machine_cpu_ms_per_request": busy * 1000 / n,
         "requests": len(latencies),
         "seconds": elapsed,
         "requests_per_s": len(latencies) / elapsed,
@@ -302,35 +360,20 @@ async def drive(
     }
 
 
-async def lag(bootstrap: str, group: str, topic: str) -> int:
-    """Records (and transaction markers) not yet committed by ``group`` on ``topic``."""
-    tps = await partitions_of(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await consumer.start()
-    await admin.start()
-    try:
-        ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-        total = 0
-        for tp in tps:
-            at = committed.get(tp)
-            # a transaction's commit marker sits after its last record: 1 per partition is "caught up"
-            total += max(0, ends[tp] - (at.offset if at is not None and at.offset >= 0 else 0) - 1)
-        return total
-    finally:
-        await admin.close()
-        await consumer.stop()
-
-
 async def wait_drained(bootstrap: str, settings: Settings, timeout_s: float) -> float:
     """Wait (bounded) until the worker's two stages have caught up; seconds waited."""
-    names = topic_names(settings)
+    inputs = {
+        stage: group_topics
+        for stage, group_topics in stage_inputs(settings, topic_names(settings)).items()
+        if stage in ("expand", "count")
+    }
     started = time.perf_counter()
     while time.perf_counter() - started < timeout_s:
-        expand = await lag(bootstrap, f"{settings.worker_id}-expand", names.raw)
-        count = await lag(bootstrap, f"{settings.worker_id}-count", names.units)
-        if expand == 0 and count == 0:
+        # ``feedstream status``'s lag: transaction markers and aborted records are not lag (a
+        # caught-up stage's offset can sit several offsets before the end: the formula "end - 1"
+        # waited out its bound after every case)
+        committed, ends, behind = await positions(bootstrap, inputs)
+        if all(row.lag == 0 for row in lag_rows(inputs, committed, ends, behind)):
             break
         await asyncio.sleep(0.5)
     return time.perf_counter() - started
@@ -366,49 +409,72 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
 
     env = stack_env(settings, f"ingest-{tag}")
     cases = [c for c in build_cases(Workload(seed=args.seed), 400, args.seed) if c.name in args.cases]
-    ingest_port, baseline_port = free_port(), free_port()
+    durable_topic = f"{prefix}load.durable"
+    await create_topic(
+        bootstrap, durable_topic, len(await partitions_of(bootstrap, topic_names(settings).raw))
+    )
+    ports = {target: free_port() for target in TARGETS}
     worker = worker_service(env, free_port(), log_dir)
-    ingest = ingest_service(env, ingest_port, log_dir)
-    base = baseline_service(env, baseline_port, log_dir)
+    ingest = ingest_service(env, ports["ingest"], log_dir)
+    durable = baseline_service(env, ports["durable"], log_dir, durable_topic)
+    base = baseline_service(env, ports["baseline"], log_dir)
+    services = {"ingest": ingest, "durable": durable, "baseline": base}
     results: list[dict[str, Any]] = []
     try:
-        for svc in (worker, ingest, base):
+        for svc in (worker, ingest, durable, base):
             svc.start()
-        for svc in (worker, ingest, base):
+        for svc in (worker, ingest, durable, base):
             await asyncio.to_thread(svc.wait_ready, 90.0)
-        print("[load] worker, ingest and baseline ready")
-        for case in cases:
-            row: dict[str, Any] = {"case": case.name, "items_per_request": case.items}
-            for target, port in (("ingest", ingest_port), ("baseline", baseline_port)):
-                # the worker drains what earlier runs wrote first, so it does not compete with this one
-                row[f"drain_before_{target}_s"] = await wait_drained(bootstrap, settings, args.drain_timeout)
-                spy = None
-                if args.profile and target == "ingest" and ingest.proc is not None:
-                    spy = profile(ingest.proc.pid, args.duration, log_dir / f"profile-{case.name}.txt")
-                # the ingest alone, as the baseline runs: the worker's catching up (the stream of
-                # what the ingest writes) would take its cores from the process measured
-                paused = args.worker == "paused" and target == "ingest" and not case.through_stream
-                row[f"worker_paused_{target}"] = paused
-                with pausing(worker if paused else None):
-                    row[target] = await drive(
-                        f"http://127.0.0.1:{port}{case.path}",
-                        case,
-                        key=tenant_key(0),
-                        concurrency=args.concurrency,
-                        duration_s=args.duration,
-                        max_requests=args.max_requests,
-                        warmup=args.warmup,
-                        on_measure=spy,
+        print("[load] worker, ingest, durable floor and baseline ready")
+        rounds: dict[str, list[dict[str, Any]]] = {case.name: [] for case in cases}
+        for n_round in range(args.rounds):  # interleaved: every case and target once per round
+            for case in cases:
+                row: dict[str, Any] = {
+                    "case": case.name,
+                    "items_per_request": case.items,
+                    "round": n_round + 1,
+                }
+                for target, port in ports.items():
+                    # the worker drains what earlier runs wrote first, so it does not compete with this one
+                    row[f"drain_before_{target}_s"] = await wait_drained(
+                        bootstrap, settings, args.drain_timeout
                     )
-            row["ratio_rps"] = row["ingest"]["requests_per_s"] / row["baseline"]["requests_per_s"]
-            results.append(row)
-            i, b = row["ingest"], row["baseline"]
-            print(
-                f"[load] {case.name}: ingest {i['requests_per_s']:.0f} req/s p50 {i['p50_ms']:.0f} ms "
-                f"p99 {i['p99_ms']:.0f} ms {i['statuses']}; baseline {b['requests_per_s']:.0f} req/s"
-            )
+                    spy = None
+                    if args.profile and target == "ingest" and ingest.proc is not None:
+                        out = log_dir / f"profile-{case.name}-{n_round + 1}.txt"
+                        spy = profile(ingest.proc.pid, args.duration, out)
+                    # the ingest alone, as the baseline runs: the worker's catching up (the stream of
+                    # what the ingest writes) would take its cores from the process measured
+                    paused = args.worker == "paused" and target == "ingest" and not case.through_stream
+                    row[f"worker_paused_{target}"] = paused
+                    with pausing(worker if paused else None):
+                        row[target] = await drive(
+                            f"http://127.0.0.1:{port}{case.path}",
+                            case,
+                            key=tenant_key(0),
+                            concurrency=args.concurrency,
+                            duration_s=args.duration,
+                            max_requests=args.max_requests,
+                            warmup=args.warmup,
+                            on_measure=spy,
+                            pid=pid_of(services[target]),
+                        )
+                row["ratio_rps"] = row["ingest"]["requests_per_s"] / row["baseline"]["requests_per_s"]
+                row["durable_ratio_rps"] = (
+                    row["durable"]["requests_per_s"] / row["baseline"]["requests_per_s"]
+                )
+                row["ratio_to_durable"] = row["ingest"]["requests_per_s"] / row["durable"]["requests_per_s"]
+                rounds[case.name].append(row)
+                i, d, b = row["ingest"], row["durable"], row["baseline"]
+                print(
+                    f"[load] round {n_round + 1} {case.name}: ingest {i['requests_per_s']:.0f} req/s "
+                    f"p50 {i['p50_ms']:.0f} ms p99 {i['p99_ms']:.0f} ms {i['statuses']}; durable floor "
+                    f"{d['requests_per_s']:.0f} req/s; baseline {b['requests_per_s']:.0f} req/s; "
+                    f"ingest/baseline {row['ratio_rps']:.3f}"
+                )
+        results = [median_round(rows) for rows in rounds.values()]
     finally:
-        for svc in (base, ingest, worker):
+        for svc in (base, durable, ingest, worker):
             with contextlib.suppress(Exception):
                 svc.stop()
     return {
@@ -420,18 +486,49 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
             "warmup_requests": args.warmup,
             "result_wait_s": settings.result_wait_s,
             "worker": args.worker,
+            "rounds": args.rounds,
             "note": "the load generator runs on the same cores as the ingest, the worker and the broker",
         },
         "cases": results,
     }
 
 
+#: what each case is driven against, in this order: ours, the durable floor, the trivial endpoint
+TARGETS = ("ingest", "durable", "baseline")
+
+
+def median_round(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A case's median round by its ingest/baseline ratio (each ratio is against its own round's
+    baseline, as the machine drifts between rounds), with every round's ratios beside it."""
+    ranked = sorted(rows, key=lambda r: r["ratio_rps"])
+    keep = ("round", "ratio_rps", "durable_ratio_rps", "ratio_to_durable")
+    return ranked[(len(ranked) - 1) // 2] | {"rounds": [{k: r[k] for k in keep} for r in rows]}
+
+
+def pid_of(service: Service) -> int | None:
+    return service.proc.pid if service.proc is not None else None
+
+
 def table(r: dict[str, Any]) -> str:
-    header = ("case", "target", "req/s", "items/s", "p50 ms", "p99 ms", "vs baseline", "statuses")
+    header: tuple[str, ...] = (
+        "case",
+        "target",
+        "req/s",
+        "items/s",
+        "p50 ms",
+        "p99 ms",
+        "vs baseline",
+        "vs durable",
+        "CPU ms/req",
+        "machine",
+        "statuses",
+    )
     rows = [header]
     for c in r["cases"]:
-        for target in ("ingest", "baseline"):
+        for target in TARGETS:
             m = c[target]
+            vs_baseline = {"ingest": c["ratio_rps"], "durable": c["durable_ratio_rps"], "baseline": 1.0}
+            vs_durable = {"ingest": f"{c['ratio_to_durable']:.3f}", "durable": "1", "baseline": ""}
             rows.append(
                 (
                     c["case"] if target == "ingest" else "",
@@ -440,26 +537,41 @@ def table(r: dict[str, Any]) -> str:
                     f"{m['items_per_s']:.0f}",
                     f"{m['p50_ms']:.1f}",
                     f"{m['p99_ms']:.1f}",
-                    f"{c['ratio_rps']:.3f}" if target == "ingest" else "1",
+                    f"{vs_baseline[target]:.3f}" if target != "baseline" else "1",
+                    vs_durable[target],
+                    "" if m.get("cpu_ms_per_request") is None else f"{m['cpu_ms_per_request']:.3f}",
+                    f"{m['machine_cpu_ms_per_request']:.3f}",
                     " ".join(f"{s}:{n}" for s, n in sorted(m["statuses"].items())),
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(
-            c.ljust(w) if i in (0, 1, 7) else c.rjust(w)
+            c.ljust(w) if i in (0, 1, 10) else c.rjust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
     cfg = r["config"]
+    if cfg.get("rounds", 1) > 1:
+        lines += [
+            "",
+            f"{cfg['rounds']} rounds, interleaved; shown: each case's median round by ingest/baseline",
+        ]
+        for c in r["cases"]:
+            each = ", ".join(
+                f"{x['ratio_rps']:.3f} ({x['durable_ratio_rps']:.3f}, {x['ratio_to_durable']:.3f})"
+                for x in c["rounds"]
+            )
+            lines.append(f"  {c['case']}: ingest/baseline (durable/baseline, ingest/durable) {each}")
     lines += [
         "",
         f"concurrency {cfg['concurrency']}, {cfg['duration_s']} s per case and target (max "
         f"{cfg['max_requests']} requests), nproc {r['nproc']}; the load generator shares the cores",
         "seed 000 answers wait for the worker's count result (202 after result_wait_s); "
-        "vs baseline = ingest req/s / baseline req/s",
+        "vs baseline = req/s / the trivial endpoint's req/s; vs durable = ingest req/s / the durable "
+        "floor's (each body one record, acks=all, answered on the acknowledgement)",
         (
             "worker paused (SIGSTOP) during the other cases' ingest runs: the ingest measured alone, as "
             "the baseline is; the worker catches up before the next run"
@@ -468,6 +580,9 @@ def table(r: dict[str, Any]) -> str:
         ),
         "one clock for every run: the load generator's time.perf_counter, first measured request sent "
         "to last answer read (latency: request sent to answer read)",
+        "CPU ms/req: the server process's user+system CPU over the measured part per request "
+        "(/proc/<pid>/stat); machine: every core's busy time per request (/proc/stat: the broker, "
+        "the load generator and the paused worker included)",
     ]
     return "\n".join(lines)
 
@@ -485,6 +600,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the ingest during each ingest run")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="every case this many times, interleaved; the median round shown",
+    )
+    parser.add_argument(
         "--worker",
         choices=("paused", "running"),
         default="paused",
@@ -492,10 +613,12 @@ def main(argv: list[str] | None = None) -> int:
         "000): the worker paused (the ingest alone, like the baseline) or running",
     )
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--durable-topic", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_baseline:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_baseline(args.serve_baseline))
+            asyncio.run(serve_baseline(args.serve_baseline, args.durable_topic, bootstrap))
         return 0
     run_and_report("load", measure, args, table)
     return 0

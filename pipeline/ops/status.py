@@ -219,7 +219,7 @@ async def store_committed(settings: Settings, group: str, topics: list[str]) -> 
         await db.close()
 
 
-async def _positions(
+async def positions(
     bootstrap: str, inputs: dict[str, tuple[str, list[str]]], settings: Settings | None = None
 ) -> Positions:
     """Committed offsets per group (the store stage's from its database), read_committed end
@@ -280,7 +280,7 @@ async def collect(settings: Settings, bootstrap: str) -> Snapshot:
         _counters(bootstrap, names),
         _trainings(bootstrap, names),
         _dlq(bootstrap, names),
-        _positions(bootstrap, inputs, settings),
+        positions(bootstrap, inputs, settings),
     )
     now = datetime.now(UTC)
     return Snapshot(
