@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     topic_replication: int = Field(default=1, ge=1)
     ingest_writer_lanes: int = Field(default=4, ge=1, description="Kafka transactions in flight at once.")
     produce_timeout_s: float = Field(default=5.0, gt=0, description="Bound on waiting for broker acks.")
+    gc_tuned: bool = Field(
+        default=True,
+        description="Ingest and workers: freeze startup objects, young GC every 20,000 allocations "
+        "(pipeline.gcpolicy); false keeps Python's defaults.",
+    )
 
     # Ingest HTTP service
     ingest_host: str = "127.0.0.1"

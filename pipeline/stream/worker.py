@@ -23,7 +23,7 @@ import mode
 from faust.app.base import BootStrategy
 from faust.web import Request, Response, View
 
-from pipeline import memtrace, metrics, tracing
+from pipeline import gcpolicy, memtrace, metrics, tracing
 from pipeline.kafka import topics
 from pipeline.ops.page import render_status
 from pipeline.ops.status import collect
@@ -156,6 +156,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 if self.tracing is not None and isinstance(runner, StageRunner):
                     runner.tracer = self.tracing.get_tracer("pipeline.stream")
                 await runner.start()
+            gcpolicy.tune(f"worker {','.join(stages)}", enabled=settings.gc_tuned)
 
         async def on_stop(self) -> None:
             for runner in reversed(self.runners):
