@@ -19,7 +19,7 @@ from pipeline.wire.records import TrainTrigger, TriggerRange, deterministic_id, 
 __all__ = ["DomainCounter", "apply_changelog", "count_units", "due_trigger", "force_trigger", "trigger_id"]
 
 
-class DomainCounter(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class DomainCounter(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """The count stage's table state of one domain's counter (JSON-serialisable, immutable)."""
 
     pending: Annotated[int, Meta(ge=0, description="Counted units since the last trigger.")] = 0

@@ -64,7 +64,7 @@ SIGNAL_ONLY_SEARCH_EVENTS: frozenset[str] = frozenset(
 )
 
 
-class _State(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _State(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Stage state: immutable, unknown fields refused (its changelog is read back on restore)."""
 
 
@@ -90,7 +90,7 @@ class SeekerHistory(_State, frozen=True, kw_only=True):
     Domain and anchor live in the table key, not in each row, to keep the JSON small.
     """
 
-    observations: list[Observation] = []
+    observations: tuple[Observation, ...] = ()
 
 
 class StreamClock(_State, frozen=True, kw_only=True):
@@ -228,7 +228,7 @@ def expand_outcomes(
                 origin=origin,
             )
         )
-    return SeekerHistory(observations=kept), units
+    return SeekerHistory(observations=tuple(kept)), units
 
 
 def search_observation(

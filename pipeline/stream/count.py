@@ -40,7 +40,7 @@ class UnknownDomain(LookupError):
     """No tenant owns the domain (any more): nothing to count against."""
 
 
-class UnitHead(msgspec.Struct, frozen=True):
+class UnitHead(msgspec.Struct, frozen=True, gc=False):
     """What counting reads of a unit (the rest is skipped by the decoder, never built)."""
 
     kind: str

@@ -88,7 +88,7 @@ class SearchEventType(StrEnum):
     UNSAFE_OR_POLICY_ISSUE = "unsafe_or_policy_issue"
 
 
-class _Wire(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _Wire(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Frozen; unknown fields are an error (a typo in a producer must not pass silently)."""
 
 

@@ -126,7 +126,7 @@ def signal_id(*, event_id: str, subject: str, key: str) -> str:
     return deterministic_id("signal", event_id, subject, key)
 
 
-class _Record(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _Record(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Output records are immutable and reject unknown fields, so the schema is the whole truth."""
 
 

@@ -324,18 +324,20 @@ def test_every_topic_declares_a_limit_no_smaller_than_a_producer_batch() -> None
 def test_the_worst_history_the_edge_allows_fits_the_expand_changelog() -> None:
     worst_id = "\x01" * MAX_ID_CHARS  # every character escaped: 6 bytes in JSON
     history = SeekerHistory(
-        observations=[
-            Observation(
-                candidate_id=worst_id[:-4] + f"{i:04d}",
-                label="\x01" * MAX_LABEL_CHARS,
-                grade=2.2250738585072014e-308,
-                positive=False,
-                weight=1.2345678901234567e-300,
-                event_id="0190a8f4-8f0e-7c4e-9a6c-1234567890ab",
-                observed_at=T0,
-            )
-            for i in range(LIMITS.max_items)
-        ]
+        observations=tuple(
+            [
+                Observation(
+                    candidate_id=worst_id[:-4] + f"{i:04d}",
+                    label="\x01" * MAX_LABEL_CHARS,
+                    grade=2.2250738585072014e-308,
+                    positive=False,
+                    weight=1.2345678901234567e-300,
+                    event_id="0190a8f4-8f0e-7c4e-9a6c-1234567890ab",
+                    observed_at=T0,
+                )
+                for i in range(LIMITS.max_items)
+            ]
+        )
     )
     value = to_json(history)
     key = ("d" * 128 + "/" + "\U0010ffff" * MAX_ID_CHARS).encode()
@@ -416,7 +418,7 @@ def test_histories_expire_by_stream_time_with_tombstones_and_outputs_do_not_chan
 def test_the_clock_and_histories_round_trip_through_the_changelog_codec() -> None:
     stage = ExpandStage(NAMES, LIMITS, "__shared__")
     clock = StreamClock(stream_time=T0, swept_at=T0)
-    history = SeekerHistory(observations=[])
+    history = SeekerHistory(observations=())
     assert stage.decode_state(stage.encode_state(clock)) == clock
     assert stage.decode_state(stage.encode_state(history)) == history
 

@@ -576,7 +576,7 @@ def test_pairs_equal_the_rule_over_every_kept_pair(
     for c, label, weight, t in sorted(old, key=lambda x: x[3]):
         history.pop(f"c{c}", None)
         history[f"c{c}"] = obs(c, label, weight, t, "old")
-    stored = SeekerHistory(observations=list(history.values()))
+    stored = SeekerHistory(observations=tuple(history.values()))
     arrivals = [obs(c, label, weight, t, "new") for c, label, weight, t in new]
     limits = Limits(max_items=max_items, max_age_seconds=30.0)
     now = T0 + timedelta(seconds=60)
