@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from typing import Any
 
 from pipeline import metrics
 
@@ -34,6 +34,22 @@ class RateState:
     remaining: int
     reset_at: str  # ISO time at which the bucket is full again
     retry_after_s: int  # whole seconds until one request is allowed (0 when allowed)
+
+
+_SECOND: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
+def iso_z(ts: float) -> str:
+    """``datetime.fromtimestamp(ts, UTC).isoformat()`` with ``Z`` for ``+00:00``: the same text
+    (microseconds rounded half to even, none written when zero), the date and time formatted once
+    per second instead of per request."""
+    second = math.floor(ts)
+    micros = round((ts - second) * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    if _SECOND[0] != second:
+        _SECOND[0], _SECOND[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_SECOND[1]}.{micros:06d}Z" if micros else f"{_SECOND[1]}Z"
 
 
 class RateLimiter:
@@ -59,7 +75,7 @@ class RateLimiter:
         if allowed:
             bucket.tokens -= 1.0
         full_in = (bucket.rate - bucket.tokens) / bucket.rate
-        reset_at = datetime.fromtimestamp(time.time() + full_in, UTC).isoformat().replace("+00:00", "Z")
+        reset_at = iso_z(time.time() + full_in)
         retry = 0 if allowed else max(1, math.ceil((1.0 - bucket.tokens) / bucket.rate))
         return RateState(allowed, rps, int(bucket.tokens), reset_at, retry)
 

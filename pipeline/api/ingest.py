@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from pipeline import contracts, memtrace, metrics, tracing
+from pipeline import contracts, gcpolicy, memtrace, metrics, tracing
 from pipeline.api import answers, intake
 from pipeline.api.contracts import TrainingReport
 from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, RateLimiter, RateState, StoredAnswer
@@ -316,7 +316,7 @@ class Ingest:
             response = http_error(call, exc)
         except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError too)
             log.debug("client went away (request %s)", call.request_id)
-            metrics.HTTP_REQUESTS.labels(route, request.method, str(CLIENT_GONE)).inc()
+            metrics.child(metrics.HTTP_REQUESTS, route, request.method, str(CLIENT_GONE)).inc()
             response = web.Response(status=CLIENT_GONE)  # nobody reads it; aiohttp drops it quietly
             response.force_close()
             return response
@@ -330,14 +330,20 @@ class Ingest:
             response.headers["X-RateLimit-Limit"] = str(call.rate.limit_rps)
             response.headers["X-RateLimit-Remaining"] = str(call.rate.remaining)
             response.headers["X-RateLimit-Reset"] = call.rate.reset_at
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
-        metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+        metrics.child(metrics.HTTP_REQUESTS, route, request.method, str(response.status)).inc()
+        metrics.child(metrics.HTTP_LATENCY, route).observe(time.perf_counter() - started)
         return response
 
     async def read_body(self, request: web.Request, limit: int) -> bytes:
         """The whole body, at most ``limit`` bytes (413 past it), within ``body_read_timeout_s`` (408)."""
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body exceeds {limit} bytes.")
+        content = request.content
+        if content.is_eof():  # all of it arrived with the headers (small bodies): no timer, no loop
+            body = content.read_nowait(-1)
+            if len(body) > limit:
+                raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body exceeds {limit} bytes.")
+            return body
         # StreamReader.read(n) returns what has arrived (up to n bytes), not n bytes: read to EOF
         buf = bytearray()
         try:
@@ -432,7 +438,7 @@ class Ingest:
     async def write(self, events: list[Envelope], trace: tracing.TraceHeaders | None = None) -> None:
         records = contracts.raw_records(self.topics.raw, events, trace or ())
         await self.write_records(records)
-        metrics.RAW_PUBLISHED.labels("http").inc(len(records))
+        metrics.child(metrics.RAW_PUBLISHED, "http").inc(len(records))
 
     async def write_records(self, records: list[OutRecord]) -> None:
         try:
@@ -548,7 +554,7 @@ class Ingest:
             if waiting is not None:
                 self.view.forget(call.request_id)
             raise
-        metrics.ITEMS_ACCEPTED.labels(spec.name).inc(result.accepted_count())
+        metrics.child(metrics.ITEMS_ACCEPTED, spec.name).inc(result.accepted_count())
         for rej in result.rejected:
             metrics.ITEMS_REJECTED.labels(spec.name, rej.reason).inc()
         results = None
@@ -846,6 +852,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner, _ = await ingest.start_http(settings.ingest_host, settings.ingest_port)
+    gcpolicy.tune("ingest", enabled=settings.gc_tuned)
     log.info(
         "ingest %s listening on http://%s:%d",
         settings.ingest_instance,

@@ -79,13 +79,19 @@ def register(spec: ContractSpec) -> ContractSpec:
     if spec.wire.__struct_config__.tag != spec.name:
         raise ValueError(f"contract {spec.name!r}: its envelope type must be tagged {spec.name!r}")
     CONTRACTS[spec.name] = spec
-    _by_type.cache_clear()
+    _changed()
     return spec
 
 
 def unregister(name: str) -> None:
     del CONTRACTS[name]
+    _changed()
+
+
+def _changed() -> None:
+    """What is derived from the registry is derived again."""
     _by_type.cache_clear()
+    on_route.cache_clear()
 
 
 @contextlib.contextmanager
@@ -117,6 +123,7 @@ def spec_of(event: Envelope) -> ContractSpec:
     return _by_type()[0][type(event)]
 
 
-def on_route(route: str) -> list[ContractSpec]:
-    """The contracts posted to one path, in registration order."""
-    return [spec for spec in CONTRACTS.values() if spec.route == route]
+@lru_cache(maxsize=64)
+def on_route(route: str) -> tuple[ContractSpec, ...]:
+    """The contracts posted to one path, in registration order (twice per request: cached)."""
+    return tuple(spec for spec in CONTRACTS.values() if spec.route == route)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import time
+from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, StoredAnswer
+from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, StoredAnswer, iso_z
 
 
 def answer(size: int) -> StoredAnswer:
@@ -76,3 +79,14 @@ async def test_conflicting_body_still_conflicts() -> None:
     assert store.claim(("a", "/p", "k"), b"one") is None
     with pytest.raises(IdempotencyConflict):
         store.claim(("a", "/p", "k"), b"two")
+
+
+def test_reset_times_are_written_as_datetime_writes_them() -> None:
+    """The rate limit's ``reset_at`` (seed 004's body, ``X-RateLimit-Reset``): one text per instant,
+    the date and time formatted once per second; microseconds rounded as ``fromtimestamp`` rounds."""
+    rng = random.Random(4)
+    now = time.time()
+    instants = [now + rng.uniform(0, 5) for _ in range(20_000)]
+    instants += [float(int(now)), int(now) + 0.5, int(now) + 0.9999995, int(now) + 0.0000005, 1e9 + 0.0000015]
+    for ts in instants:
+        assert iso_z(ts) == datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z"), ts
