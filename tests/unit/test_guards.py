@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from pipeline import metrics
 from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, StoredAnswer, iso_z
 
 
@@ -90,3 +91,12 @@ def test_reset_times_are_written_as_datetime_writes_them() -> None:
     instants += [float(int(now)), int(now) + 0.5, int(now) + 0.9999995, int(now) + 0.0000005, 1e9 + 0.0000015]
     for ts in instants:
         assert iso_z(ts) == datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z"), ts
+
+
+def test_remembered_metric_children_are_the_metrics_own() -> None:
+    """``metrics.child`` (the ingest's per-request labels) counts into the same series as ``labels``."""
+    before = metrics.ITEMS_ACCEPTED.labels("child_test")._value.get()
+    metrics.child(metrics.ITEMS_ACCEPTED, "child_test").inc(2)
+    metrics.child(metrics.ITEMS_ACCEPTED, "child_test").inc(3)
+    assert metrics.child(metrics.ITEMS_ACCEPTED, "child_test") is metrics.ITEMS_ACCEPTED.labels("child_test")
+    assert metrics.ITEMS_ACCEPTED.labels("child_test")._value.get() == before + 5
