@@ -90,6 +90,10 @@ class Call:
     trace: tracing.TraceHeaders | None = None
 
 
+#: where the middleware leaves a request's :class:`Call` for its handler (a typed request key)
+CALL = web.RequestKey("call", Call)
+
+
 def json_response(status: int, data: Any, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
@@ -286,7 +290,7 @@ class Ingest:
             correlation_id=header_text(request, "X-Correlation-Id").strip()[:200] or new_request_id()[4:],
             received_at=datetime.now(UTC),
         )
-        request["call"] = call
+        request[CALL] = call
         route = (
             request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         )
@@ -517,7 +521,7 @@ class Ingest:
     async def post_contract(self, request: web.Request, route: str) -> web.Response:
         """Every contract's POST alike: authenticate, accept (the registry's one intake), then write
         and answer as the contract says; errors take the contract's shape once it is known."""
-        call: Call = request["call"]
+        call = request[CALL]
         on_route = contracts.on_route(route)
         if len(on_route) == 1:
             call.contract = on_route[0].name
@@ -565,7 +569,7 @@ class Ingest:
 
     async def post_train(self, request: web.Request) -> web.Response:
         """Force a trigger (seed 000's ``POST /train``), ordered with the domain's counts."""
-        call: Call = request["call"]
+        call = request[CALL]
         tenant = self.authenticate(request, call)
         raw, body = await self.read_json(request)
         self.check_edge(call, body)
@@ -647,7 +651,7 @@ class Ingest:
 
     async def get_domain(self, request: web.Request) -> web.Response:
         """Pending, threshold, total and last trigger of a domain, from the counting stage's changelog."""
-        call: Call = request["call"]
+        call = request[CALL]
         tenant = self.authenticate(request, call)
         domain = self.owned_domain(tenant, request.match_info["domain"], "read")
         counter = self.counter(domain)
@@ -670,7 +674,7 @@ class Ingest:
         """A trainer reports that it trained on one of the domain's triggers: written durably to
         ``train.completed`` (keyed by domain), shown by ``GET /v1/domains/{domain}`` and
         ``feedstream status``. The same report again is the same ``training_id`` (idempotent)."""
-        call: Call = request["call"]
+        call = request[CALL]
         tenant = self.authenticate(request, call)
         raw, body = await self.read_json(request)
         self.check_edge(call, body)
@@ -717,7 +721,7 @@ class Ingest:
 
     async def get_request(self, request: web.Request) -> web.Response:
         """Where a 202 points: what the stream has answered so far for a request."""
-        call: Call = request["call"]
+        call = request[CALL]
         tenant = self.authenticate(request, call)
         request_id = request.match_info["request_id"]
         status = self.view.request_status(request_id)
@@ -746,7 +750,7 @@ class Ingest:
 
     async def list_scored(self, request: web.Request) -> web.Response:
         """Seed 003's ``GET /api/v1/feedback``: the caller's entries, newest first, as a JSON array."""
-        call: Call = request["call"]
+        call = request[CALL]
         call.contract = Contract.SCORED_OUTPUT
         tenant = self.authenticate(request, call)
         task_id, limit, offset = list_query(request)
@@ -757,7 +761,7 @@ class Ingest:
     async def delete_scored(self, request: web.Request) -> web.Response:
         """Erase one of the caller's entries: an erasure on Kafka (trainers, the store stage), then
         the row is removed and a deleted marker kept (a replay of the entry never brings it back)."""
-        call: Call = request["call"]
+        call = request[CALL]
         call.contract = Contract.SCORED_OUTPUT
         tenant = self.authenticate(request, call)
         db = self.require_store()
