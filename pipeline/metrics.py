@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import collections
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["CONTENT_TYPE_LATEST", "CONTENT_TYPE_NO_CHARSET", "child", "render"]
+__all__ = ["CONTENT_TYPE_LATEST", "CONTENT_TYPE_NO_CHARSET", "child", "observe_many", "render"]
 
 # aiohttp wants the charset apart from the content type
 CONTENT_TYPE_NO_CHARSET = "text/plain; version=0.0.4"
@@ -102,6 +105,18 @@ def child(metric: MetricWrapperBase, *values: str) -> Any:
         if len(_CHILDREN) < MAX_CHILDREN:
             _CHILDREN[key] = found
     return found
+
+
+def observe_many(histogram: Any, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts`` (a labelled child): the same buckets and sum,
+    with one locked increment per bucket touched and one for the sum, instead of two per amount:
+    the stages observe their per-event latency once per batch."""
+    if not amounts:
+        return
+    bounds, buckets = histogram._upper_bounds, histogram._buckets  # what ``observe`` itself uses
+    for index, n in collections.Counter(bisect.bisect_left(bounds, a) for a in amounts).items():
+        buckets[index].inc(n)  # the first bound >= a: observe's ``amount <= bound``
+    histogram._sum.inc(sum(amounts))
 
 
 def render() -> bytes:

@@ -176,7 +176,7 @@ class CountStage:
         # 2. count in order, emit triggers and results; the runtime writes each changed domain once
         produced: collections.Counter[tuple[str, str]] = collections.Counter()
         now = time.time()
-        latency = metrics.PROCESSING_LATENCY.labels(self.name)
+        latencies: list[float] = []  # observed once per batch
         for (msg, heads), threshold, futures, headers in decoded:
             domain = msg.domain
             key = domain.encode()
@@ -198,7 +198,7 @@ class CountStage:
                     )
                 for head in heads:
                     produced[domain, head.kind] += 1
-                latency.observe(max(0.0, now - at.timestamp()))
+                latencies.append(max(0.0, now - at.timestamp()))
                 units_generated, units_counted = len(heads), sum(h.counts for h in heads)
                 event_id, reply, chunk, chunks, request_events = (
                     msg.event_id,
@@ -245,6 +245,7 @@ class CountStage:
                     partition=results_partition,
                 )
             table[key] = counter
+        metrics.observe_many(metrics.child(metrics.PROCESSING_LATENCY, self.name), latencies)
         for (domain, kind), n in produced.items():
             metrics.TRIPLETS.labels(domain, kind).inc(n)
         for domain_key, changed in table.changes.items():

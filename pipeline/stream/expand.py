@@ -98,7 +98,7 @@ class ExpandStage:
         now = time.time()
         events: collections.Counter[tuple[str, str]] = collections.Counter()
         signals: collections.Counter[str] = collections.Counter()
-        latency = metrics.PROCESSING_LATENCY.labels(self.name)
+        latencies: list[float] = []  # observed once per batch
         # Signals keep the raw key, in the raw record's own partition when the topics have as many:
         # per-key order whatever partitioner wrote the raw topic (ours and the publisher's give the
         # same), no hash per record, one signals partition per transaction (fewer commit markers).
@@ -141,13 +141,14 @@ class ExpandStage:
             signals[event.domain] += len(result.signals)
             if result.discarded:
                 metrics.DISCARDED.labels(event.tenant, "off").inc()
-            latency.observe(max(0.0, now - event.received_at.timestamp()))
+            latencies.append(max(0.0, now - event.received_at.timestamp()))
         if stream_time is not None and (clock is None or stream_time > clock.stream_time):
             swept_at = clock.swept_at if clock else None
             if swept_at is None or stream_time - swept_at >= self.sweep_every:
                 self.sweep(table, stream_time)
                 swept_at = stream_time
             table[CLOCK_KEY] = StreamClock(stream_time=stream_time, swept_at=swept_at)
+        metrics.observe_many(metrics.child(metrics.PROCESSING_LATENCY, self.name), latencies)
         for (contract, domain), n in events.items():  # once per label set and batch, not per event
             metrics.EVENTS.labels(contract, domain).inc(n)
         for domain, n in signals.items():

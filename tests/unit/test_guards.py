@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import Histogram
 
 from pipeline import metrics
 from pipeline.api.guards import IdempotencyConflict, IdempotencyStore, StoredAnswer, iso_z
@@ -100,3 +101,28 @@ def test_remembered_metric_children_are_the_metrics_own() -> None:
     metrics.child(metrics.ITEMS_ACCEPTED, "child_test").inc(3)
     assert metrics.child(metrics.ITEMS_ACCEPTED, "child_test") is metrics.ITEMS_ACCEPTED.labels("child_test")
     assert metrics.ITEMS_ACCEPTED.labels("child_test")._value.get() == before + 5
+
+
+def test_observing_many_at_once_is_observing_each() -> None:
+    """The stages observe their per-event latency once per batch (``metrics.observe_many``): the same
+    bucket counts and sum as one ``observe`` per value, bounds included."""
+    one, many = (Histogram(f"t_{name}", "t", buckets=metrics.LATENCY_BUCKETS, registry=None) for name in "ab")
+    rng = random.Random(9)
+    values = [rng.choice([0.0, 0.001, 0.0025, 10.0, 11.0]) for _ in range(50)]
+    values += [rng.uniform(0, 12) for _ in range(1000)]
+    for value in values:
+        one.observe(value)
+    metrics.observe_many(many, values[:500])
+    metrics.observe_many(many, values[500:])
+    metrics.observe_many(many, [])
+
+    def buckets(h: Histogram) -> list[tuple[str, float]]:
+        (metric,) = h.collect()
+        return [(s.labels["le"], s.value) for s in metric.samples if s.name.endswith("_bucket")]
+
+    def total(h: Histogram) -> float:
+        (metric,) = h.collect()
+        return float(next(s.value for s in metric.samples if s.name.endswith("_sum")))
+
+    assert buckets(many) == buckets(one)
+    assert total(many) == pytest.approx(total(one))
