@@ -12,10 +12,10 @@ Starts, on the broker of ``pipeline.kafka.broker.find_broker`` with its own ``TO
   body, parses it as JSON and answers 200 JSON, on the same stack (aiohttp, ``AppRunner``,
   ``TCPSite``, no access log) in its own process;
 * a durable floor: the same app that also writes each body, as it came, as one record (a fresh
-  key per request) through one idempotent ``acks=all`` aiokafka producer (the ingest's
-  ``AckedWriter`` settings, ``linger_ms=0``) to a scratch topic with as many partitions as
-  ``feedback.raw``, and answers after the acknowledgement: the least a durable ingest does on
-  this stack, with no validation, no envelope and no answer to build.
+  key per request) through one idempotent ``acks=all`` aiokafka producer made as the ingest's
+  ``AckedWriter`` makes its own (``pipeline.kafka.io.acked_producer``) to a scratch topic with as
+  many partitions as ``feedback.raw``, and answers after the acknowledgement: the least a durable
+  ingest does on this stack, with no validation, no envelope and no answer to build.
 
 Each case (seed 000 with 1 and with 100 items; seeds 001, 002, 003 and 004 with 1 item; a seed 002
 array of 100 items) is driven against the ingest and then the baseline with an aiohttp client at a
@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -64,8 +65,7 @@ import yaml
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from pipeline.kafka.io import MAX_REQUEST_BYTES
-from pipeline.kafka.partitioner import partitioner
+from pipeline.kafka.io import acked_producer
 from pipeline.kafka.topics import ensure_topics, topic_names
 from pipeline.ops.status import lag_rows, positions, stage_inputs
 from pipeline.procs import Service, child_env, free_port, ingest_service, worker_service
@@ -96,11 +96,15 @@ from scripts.common import (
 # --- the baseline server ---------------------------------------------------------------------------
 
 
-async def _baseline_feedback(request: web.Request) -> web.Response:
-    body = await request.read()
+def _accepted(body: bytes) -> web.Response:
+    """The trivial answer: how many items the body holds (it is parsed, as the ingest parses it)."""
     data = orjson.loads(body)
     n = len(data) if isinstance(data, list) else len(data.get("items", [1])) if isinstance(data, dict) else 1
     return web.Response(body=orjson.dumps({"accepted": n}), content_type="application/json")
+
+
+async def _baseline_feedback(request: web.Request) -> web.Response:
+    return _accepted(await request.read())
 
 
 async def _baseline_health(request: web.Request) -> web.Response:
@@ -113,30 +117,15 @@ async def serve_baseline(port: int, durable_topic: str | None = None, bootstrap:
     producer: AIOKafkaProducer | None = None
     handler = _baseline_feedback
     if durable_topic is not None:
-        producer = AIOKafkaProducer(
-            partitioner=partitioner,
-            bootstrap_servers=bootstrap,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=0,
-            max_request_size=MAX_REQUEST_BYTES,
-        )
+        producer = sender = acked_producer(bootstrap, client_id="load-durable-floor", timeout_s=5.0)
         await producer.start()
-        sent = producer
-        counter = iter(range(1 << 62))
+        keys = itertools.count()
 
         async def durable_feedback(request: web.Request) -> web.Response:
             body = await request.read()
-            data = orjson.loads(body)
-            n = (
-                len(data)
-                if isinstance(data, list)
-                else len(data.get("items", [1]))
-                if isinstance(data, dict)
-                else 1
-            )
-            await sent.send_and_wait(durable_topic, body, key=b"%d" % next(counter))
-            return web.Response(body=orjson.dumps({"accepted": n}), content_type="application/json")
+            answer = _accepted(body)
+            await sender.send_and_wait(durable_topic, body, key=b"%d" % next(keys))
+            return answer
 
         handler = durable_feedback
     app = web.Application(client_max_size=1_048_577)

@@ -276,6 +276,21 @@ class TransactionalWriter:
                 await asyncio.sleep(0.5)
 
 
+def acked_producer(bootstrap: str, *, client_id: str, timeout_s: float) -> AIOKafkaProducer:
+    """The producer of single acknowledged records (:class:`AckedWriter`, and ``scripts.load``'s
+    durable floor, which must write as the ingest writes): idempotent, ``acks=all``, no linger."""
+    return AIOKafkaProducer(
+        partitioner=partitioner,  # Kafka's murmur2, in half aiokafka's time
+        bootstrap_servers=bootstrap_list(bootstrap),
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=0,  # one produce request in flight per broker: the next one batches meanwhile
+        max_request_size=MAX_REQUEST_BYTES,
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+
+
 class Writer(Protocol):
     """What the ingest and the publisher write through (tests use an in-memory one)."""
 
@@ -333,16 +348,7 @@ class AckedWriter:
         self.transactional.fenced = reason
 
     def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            partitioner=partitioner,  # Kafka's murmur2, in half aiokafka's time
-            bootstrap_servers=bootstrap_list(self._bootstrap),
-            client_id=self._client_id,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=0,  # one produce request in flight per broker: the next one batches meanwhile
-            max_request_size=MAX_REQUEST_BYTES,
-            request_timeout_ms=int(self._timeout_s * 1000),
-        )
+        return acked_producer(self._bootstrap, client_id=self._client_id, timeout_s=self._timeout_s)
 
     async def start(self) -> None:
         producer = self._new_producer()
