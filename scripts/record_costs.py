@@ -79,11 +79,6 @@ class CollectingTx:
         fut.set_result(Meta(partition, offset))
         return fut
 
-    async def send_many(
-        self, topic: str, values: Sequence[bytes], key: bytes | None = None, **_: Any
-    ) -> list[asyncio.Future[Meta]]:
-        return [await self.send(topic, value, key) for value in values]
-
     async def co_partition(self, topic: str, rec: Record) -> int | None:
         return int(rec.partition)  # every topic has PARTITIONS partitions here
 

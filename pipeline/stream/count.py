@@ -167,9 +167,7 @@ class CountStage:
             headers = output_headers(rec)
             if isinstance(msg, RawUnitsBatch):
                 key = msg.domain.encode()
-                futures = await tx.send_many(
-                    triplets, [bytes(u) for u in msg.units], key=key, headers=headers
-                )
+                futures = [await tx.send(triplets, bytes(u), key=key, headers=headers) for u in msg.units]
             decoded.append((incoming, threshold, futures, headers))
         await tx.offsets()
 

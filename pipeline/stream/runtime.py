@@ -318,31 +318,9 @@ class Tx(RecordBatches):
         if size > limit:
             raise OutputRefused(f"a {size}-byte record for {topic} is over its {limit}-byte limit")
         if partition is None:
-            partition = await self._key_partition(topic, key)
+            n = self._partitions.get(topic) or await self.partitions(topic)
+            partition = 0 if key is None or n == 0 else key_partition(key, n) or 0
         return await self.append(topic, partition, key, value, headers)
-
-    async def send_many(
-        self,
-        topic: str,
-        values: Sequence[bytes],
-        key: bytes | None = None,
-        partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> list[Sent]:
-        """:meth:`send` for records of one key and headers (a batch's triplets): the headers' size
-        and the key's partition worked out once. One over the limit refuses them all, none sent."""
-        fixed = RECORD_OVERHEAD + (len(key) if key else 0) + (header_bytes(headers) if headers else 0)
-        limit = self.limits.get(topic, DEFAULT_LIMIT)
-        biggest = max(map(len, values), default=0)
-        if fixed + biggest > limit:
-            raise OutputRefused(f"a {fixed + biggest}-byte record for {topic} is over its {limit}-byte limit")
-        if partition is None:
-            partition = await self._key_partition(topic, key)
-        return [await self.append(topic, partition, key, value, headers) for value in values]
-
-    async def _key_partition(self, topic: str, key: bytes | None) -> int:
-        n = self._partitions.get(topic) or await self.partitions(topic)
-        return 0 if key is None or n == 0 else key_partition(key, n) or 0
 
     async def co_partition(self, topic: str, rec: Record) -> int | None:
         """The partition of an output to ``topic`` that keeps ``rec``'s partitioning: ``rec``'s own

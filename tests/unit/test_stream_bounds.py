@@ -25,7 +25,7 @@ from pipeline.rules.triplets import Limits, Observation, SeekerHistory, StreamCl
 from pipeline.settings import Settings
 from pipeline.stream.count import CountStage
 from pipeline.stream.expand import CLOCK_KEY, ExpandStage, chunk_batch
-from pipeline.stream.runtime import OutputRefused, Record, Table, Tx, key_partition, record_size, refusal
+from pipeline.stream.runtime import OutputRefused, Record, Table, Tx, record_size, refusal
 from pipeline.tenants import FeedbackMode
 from pipeline.wire.envelope import (
     CorrectionEnvelope,
@@ -80,13 +80,6 @@ class FakeTx(Tx):
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(topic, 0, None, offset, -1, -1, -1))
         return fut
-
-    async def send_many(  # type: ignore[override]
-        self, topic: str, values: Sequence[bytes], key: bytes | None = None, **_: Any
-    ) -> list[asyncio.Future[RecordMetadata]]:
-        if any(record_size(key, value) > self.limits.get(topic, 1 << 20) for value in values):
-            raise OutputRefused(f"too big for {topic}")
-        return [await self.send(topic, value, key) for value in values]
 
     async def partitions(self, topic: str) -> int:
         return 1
@@ -194,7 +187,6 @@ def test_the_count_stage_answers_per_chunk_and_caps_triggers() -> None:
 @dataclass
 class FakeProducer:
     sent: list[tuple[str, bytes | None]] = field(default_factory=list)
-    partitions: list[int] = field(default_factory=list)  # of each record sent
 
     class _Meta:
         def partitions_for_topic(self, topic: str) -> set[int]:
@@ -213,7 +205,6 @@ class FakeProducer:
 
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future[Any]:
         self.sent.extend((topic, value) for _, value, _ in batch.records)
-        self.partitions.extend(partition for _ in batch.records)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
@@ -232,26 +223,6 @@ def test_a_record_over_its_topics_limit_is_refused_before_sending() -> None:
 
     run(go())
     assert len(producer.sent) == 1
-
-
-def test_send_many_sends_in_order_to_the_keys_partition_or_nothing_when_one_is_over() -> None:
-    """A batch's triplets (one key, one set of headers): each as ``send`` would send it; one over
-    the limit refuses them all before any is sent (the stage dead-letters their input)."""
-    producer = FakeProducer()
-    tx = Tx(cast(Any, producer), stage="count", dlq="dlq", limits={"small": 1000})
-    headers = [("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]
-    fits = b"x" * (1000 - record_size(b"k", b"") - len("traceparent") - len(headers[0][1]) - 10)
-
-    async def go() -> None:
-        sent = await tx.send_many("small", [b"a", b"b", fits], key=b"k", headers=headers)
-        with pytest.raises(OutputRefused, match="over its 1000-byte limit"):
-            await tx.send_many("small", [b"c", fits + b"x"], key=b"k", headers=headers)
-        assert len(sent) == 3
-        await tx.flush()
-
-    run(go())
-    assert producer.sent == [("small", b"a"), ("small", b"b"), ("small", fits)]
-    assert producer.partitions == [key_partition(b"k", 4)] * 3  # the key's, as send would choose
 
 
 def test_broker_refusals_are_recognised_even_when_wrapped() -> None:
