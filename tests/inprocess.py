@@ -13,11 +13,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from pipeline import contracts
 from pipeline.api.ingest import Ingest
 from pipeline.kafka.io import OutRecord, Written
 from pipeline.rules.counters import DomainCounter
 from pipeline.settings import Settings
 from pipeline.tenants import load_tenants
+from pipeline.wire.envelope import is_array
 from pipeline.wire.records import StageResult, TrainingResult
 from tests.http_helpers import parse_answer
 
@@ -37,12 +39,25 @@ class FakeWriter:
         return [Written(r.topic, 0, i) for i, r in enumerate(records)]
 
     def envelopes(self) -> list[dict[str, Any]]:
-        return [orjson.loads(r.value) for r in self.records]
+        return [orjson.loads(part) for r in self.records for part in contracts.split_record(r.value)]
 
-    def of(self, correlation_id: str) -> list[OutRecord]:
+    def written(self, correlation_id: str) -> list[OutRecord]:
         """The records a request wrote, by the correlation id header every raw record carries."""
         wanted = correlation_id.encode()
         return [r for r in self.records if dict(r.headers).get("correlation_id") == wanted]
+
+    def of(self, correlation_id: str) -> list[OutRecord]:
+        """The envelopes a request wrote, a record each as the stream sees them (an array record's
+        parts with their own key, as :meth:`ExpandStage.events` splits it)."""
+        out = []
+        for r in self.written(correlation_id):
+            if not is_array(r.value):
+                out.append(r)
+                continue
+            for part in contracts.split_record(r.value):
+                key = contracts.kafka_key(contracts.decode(part))
+                out.append(OutRecord(r.topic, key, part, [h for h in r.headers if h[0] != "events"]))
+        return out
 
 
 class FakeView:

@@ -440,9 +440,9 @@ class Ingest:
         return tracing.from_http(request.headers)
 
     async def write(self, events: list[Envelope], trace: tracing.TraceHeaders | None = None) -> None:
-        records = contracts.raw_records(self.topics.raw, events, trace or ())
+        records = contracts.request_records(self.topics.raw, events, trace or ())
         await self.write_records(records)
-        metrics.child(metrics.RAW_PUBLISHED, "http").inc(len(records))
+        metrics.child(metrics.RAW_PUBLISHED, "http").inc(len(events))
 
     async def write_records(self, records: list[OutRecord]) -> None:
         try:

@@ -135,5 +135,5 @@ class FeedbackPublisher:
             body, contract=contract, correlation_id=correlation_id, session_id=session_id
         )
         # the caller's current span (if its OpenTelemetry SDK has one): the records join its trace
-        await self.writer.write(contracts.raw_records(self.topic, result.events, tracing.from_context()))
+        await self.writer.write(contracts.request_records(self.topic, result.events, tracing.from_context()))
         return answer

@@ -6,6 +6,7 @@ everything here is the same for all of them:
 * :func:`accept`, the one intake entry point of the HTTP ingest and the publisher library:
   edge checks, classification, validation, the contract's intake (raises ``Refused``);
 * the stream's dispatch: :func:`decode`, :func:`kafka_key`, :func:`raw_records`,
+  :func:`request_records`, :func:`split_record`,
   :func:`signal_records`, :func:`expand_event`.
 
 The registry imports the API, wire, rules and Kafka modules; none of the rules or wire modules
@@ -39,7 +40,16 @@ from pipeline.contracts.spec import (
 from pipeline.kafka.io import OutRecord
 from pipeline.rules.expansion import ExpandState, Expansion, expand_with
 from pipeline.rules.triplets import Limits
-from pipeline.wire.envelope import Envelope, ScoredOutputEnvelope, encode, kafka_headers, stamped
+from pipeline.wire.envelope import (
+    Envelope,
+    ScoredOutputEnvelope,
+    array_parts,
+    encode,
+    encode_array,
+    is_array,
+    kafka_headers,
+    stamped,
+)
 
 __all__ = [
     "CONTRACTS",
@@ -59,10 +69,12 @@ __all__ = [
     "raw_records",
     "register",
     "registered",
+    "request_records",
     "signal_records",
     "sniff",
     "spec_named",
     "spec_of",
+    "split_record",
     "stored_entry",
     "unregister",
 ]
@@ -173,6 +185,39 @@ def raw_records(
     return [
         OutRecord(topic, kafka_key(e), encode(stamped(e, n)), [*kafka_headers(e), *trace]) for e in events
     ]
+
+
+def request_records(
+    topic: str, events: Sequence[Envelope], trace: Sequence[tuple[str, bytes]] = ()
+) -> list[OutRecord]:
+    """The Kafka records of one request, as the ingest and the publisher write them: a record per
+    event (:func:`raw_records`), except that the events of a ``one_record`` contract (seed 002's
+    items) become one record, the array of their envelopes, keyed like the first: one acknowledged
+    write instead of a transaction, and the stream splits it (:func:`split_record`)."""
+    n, first = len(events), events[0] if events else None
+    if (
+        first is None
+        or n < 2
+        or not spec_of(first).one_record
+        or any(type(e) is not type(first) for e in events)
+    ):
+        return raw_records(topic, events, trace)
+    value = encode_array([encode(stamped(e, n)) for e in events])
+    headers = [
+        ("correlation_id", first.correlation_id.encode()),
+        ("request_id", first.request_id.encode()),
+        ("contract", first.contract.encode()),
+        ("tenant", first.tenant.encode()),
+        ("events", str(n).encode()),
+        *trace,
+    ]
+    return [OutRecord(topic, kafka_key(first), value, headers)]
+
+
+def split_record(value: bytes) -> list[bytes]:
+    """The envelopes of a ``feedback.raw`` value, each as its own bytes: the value itself, or the
+    parts of an array record (raises msgspec.ValidationError for an array that is not one)."""
+    return array_parts(value) if is_array(value) else [value]
 
 
 def signal_records(event: Envelope) -> list[dict[str, Any]]:

@@ -129,6 +129,7 @@ BUILTIN: tuple[ContractSpec, ...] = (
         expansion=expansion.inference_feedback_plan,
         answer=answers.inference_feedback,
         array=True,
+        one_record=True,
     ),
     ContractSpec(
         name=Contract.SCORED_OUTPUT,

@@ -59,6 +59,9 @@ class ContractSpec:
     signature: frozenset[str] = frozenset()
     #: the body is a JSON array whose items the intake validates one by one (seed 002)
     array: bool = False
+    #: a request's events go to ``feedback.raw`` as one record, an array of their envelopes (only
+    #: for a contract whose expansion keeps no keyed state: the array is keyed by its first event)
+    one_record: bool = False
     #: how a body its model refuses is answered
     invalid: Callable[[ValidationError], Refused] = invalid_request
     #: the answer waits (bounded) for the stream's results of its events (seed 000's counts)

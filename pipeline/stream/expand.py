@@ -16,6 +16,7 @@ own transaction. The rules cut histories at the same age, so a sweep never chang
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -28,6 +29,7 @@ from pipeline.kafka.topics import UNITS_CHUNK_BYTES, TopicNames
 from pipeline.rules.expansion import ExpandState, decode_state
 from pipeline.rules.triplets import Limits, SeekerHistory, StreamClock, expired
 from pipeline.stream.runtime import Record, Table, Tx, output_headers
+from pipeline.wire.envelope import Envelope, array_parts, is_array
 from pipeline.wire.records import RawUnitsBatch, UnitsBatch, to_json
 
 #: The clock's key: table keys of histories always contain '/', so it cannot collide.
@@ -103,10 +105,7 @@ class ExpandStage:
         # per-key order whatever partitioner wrote the raw topic (ours and the publisher's give the
         # same), no hash per record, one signals partition per transaction (fewer commit markers).
         signals_partition = await tx.co_partition(self.names.signals, records[0]) if records else None
-        for rec in records:
-            event = await tx.decode(rec, contracts.decode)
-            if event is None:
-                continue
+        for rec, event, whole in await self.events(records, tx):
             result = await tx.attempt(
                 rec,
                 expand_event,
@@ -119,14 +118,10 @@ class ExpandStage:
             if result is None:
                 continue
             headers = output_headers(rec)
+            # a part of an array has a key of its own (its partition by hash); a record keeps its own
+            partition = signals_partition if whole else None
             for signal in result.signals:
-                await tx.send(
-                    self.names.signals,
-                    signal,
-                    key=rec.key,
-                    partition=signals_partition,
-                    headers=headers,
-                )
+                await tx.send(self.names.signals, signal, key=rec.key, partition=partition, headers=headers)
             for batch in result.batches:
                 for message in chunk_batch(batch, self.chunk_bytes):
                     await tx.send(self.names.units, message, key=batch.domain.encode(), headers=headers)
@@ -153,6 +148,32 @@ class ExpandStage:
             metrics.EVENTS.labels(contract, domain).inc(n)
         for domain, n in signals.items():
             metrics.SIGNALS.labels(domain).inc(n)
+
+    async def events(self, records: Sequence[Record], tx: Tx) -> list[tuple[Record, Envelope, bool]]:
+        """The envelopes of ``records``, each with the record it answers for (dead letters, the
+        outputs' key and headers) and whether that is a whole input record.
+
+        A record of one envelope answers for itself. An array record (one request's envelopes,
+        :func:`pipeline.contracts.request_records`) is split: each part stands as a record of its own
+        bytes, key and event id at the array's coordinates, so a part that fails is dead-lettered
+        alone (its replay is one envelope) and the others go on."""
+        out: list[tuple[Record, Envelope, bool]] = []
+        for rec in records:
+            value = rec.value or b""
+            if not is_array(value):  # the common case
+                event = await tx.decode(rec, contracts.decode)
+                if event is not None:
+                    out.append((rec, event, True))
+                continue
+            headers = [h for h in rec.headers or () if h[0] != "events"]
+            for part in await tx.decode(rec, array_parts) or ():
+                alone = dataclasses.replace(rec, value=part, serialized_value_size=len(part))
+                event = await tx.decode(alone, contracts.decode)
+                if event is not None:
+                    own = [*headers, ("event_id", event.event_id.encode())]
+                    alone = dataclasses.replace(alone, key=contracts.kafka_key(event), headers=own)
+                    out.append((alone, event, False))
+        return out
 
     def sweep(self, table: Table[ExpandState], at: datetime) -> int:
         """Delete (tombstone) every history expired at stream time ``at``; returns how many."""

@@ -87,6 +87,24 @@ def raw_rows(value: bytes, partition: int, offset: int) -> tuple[EventRow, Entry
     return row, entry
 
 
+def record_rows(value: bytes, partition: int, offset: int) -> tuple[list[EventRow], list[EntryRow]]:
+    """The rows of one ``feedback.raw`` record: of its envelope, or of each envelope of an array
+    record (one the stream dead-letters is skipped alone; raises a ValueError for a bad array)."""
+    events: list[EventRow] = []
+    entries: list[EntryRow] = []
+    for part in contracts.split_record(value):
+        try:
+            event, entry = raw_rows(part, partition, offset)
+        except ValueError as exc:  # msgspec's ValidationError is one
+            STORE_SKIPPED.inc()
+            log.warning("store: an envelope of feedback.raw[%d]@%d skipped: %s", partition, offset, exc)
+            continue
+        events.append(event)
+        if entry is not None:
+            entries.append(entry)
+    return events, entries
+
+
 class StoreRunner(PartitionRunner[int | None]):
     """Consumes the raw and erasure topics (read_committed, its own group) into the store.
 
@@ -138,10 +156,9 @@ class StoreRunner(PartitionRunner[int | None]):
         for rec in records:
             try:
                 if tp.topic == self.raw_topic:
-                    event, entry = raw_rows(rec.value or b"", rec.partition, rec.offset)
-                    batch.events.append(event)
-                    if entry is not None:
-                        batch.entries.append(entry)
+                    events, entries = record_rows(rec.value or b"", rec.partition, rec.offset)
+                    batch.events.extend(events)
+                    batch.entries.extend(entries)
                 else:
                     erasure = from_json(Erasure, rec.value or b"")
                     batch.erasures.append(

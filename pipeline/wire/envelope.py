@@ -53,10 +53,13 @@ __all__ = [
     "SearchEventEnvelope",
     "SearchEventPayload",
     "SearchEventType",
+    "array_parts",
     "correction_key",
     "decode",
     "encode",
+    "encode_array",
     "inference_feedback_key",
+    "is_array",
     "kafka_headers",
     "ranking_outcome_key",
     "scored_output_key",
@@ -251,14 +254,19 @@ class RawCodec:
         return self._decoder.decode(data)
 
     def json_schema(self) -> dict[str, Any]:
-        """The union's JSON Schema (draft 2020-12): ``oneOf`` the envelopes, discriminated by ``contract``."""
+        """A record's JSON Schema (draft 2020-12): one envelope (``$defs/Envelope``: ``oneOf`` the
+        contracts' envelopes, discriminated by ``contract``) or a non-empty array of them."""
         (refs,), defs = msgspec.json.schema_components([self.union_type()], ref_template="#/$defs/{name}")
         members = refs.get("anyOf", [refs])
         mapping = {cast(str, t.__struct_config__.tag): f"#/$defs/{t.__name__}" for t in self.types}
-        return {
-            "$defs": defs,
+        defs["Envelope"] = {
             "oneOf": members,
             "discriminator": {"propertyName": "contract", "mapping": mapping},
+        }
+        one = {"$ref": "#/$defs/Envelope"}
+        return {
+            "$defs": defs,
+            "oneOf": [one, {"type": "array", "minItems": 1, "items": one}],
         }
 
     def union_type(self) -> Any:
@@ -281,6 +289,35 @@ def decode(data: bytes) -> Envelope:
 
 def encode(event: Envelope) -> bytes:
     return _ENCODER.encode(event)
+
+
+# --- one request, one record: an array of envelopes ---------------------------------------------
+# A request of several events of a contract that holds no keyed state in the stream (seed 002) is
+# written as ONE record: a JSON array of the envelopes it would have written one by one (the same
+# bytes each). One acknowledged write instead of a transaction over a record per item; the stream
+# splits it and handles each envelope as if it had come alone (each is decoded, processed and, if
+# it fails, dead-lettered on its own).
+
+_PARTS: msgspec.json.Decoder[list[msgspec.Raw]] = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def is_array(value: bytes) -> bool:
+    """Whether a ``feedback.raw`` value is an array of envelopes (else it is one envelope)."""
+    return value[:1] == b"[" or (value[:1].isspace() and value.lstrip()[:1] == b"[")
+
+
+def array_parts(value: bytes) -> list[bytes]:
+    """The envelopes of an array record, each as its own bytes (not decoded: one that is off the
+    contract must fail alone). Raises ``msgspec.ValidationError`` unless a non-empty JSON array."""
+    parts = _PARTS.decode(value)
+    if not parts:
+        raise msgspec.ValidationError("an empty array of envelopes")
+    return [bytes(part) for part in parts]
+
+
+def encode_array(encoded: Sequence[bytes]) -> bytes:
+    """The value of an array record from its envelopes' bytes."""
+    return b"[" + b",".join(encoded) + b"]"
 
 
 def stamped(event: Envelope, request_events: int) -> Envelope:

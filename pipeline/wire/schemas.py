@@ -84,12 +84,14 @@ TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
         "domain, received_at, correlation and request ids, origin (http or publisher) and the "
         "validated payload, discriminated by `contract` (ranking_outcome, correction, "
         "inference_feedback, scored_output, search_event). Headers: correlation_id, request_id, "
-        "event_id, contract, tenant",
+        "event_id, contract, tenant. Or one request's envelopes of a contract that keeps no keyed "
+        "state in the stream (inference_feedback with several items) as one record: a JSON array of "
+        "them, with the same headers but event_id, and `events` (their number)",
         "everything the stream must see in order shares a key: `<domain>/<seeker_id>` "
         "(ranking_outcome), `<domain>/<case_id>` (correction), the inference id "
         "(inference_feedback), `<domain>/<entry_id>` (scored_output), `<domain>/<search anchor>` "
         "with anchor `search:<search_id>`, else `query:<query>`, else `session:<session_id>` "
-        "(search_event)",
+        "(search_event); an array, its first envelope's key",
         "ingest (HTTP), publisher library",
         "worker (expand stage)",
     ),
@@ -97,7 +99,7 @@ TOPIC_SCHEMAS: tuple[TopicSchema, ...] = (
         topics.SIGNALS,
         lambda: _RECORDS()[topics.SIGNALS],
         _doc(records.Signal),
-        "the key of the raw event it came from",
+        "the key of the raw event (envelope) it came from",
         "worker (expand stage)",
         "dashboards, analytics",
     ),

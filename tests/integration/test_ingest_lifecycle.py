@@ -122,7 +122,8 @@ async def test_two_ingests_with_one_instance_id_the_fenced_one_says_so_and_answe
     search = {"event_type": "result_helpful"}
     # one record needs no transaction (an idempotent send, no transactional id to fence): the first
     # transactional write, a request of several records, is where Kafka tells the first one
-    two = [{"id": str(uuid.uuid4()), "feedback": {"ok": True}} for _ in range(2)]
+    item = {"candidate_id": "bob", "outcome": "accepted"}
+    two = {"domain": "dating", "items": [{**item, "seeker_id": s} for s in ("ann", "bea")]}  # two records
     status, answer, _ = await post(first, "/v1/feedback", two)
     assert status == 503 and "INGEST_INSTANCE" in answer["error"]["message"], answer
 

@@ -19,6 +19,7 @@ import pytest
 from pipeline.api.contracts import Contract
 from pipeline.api.publisher import FeedbackPublisher
 from pipeline.kafka.broker import Broker
+from pipeline.kafka.partitioner import default_partition
 from pipeline.kafka.topics import TopicNames
 from pipeline.procs import Service
 from pipeline.settings import Settings
@@ -117,6 +118,35 @@ async def test_nested_feedback_becomes_typed_signals_with_the_answered_ids(
     assert signals["accuracy"]["value"] == 4.0 and signals["accuracy"]["reason"] == "missed an edge case"
     assert all(s["tags"] == {"evaluator": "human"} and s["optimize"] == "min" for s in signals.values())
     assert all(s["domain"] == "s_llm" and s["contract"] == "inference_feedback" for s in signals.values())
+
+
+async def test_a_request_of_several_items_is_one_record_and_each_item_signals_under_its_own_key(
+    ingest: Service, broker: Broker, names: TopicNames, settings: Settings
+) -> None:
+    """Seed 002's items travel as one record (an array of envelopes, keyed by the first item); the
+    expand stage splits it: each item's signals are keyed by its own inference id, in that key's
+    partition, with the ids the answer gave."""
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    body = [{"id": i, "feedback": {"helpful": n % 2 == 0, "q": {"a": n}}} for n, i in enumerate(ids)]
+    status, answer, headers = await post(ingest, "/v1/feedback", body, key="fs_stream_key")
+    assert status == 200, answer
+    (raw,) = await read_until(
+        broker.bootstrap,
+        names.raw,
+        lambda r: dict(r.headers).get("request_id") == headers["x-request-id"].encode(),
+        count=1,
+        settle_s=0.5,
+    )
+    assert raw.key == ids[0].encode() and len(orjson.loads(raw.value)) == 4
+    recs = await read_until(
+        broker.bootstrap, names.signals, lambda r: _json(r)["subject"] in ids, count=8, settle_s=1.0
+    )
+    assert {(r.key.decode(), _json(r)["key"]) for r in recs} == {
+        (i, k) for i in ids for k in ("helpful", "q.a")
+    }
+    assert all(r.partition == default_partition(r.key, settings.topic_partitions) for r in recs)
+    answered = {(i, k): fid for i, a in zip(ids, answer, strict=True) for k, fid in a["feedback_ids"].items()}
+    assert {(r.key.decode(), _json(r)["key"]): _json(r)["signal_id"] for r in recs} == answered
 
 
 async def post_get(svc: Service, path: str, key: str) -> tuple[int, Any, dict[str, str]]:

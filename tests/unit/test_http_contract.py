@@ -248,6 +248,11 @@ async def test_seed_002_bad_items_fail_alone_and_only_valid_items_are_written(ed
 
     recs = events_of(edge, correlation_id, 2)
     assert {orjson.loads(r.value)["payload"]["id"] for r in recs} == {good_first["id"], good_last["id"]}
+    # the request's items are one record: the array of their envelopes, keyed like the first
+    (written,) = edge.writer.written(correlation_id)
+    assert orjson.loads(written.value) == [orjson.loads(r.value) for r in recs]
+    assert written.key == good_first["id"].encode() and dict(written.headers)["events"] == b"2"
+    assert all(orjson.loads(r.value)["request_events"] == 2 for r in recs)
 
 
 async def test_seed_002_all_invalid_answers_200_per_item_and_writes_nothing(edge: Edge) -> None:

@@ -335,6 +335,10 @@ def test_the_schemas_reject_what_the_models_reject() -> None:
     assert _invalid(topics.RAW, {**raw, "contract": "telepathy"})
     assert _invalid(topics.RAW, {**raw, "unexpected": 1})
     assert _invalid(topics.RAW, {**raw, "received_at": "yesterday"})
+    raw_schema = _validator(topics.RAW)  # one request's envelopes as one record: a non-empty array
+    assert raw_schema.is_valid([raw, raw])
+    assert not raw_schema.is_valid([])
+    assert not raw_schema.is_valid([raw, {**raw, "contract": "telepathy"}])
     unit = next(json.loads(m) for m in MESSAGES[topics.TRIPLETS] if json.loads(m)["kind"] == "triplet")
     assert _invalid(topics.TRIPLETS, {**unit, "kind": "quadruplet"})
     assert _invalid(topics.TRIPLETS, {**unit, "weight": -1})

@@ -38,7 +38,7 @@ from pipeline.store.sql import (
     statements,
     write_batch,
 )
-from pipeline.stream.store import micros, raw_rows
+from pipeline.stream.store import micros, raw_rows, record_rows
 from pipeline.tenants import load_tenants
 
 TENANTS = Path(__file__).resolve().parent.parent / "data" / "tenants.test.yaml"
@@ -185,3 +185,20 @@ def test_a_stored_entry_is_exactly_what_the_post_answered() -> None:
     assert (stored.id, stored.task_id, stored.partition, stored.offset) == (event.event_id, TASK, 3, 42)
     assert orjson.loads(stored.doc)["created_at"] == "2024-01-15T10:35:00.123456Z"
     assert (row.event_id, row.contract, row.envelope) == (event.event_id, "scored_output", value)
+
+
+def test_an_array_record_gives_a_row_per_envelope_and_skips_a_bad_one_alone() -> None:
+    """One request's seed 002 items are one record (an array of envelopes): each is an event row."""
+    tenant = load_tenants(TENANTS).authenticate("fs_dev_key_123")
+    assert tenant is not None
+    ctx = intake.Context(tenant, "req_2", "c-2", datetime(2024, 1, 15, 10, 35, tzinfo=UTC))
+    items = [{"id": str(uuid.UUID(int=i + 1)), "feedback": {"helpful": True}} for i in range(3)]
+    events = intake.inference_feedback(ctx, items).events
+    (record,) = contracts.request_records("raw", events)
+    rows, entries = record_rows(record.value, 1, 7)
+    assert [r.event_id for r in rows] == [e.event_id for e in events] and entries == []
+    assert [orjson.loads(r.envelope) for r in rows] == orjson.loads(record.value)
+    bad = b'[{"contract": "telepathy"},' + record.value[1:]
+    assert [r.event_id for r in record_rows(bad, 1, 7)[0]] == [e.event_id for e in events]
+    with pytest.raises(ValueError):
+        record_rows(b"[]", 1, 7)

@@ -8,6 +8,7 @@ are planned by the publisher library exactly as it would publish them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
@@ -73,7 +74,8 @@ class Stream:
     ) -> list[str]:
         """Plan ``body`` as the publisher does, write its events in one transaction, run the stages."""
         intake, _ = self.publishers[tenant].plan(body, contract=contract)
-        self.cluster.produce(NAMES.raw, [r.value for r in contracts.raw_records(NAMES.raw, intake.events)])
+        for record in contracts.request_records(NAMES.raw, intake.events):
+            self.cluster.produce(NAMES.raw, [record.value], key=record.key or b"", headers=record.headers)
         await self.run()
         return [e.event_id for e in intake.events]
 
@@ -301,3 +303,55 @@ async def test_results_go_to_the_counting_partition_when_the_topics_match() -> N
     for p in range(4):
         wanted = {orjson.loads(r.value or b"")["request_id"] for r in units[p]}
         assert {(r.key or b"").decode() for r in results[p]} == wanted
+
+
+def inference(i: int) -> dict[str, Any]:
+    return {"id": str(uuid.UUID(int=i + 1)), "feedback": {"helpful": i % 2 == 0, "q": {"a": 0.5 + i}}}
+
+
+def outputs(s: Stream) -> dict[str, list[tuple[bytes | None, bytes | None]]]:
+    return {
+        t: [(r.key, r.value) for r in s.cluster.records(t)]
+        for t in (NAMES.signals, NAMES.units, NAMES.results)
+    }
+
+
+async def test_a_seed_002_request_is_one_array_record_that_expands_like_its_envelopes_alone() -> None:
+    """Several items are written as one record, the array of their envelopes (one acknowledged write,
+    no transaction); the stream splits it: the same signals (each keyed by its own inference id),
+    units and results as the same envelopes written a record each."""
+    body = [inference(i) for i in range(3)]
+    intake, _ = Stream().publishers["stream"].plan(body)
+    (record,) = contracts.request_records(NAMES.raw, intake.events)
+    alone = contracts.raw_records(NAMES.raw, intake.events)
+    assert record.key == alone[0].key and record.value == b"[" + b",".join(r.value for r in alone) + b"]"
+    assert dict(record.headers)["events"] == b"3" and "event_id" not in dict(record.headers)
+    seen = []
+    for records in ([record], alone):
+        async with Stream() as s:
+            for r in records:
+                s.cluster.produce(NAMES.raw, [r.value], key=r.key or b"", headers=r.headers)
+            await s.run()
+            seen.append(outputs(s))
+    split, whole = seen
+    assert split == whole
+    assert {k for k, _ in split[NAMES.signals]} == {item["id"].encode() for item in body}
+    assert len(split[NAMES.results]) == 3
+
+
+async def test_a_bad_envelope_in_an_array_is_dead_lettered_alone_and_replays_as_itself() -> None:
+    intake, _ = Stream().publishers["stream"].plan([inference(0), inference(1)])
+    good = [r.value for r in contracts.raw_records(NAMES.raw, intake.events)]
+    bad = orjson.dumps({**orjson.loads(good[1]), "contract": "telepathy"})
+    async with Stream() as s:
+        s.cluster.produce(NAMES.raw, [b"[" + b",".join([good[0], bad]) + b"]", b"[]"], key=b"first")
+        await s.run()
+        letters = [orjson.loads(v) for v in s.cluster.values(NAMES.dlq) if v is not None]
+        signals = s.on(NAMES.signals)
+    assert [(letter["reason"], letter["offset"]) for letter in letters] == [
+        ("schema_violation", 0),
+        ("schema_violation", 1),
+    ]
+    assert base64.b64decode(letters[0]["original"]) == bad  # the envelope alone: a replay is itself
+    assert base64.b64decode(letters[1]["original"]) == b"[]"  # an array of nothing: the record
+    assert {sig["event_id"] for sig in signals} == {intake.events[0].event_id}
