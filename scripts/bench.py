@@ -2,7 +2,7 @@
 and worker memory, on a real broker.
 
 Run with ``make bench`` (``python -m scripts.bench [--events N] [--rounds N]
-[--runs tx,plain,chain,chainlog,chain1,combined,stage1,stage2] [--seekers 1000000] [--profile DIR]
+[--runs tx,plain,chain,chainlog,chainfan,chain1,combined,stage1,stage2] [--seekers 1000000] [--profile DIR]
 [--out bench-results/bench.json]``).
 
 All against the broker of ``pipeline.kafka.broker.find_broker``; every run has topics and groups of
@@ -25,11 +25,14 @@ its own (``<tag>.<run>.``), deleted at the end unless ``--keep-topics``.
    transactional (the baseline) and plain; a bare two-hop chain (raw -> mid -> out, one process per
    hop, Kafka clients made as the stage runtime makes them) with a transactional producer per input
    partition, the input offsets sent to the transaction (``chain``) or written as a record of it
-   (``chainlog``, the stage runtime's way), and with one producer per process (``chain1``, the shape
-   exactly-once v2 would allow; a baseline only); the pipeline with expand and count in one process;
-   one process per stage; two per stage on the same partitions. CPU: utime+stime of the processor
-   processes over t0..t1 from ``/proc/<pid>/stat`` (the loops run in a child process); peak RSS:
-   ``VmHWM`` of each. The store stage is not part of the stream here (``scripts.store_bench``).
+   (``chainlog``, the stage runtime's way), the same writing as many records per event as the
+   stages do, without their rules (``chainfan``: expand's signals and history writes, count's
+   training units, from the rules replayed on the data set), and with one producer per process
+   (``chain1``, the shape exactly-once v2 would allow; a baseline only); the pipeline with expand and
+   count in one process; one process per stage; two per stage on the same partitions. CPU:
+   utime+stime of the processor processes over t0..t1 from ``/proc/<pid>/stat`` (the loops run in a
+   child process); peak RSS: ``VmHWM`` of each. The store stage is not part of the stream here
+   (``scripts.store_bench``).
 3. Trigger latency, in the one-process-per-stage run after its throughput phase: paced at
    ``--paced-rate`` (400) events/s and at 80 % of that run's events/s, each event built beforehand
    and stamped ``received_at`` = now (and encoded) just before it is sent. The count stage stamps a
@@ -352,18 +355,24 @@ def build_dataset(workload: Workload, registry: TenantRegistry, n_events: int) -
     return data
 
 
-def predict_counts(events: list[RawEvent], settings: Settings) -> Counter[str]:
-    """Counting units per domain, by replaying the pure expand rules in Kafka's per-key order."""
+def predict_counts(events: list[RawEvent], settings: Settings) -> tuple[Counter[str], tuple[float, float]]:
+    """Counting units per domain, by replaying the pure expand rules in Kafka's per-key order; and
+    the records per event each stage writes beyond one (``Bench.fanout``)."""
     limits = Limits(max_items=settings.seeker_max_items, max_age_seconds=settings.seeker_max_age_s)
     history: dict[bytes, SeekerHistory] = {}
     counted: Counter[str] = Counter()
+    signals = histories = units = 0
     for event in events:
         result = expand_event(event, history, limits=limits, shared_pool=SHARED_POOL)
         if result.state_key is not None and result.history is not None:
             history[result.state_key] = result.history
+        signals += len(result.signals)
+        histories += result.state_key is not None
         for batch in result.batches:
             counted[batch.domain] += sum(1 for u in batch.units if u.counts)
-    return counted
+            units += len(batch.units)
+    n = max(1, len(events))
+    return counted, ((signals + histories) / n, units / n)
 
 
 def choose_thresholds(counted: Counter[str], target: int) -> dict[str, int]:
@@ -558,6 +567,8 @@ async def chain_stage(
     group: str,
     per_partition: bool,
     offsets_to: str = "",
+    side: str = "",
+    fanout: float = 0.0,
 ) -> dict[str, Any]:
     """One hop of a bare two-stage chain: ``src`` read_committed, each record re-encoded (orjson) to
     ``dst`` with its key, the input offsets in the same transaction; Kafka clients made as the stage
@@ -569,6 +580,8 @@ async def chain_stage(
     exactly-once v2 (KIP-447) allows, which aiokafka 0.14 cannot make safe on a rebalance, so it is a
     baseline here, never a design. ``offsets_to``: the input offsets go to that topic as records of
     the transaction (the stage runtime's changelog record) instead of ``send_offsets_to_transaction``.
+    ``fanout``: besides each record to ``dst``, that many more (on average) of the same to ``side``
+    in the same transaction, so a hop writes as many records as a stage does, without its rules.
     Says "ready" once it owns every partition, runs until "stop"."""
     clients = KafkaClients(bootstrap, poll_ms=10)
     consumer = cast(AIOKafkaConsumer, clients.consumer(group, f"{group}-consumer", max_poll_records=500))
@@ -582,13 +595,20 @@ async def chain_stage(
     processed = transactions = 0
     cycles: list[tuple[float, float, int]] = []  # (wall time begun, seconds, input records)
 
+    owed = 0.0  # side records owed: ``fanout`` per input record, sent once whole
+
     async def commit(producer: Any, batch: dict[TopicPartition, list[Any]]) -> None:
-        nonlocal processed, transactions
+        nonlocal processed, transactions, owed
         begun, started = time.time(), time.perf_counter()
         await producer.begin_transaction()
         for records in batch.values():
             for rec in records:
-                await producer.send(dst, orjson.dumps(orjson.loads(rec.value or b"null")), key=rec.key)
+                value = orjson.dumps(orjson.loads(rec.value or b"null"))
+                await producer.send(dst, value, key=rec.key)
+                owed += fanout
+                while owed >= 1.0:
+                    await producer.send(side, value, key=rec.key)
+                    owed -= 1.0
         # the offsets beside the records, not after their acks (as the stage runtime does)
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         if offsets_to:  # a record of the transaction itself
@@ -958,6 +978,8 @@ class Run:
     #: a raw two-stage chain: "partition" (a producer per input partition), "log" (the same, offsets as
     #: records), "process" (one producer per process)
     chain: str = ""
+    #: a chain whose hops write as many records per event as the stages do (``Bench.fanout``)
+    fanout: bool = False
 
 
 RUNS = {
@@ -968,6 +990,9 @@ RUNS = {
     ),
     "chainlog": Run("chainlog", "raw 2-stage chain, producer per partition, offsets as records", chain="log"),
     "chain1": Run("chain1", "raw 2-stage chain, 1 producer per process", chain="process"),
+    "chainfan": Run(
+        "chainfan", "raw 2-stage chain as chainlog, the stages' records per event", chain="log", fanout=True
+    ),
     "combined": Run("combined", "pipeline, expand+count in 1 process", [("expand", "count")]),
     "stage1": Run("stage1", "pipeline, 1 process per stage", [("expand",), ("count",)]),
     "stage2": Run(
@@ -990,6 +1015,9 @@ class Bench:
     workload: Workload
     registry: TenantRegistry
     profiler: Profiler
+    #: the stages' records per raw event beyond one each (expand: signals and history writes;
+    #: count: training units beyond the result), from the rules replayed on the data set
+    fanout: tuple[float, float] = (0.0, 0.0)
     round: int = 1  # --rounds: every round on topics and groups of its own
 
     def key(self, run: str) -> str:
@@ -1152,7 +1180,8 @@ async def chain_run(bench: Bench, run: Run) -> dict[str, Any]:
     mid, out = settings.topic_prefix + "bench.mid", settings.topic_prefix + "bench.out"
     await ensure_topics(bench.bootstrap, settings)
     offsets_to = settings.topic_prefix + "bench.offsets" if run.chain == "log" else ""
-    for topic in (mid, out, offsets_to):
+    sides = [settings.topic_prefix + f"bench.side{i + 1}" if run.fanout else "" for i in range(2)]
+    for topic in (mid, out, offsets_to, *sides):
         if topic:
             await create_topic(bench.bootstrap, topic, settings.topic_partitions)
     n = len(bench.records)
@@ -1168,6 +1197,8 @@ async def chain_run(bench: Bench, run: Run) -> dict[str, Any]:
             f"{bench.tag}-{bench.key(run.key)}-hop{i + 1}",
             run.chain != "process",
             offsets_to,
+            sides[i],
+            bench.fanout[i] if run.fanout else 0.0,
         )
         for i, (src, dst) in enumerate(((names.raw, mid), (mid, out)))
     ]
@@ -1527,7 +1558,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
     workload = Workload(seed=args.seed)
     data = build_dataset(workload, placeholder, args.events)
     base = Settings(kafka_bootstrap_servers=bootstrap, tenants_file=tenants_file)
-    counted = predict_counts(data.events, base)
+    counted, fanout = predict_counts(data.events, base)
     thresholds = choose_thresholds(counted, args.triggers)
     shared_threshold = thresholds.pop(SHARED_POOL, 1000)
     tenants_file.write_text(yaml.safe_dump(tenants_data(thresholds)))
@@ -1546,10 +1577,12 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_kind: str, ta
         workload,
         registry,
         Profiler(args.profile),
+        fanout,
     )
     print(
         f"[bench] {n} events from {sum(data.requests.values())} requests ({data.items} items), "
         f"{sum(counted.values())} counting units over {len(counted)} domains, "
+        f"records per event beyond one: expand {fanout[0]:.2f}, count {fanout[1]:.2f}, "
         f"{expected} triggers expected ({time.perf_counter() - t:.1f} s)"
     )
 
