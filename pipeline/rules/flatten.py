@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgspec
 
-from pipeline.ids import uuid5_namer
+from pipeline.ids import uuid5_namer, uuid5_names
 
-__all__ = ["FEEDBACK_ID_NAMESPACE", "FlatEntry", "FlattenError", "feedback_id", "flatten_feedback"]
+__all__ = [
+    "FEEDBACK_ID_NAMESPACE",
+    "FlatEntry",
+    "FlattenError",
+    "feedback_id",
+    "feedback_namer",
+    "flatten_feedback",
+]
 
 # uuid5(NAMESPACE_DNS, "feedback-ids.feedstream"), written out so it can never drift.
 FEEDBACK_ID_NAMESPACE = uuid.UUID("2bb6ef59-a65f-5c8a-9e93-aac957ef3d38")
@@ -157,3 +164,8 @@ def feedback_id(event_id: str, key: str) -> str:
     The event id's length is part of the name, so no (event id, key) pair can alias another.
     """
     return _feedback_uuid5(f"{len(event_id)}:{event_id}:{key}")
+
+
+def feedback_namer(event_id: str) -> Callable[[str], str]:
+    """``key -> feedback_id(event_id, key)`` for the keys of one event (its name prefix encoded once)."""
+    return uuid5_names(FEEDBACK_ID_NAMESPACE, f"{len(event_id)}:{event_id}:")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pipeline.rules.flatten import feedback_id, flatten_feedback
+from pipeline.rules.flatten import feedback_namer, flatten_feedback
 from pipeline.tenants import FeedbackMode
 from pipeline.wire.envelope import (
     CorrectionEnvelope,
@@ -91,6 +91,7 @@ def inference_feedback_signals(event: InferenceFeedbackEnvelope) -> list[dict[st
     p = event.payload
     at, contract, tags = json_time(event.received_at), event.contract, p.tags or {}
     trace = trace_of(p)
+    sid = feedback_namer(event.event_id)
     return [
         signal(
             event,
@@ -100,7 +101,7 @@ def inference_feedback_signals(event: InferenceFeedbackEnvelope) -> list[dict[st
             reason=e.reason,
             tags=tags,
             optimize=p.optimize,
-            sid=feedback_id(event.event_id, e.key),
+            sid=sid(e.key),
             at=at,
             contract=contract,
             trace=trace,

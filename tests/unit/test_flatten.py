@@ -16,6 +16,7 @@ from pipeline.rules.flatten import (
     FlatEntry,
     FlattenError,
     feedback_id,
+    feedback_namer,
     flatten_feedback,
 )
 
@@ -251,6 +252,17 @@ def test_feedback_id_is_a_deterministic_uuid5() -> None:
     assert first == feedback_id(event, "quality.accuracy")
     assert uuid.UUID(first).version == 5
     assert first == str(uuid.uuid5(FEEDBACK_ID_NAMESPACE, f"{len(event)}:{event}:quality.accuracy"))
+
+
+def test_an_events_feedback_namer_gives_its_feedback_ids() -> None:
+    for event in ("019503a1-b2c3-7d4e-8f01-234567890abc", "", "é:1"):
+        name = feedback_namer(event)
+        for key in ("quality.accuracy", "", "🙂.é", "a:b"):
+            assert (
+                name(key)
+                == feedback_id(event, key)
+                == str(uuid.uuid5(FEEDBACK_ID_NAMESPACE, f"{len(event)}:{event}:{key}"))
+            )
 
 
 def test_feedback_id_differs_per_key_and_event() -> None:
