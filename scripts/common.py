@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline import contracts
 from pipeline.kafka.broker import find_broker
-from pipeline.kafka.io import TransactionalWriter
+from pipeline.kafka.io import OutRecord, TransactionalWriter
 from pipeline.kafka.topics import delete_prefixed_topics, topic_names
 from pipeline.procs import child_env
 from pipeline.settings import REPO_ROOT, Settings
@@ -222,12 +223,21 @@ def stack_env(settings: Settings, ingest_instance: str, **overrides: object) -> 
 async def write_raw(
     bootstrap: str, settings: Settings, events: list[envelope.RawEvent], *, transactional_id: str, chunk: int
 ) -> None:
-    """Write envelopes to the run's ``feedback.raw`` as the ingest does: transactions of ``chunk``."""
+    """Write envelopes to the run's ``feedback.raw`` as the ingest does (each request's records as
+    :func:`pipeline.contracts.request_records` makes them: a seed 002 request's items one array
+    record), in transactions of about ``chunk`` envelopes."""
     raw = topic_names(settings).raw
+    requests = [list(g) for _, g in itertools.groupby(events, key=lambda e: (e.request_id, type(e)))]
     writer = TransactionalWriter(bootstrap, transactional_id=transactional_id)
     await writer.start()
     try:
-        for i in range(0, len(events), chunk):
-            await writer.write(contracts.raw_records(raw, events[i : i + chunk]))
+        records: list[OutRecord] = []
+        held = 0
+        for i, request in enumerate(requests):
+            records += contracts.request_records(raw, request)
+            held += len(request)
+            if held >= chunk or i == len(requests) - 1:
+                await writer.write(records)
+                records, held = [], 0
     finally:
         await writer.stop()

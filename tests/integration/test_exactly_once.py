@@ -56,6 +56,11 @@ def build_events(pub: FeedbackPublisher, n_requests: int, seed: int) -> list[env
     events: list[envelope.RawEvent] = []
     for i in range(n_requests):
         domain = rng.choice(list(DOMAINS))
+        if i % 10 == 4:  # seed 002: one record of several envelopes (signals and a result each)
+            ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(rng.choice([1, 2, 3]))]
+            intake_, _ = pub.plan([{"id": item, "feedback": {"ok": True, "n": i}} for item in ids])
+            events.extend(intake_.events)
+            continue
         if i % 10 == 9:
             body: dict[str, Any] = {
                 "case_id": f"case-{i}",
