@@ -258,6 +258,33 @@ async def test_a_body_near_the_size_limit_flows_through_every_stage(
     assert unit["kind"] == "preference" and unit["rejected"] == big and unit["chosen"] == "short"
 
 
+async def test_the_largest_seed_002_request_is_one_record_and_every_item_flows_through(
+    ingest: Service, broker: Broker, names: TopicNames
+) -> None:
+    """1,000 items near the 1 MiB body limit: one array record (its envelopes' fields added) fits
+    feedback.raw, and the stream splits it into every item's signals."""
+    ids = [str(uuid.uuid4()) for _ in range(1000)]
+    body = [{"id": i, "feedback": {"note": "x" * 930, "ok": True}} for i in ids]
+    assert 1_000_000 < len(orjson.dumps(body)) < 1024 * 1024
+    status, answer, headers = await post(ingest, "/v1/feedback", body, key="fs_stream_key")
+    assert status == 200 and all(a["error"] is None for a in answer), answer[:1]
+    (raw,) = await read_until(
+        broker.bootstrap,
+        names.raw,
+        lambda r: dict(r.headers).get("request_id") == headers["x-request-id"].encode(),
+        count=1,
+        settle_s=0.5,
+    )
+    assert len(raw.value) > 1024 * 1024 and len(orjson.loads(raw.value)) == 1000
+    wanted = set(ids)
+    signals = await read_until(
+        broker.bootstrap, names.signals, lambda r: _json(r)["subject"] in wanted, count=2000, timeout_s=90
+    )
+    assert {(_json(r)["subject"], _json(r)["key"]) for r in signals} == {
+        (i, k) for i in ids for k in ("note", "ok")
+    }
+
+
 async def test_a_big_bad_message_still_reaches_the_dlq_whole(broker: Broker, names: TopicNames) -> None:
     marker = uuid.uuid4().hex.encode()
     junk = b"{" + b"y" * 1_000_000 + marker  # its dead letter carries it in base64: 1.3 MB
