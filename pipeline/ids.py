@@ -59,11 +59,11 @@ _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 def uuid5_namer(namespace: uuid.UUID) -> Callable[[str], str]:
     """``name -> str(uuid.uuid5(namespace, name))``, fast: for the stream's ids (several per event).
 
-    One sha1 over the namespace's 16 bytes and the name (a fresh hash of the joined bytes costs 40 %
-    less than copying a hash state kept after the namespace: OpenSSL's context copy is the dearer
-    part), and the digest's hex text cut into the 8-4-4-4-12 form with the version nibble set to 5
-    and the variant bits to 10: the same characters ``uuid.UUID`` would write (tested against it),
-    no UUID object built.
+    One sha1 over the namespace's 16 bytes and the name (a fresh hash of the joined bytes is cheaper
+    than copying a hash state kept after the namespace: OpenSSL's context copy is the dearer part),
+    and the digest's hex text cut into the 8-4-4-4-12 form with the version nibble set to 5 and the
+    variant bits to 10: the same characters ``uuid.UUID`` would write (tested against it), no UUID
+    object built.
     """
     return _uuid5_after(namespace.bytes)
 
