@@ -56,6 +56,21 @@ async def read_until(
         await consumer.stop()
 
 
+async def raw_of_request(
+    bootstrap: str, raw_topic: str, request_id: str, count: int
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """The ``feedback.raw`` records of one request (exactly ``count``: a short settle catches extras)."""
+    recs = await read_until(
+        bootstrap,
+        raw_topic,
+        lambda r: dict(r.headers).get("request_id") == request_id.encode(),
+        count=count,
+        settle_s=0.5,
+    )
+    assert len(recs) == count, [r.value for r in recs]
+    return recs
+
+
 async def produce(
     bootstrap: str,
     topic: str,

@@ -31,7 +31,7 @@ from tests.http_helpers import (
     post,
     settled_domain_state,
 )
-from tests.kafka_helpers import read_until
+from tests.kafka_helpers import raw_of_request
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -129,21 +129,6 @@ def parse_time(value: str) -> datetime:
     return parsed
 
 
-async def raw_of_request(
-    broker: Broker, names: TopicNames, request_id: str, count: int
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """The raw events of one request (exactly ``count``: a short settle catches extras)."""
-    recs = await read_until(
-        broker.bootstrap,
-        names.raw,
-        lambda r: dict(r.headers).get("request_id") == request_id.encode(),
-        count=count,
-        settle_s=0.5,
-    )
-    assert len(recs) == count, [r.value for r in recs]
-    return recs
-
-
 def check_envelope(
     rec: ConsumerRecord[bytes, bytes],
     *,
@@ -190,7 +175,7 @@ async def test_seed_000_answers_true_counts_and_writes_one_event_per_seeker(
         "triplets_pending_train": before["pending"] + 3,
         "request_id": headers["x-request-id"],
     }
-    (rec,) = await raw_of_request(broker, names, headers["x-request-id"], 1)
+    (rec,) = await raw_of_request(broker.bootstrap, names.raw, headers["x-request-id"], 1)
     event = check_envelope(
         rec, contract="ranking_outcome", domain="dating", correlation_id=cid, request_id=body["request_id"]
     )
@@ -219,7 +204,7 @@ async def test_seed_001_echoes_the_correlation_id_and_answers_id_and_time(
     assert status == 200, body
     assert headers["x-correlation-id"] == SEED_001_CORRELATION_ID
     assert set(body) == {"feedback_id", "received_at"}
-    (rec,) = await raw_of_request(broker, names, headers["x-request-id"], 1)
+    (rec,) = await raw_of_request(broker.bootstrap, names.raw, headers["x-request-id"], 1)
     event = check_envelope(
         rec,
         contract="correction",
@@ -245,7 +230,7 @@ async def test_seed_002_answers_feedback_ids_per_flattened_key(
     assert [item["error"] for item in body] == [None] * len(example)
     assert [list(item["feedback_ids"]) for item in body] == keys
     # a request is one record: its envelope, or the array of its items' envelopes (keyed like the first)
-    (rec,) = await raw_of_request(broker, names, headers["x-request-id"], 1)
+    (rec,) = await raw_of_request(broker.bootstrap, names.raw, headers["x-request-id"], 1)
     parts = contracts.split_record(rec.value)
     assert len(parts) == len(example) and rec.key == example[0]["id"].encode()
     recs = [rec]
@@ -285,7 +270,7 @@ async def test_seed_003_with_its_x_api_key_answers_201_with_the_stored_entry(
     assert status == 201, body
     assert list(body) == ["id", *SEED_003, "created_at"]
     assert {k: body[k] for k in SEED_003} == SEED_003
-    (rec,) = await raw_of_request(broker, names, headers["x-request-id"], 1)
+    (rec,) = await raw_of_request(broker.bootstrap, names.raw, headers["x-request-id"], 1)
     event = check_envelope(
         rec, contract="scored_output", domain=TASK_ID, correlation_id=cid, request_id=headers["x-request-id"]
     )
@@ -326,7 +311,7 @@ async def test_seed_004_event_answers_access_and_session(
     assert headers["x-ratelimit-remaining"] == str(limit["remaining"])
     assert body["request_id"] == headers["x-request-id"]
     assert body["session_id"] == session
-    (rec,) = await raw_of_request(broker, names, body["request_id"], 1)
+    (rec,) = await raw_of_request(broker.bootstrap, names.raw, body["request_id"], 1)
     event = check_envelope(
         rec, contract="search_event", domain="search", correlation_id=cid, request_id=body["request_id"]
     )

@@ -27,7 +27,7 @@ from pipeline.tenants import load_tenants
 from pipeline.wire import envelope
 from tests.conftest import TEST_TENANTS
 from tests.http_helpers import domain_state, post
-from tests.kafka_helpers import produce, read_until
+from tests.kafka_helpers import produce, raw_of_request, read_until
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -130,13 +130,7 @@ async def test_a_request_of_several_items_is_one_record_and_each_item_signals_un
     body = [{"id": i, "feedback": {"helpful": n % 2 == 0, "q": {"a": n}}} for n, i in enumerate(ids)]
     status, answer, headers = await post(ingest, "/v1/feedback", body, key="fs_stream_key")
     assert status == 200, answer
-    (raw,) = await read_until(
-        broker.bootstrap,
-        names.raw,
-        lambda r: dict(r.headers).get("request_id") == headers["x-request-id"].encode(),
-        count=1,
-        settle_s=0.5,
-    )
+    (raw,) = await raw_of_request(broker.bootstrap, names.raw, headers["x-request-id"], 1)
     assert raw.key == ids[0].encode() and len(orjson.loads(raw.value)) == 4
     recs = await read_until(
         broker.bootstrap, names.signals, lambda r: _json(r)["subject"] in ids, count=8, settle_s=1.0
@@ -268,13 +262,7 @@ async def test_the_largest_seed_002_request_is_one_record_and_every_item_flows_t
     assert 1_000_000 < len(orjson.dumps(body)) < 1024 * 1024
     status, answer, headers = await post(ingest, "/v1/feedback", body, key="fs_stream_key")
     assert status == 200 and all(a["error"] is None for a in answer), answer[:1]
-    (raw,) = await read_until(
-        broker.bootstrap,
-        names.raw,
-        lambda r: dict(r.headers).get("request_id") == headers["x-request-id"].encode(),
-        count=1,
-        settle_s=0.5,
-    )
+    (raw,) = await raw_of_request(broker.bootstrap, names.raw, headers["x-request-id"], 1)
     assert len(raw.value) > 1024 * 1024 and len(orjson.loads(raw.value)) == 1000
     wanted = set(ids)
     signals = await read_until(
