@@ -203,14 +203,8 @@ def request_records(
     ):
         return raw_records(topic, events, trace)
     value = encode_array([encode(stamped(e, n)) for e in events])
-    headers = [
-        ("correlation_id", first.correlation_id.encode()),
-        ("request_id", first.request_id.encode()),
-        ("contract", first.contract.encode()),
-        ("tenant", first.tenant.encode()),
-        ("events", str(n).encode()),
-        *trace,
-    ]
+    # the request's headers as each envelope's (kafka_headers) but its own event id, and their number
+    headers = [*(h for h in kafka_headers(first) if h[0] != "event_id"), ("events", str(n).encode()), *trace]
     return [OutRecord(topic, kafka_key(first), value, headers)]
 
 
