@@ -3,9 +3,11 @@ Reproducible ids: the same bytes as earlier code wrote."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
@@ -152,3 +154,31 @@ def test_request_ids_are_uuid7_hex_after_a_prefix() -> None:
     assert request_id.startswith("req_") and len(request_id) == 36
     parsed = uuid.UUID(hex=request_id[4:])
     assert parsed.version == 7 and abs(_ms_of(str(parsed)) - time.time() * 1000) < 5_000
+
+
+def test_a_forked_child_draws_its_own_random_bits() -> None:
+    """The random bits come from a pool drawn 512 at a time: a child forked with the parent's pool
+    must not hand out the parent's next ids' bits (the same millisecond and counter would then make
+    the same id)."""
+    new_event_id()  # the pool is full now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, "\n".join(new_event_id()[19:] for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    parent = {new_event_id()[19:] for _ in range(100)}
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split("\n"))
+    os.waitpid(pid, 0)
+    assert len(child) == 100 and not parent & child  # the 62 random bits (and the variant) differ
+
+
+def test_threads_never_share_random_bits() -> None:
+    def burst() -> list[str]:
+        return [new_event_id() for _ in range(5_000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = [i for ids in pool.map(lambda _: burst(), range(4)) for i in ids]
+    assert len({i[19:] for i in ids}) == len(ids)
