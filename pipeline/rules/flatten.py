@@ -118,7 +118,82 @@ def flatten_feedback(
     Iterative (an explicit stack of iterators) so deep input cannot raise RecursionError:
     the only exception this raises is :class:`FlattenError`. ``max_keys`` and ``max_key_chars``
     (the edge's bounds, :mod:`pipeline.limits`) stop at the first key past them.
+
+    Valid parsed JSON (every item at the edge, every seed 002 event in the stream) takes
+    :func:`_flatten_plain`; anything it does not take is flattened again by the checked loop, which
+    names the error, so both give the same entries and the same errors (a property test holds it).
     """
+    if feedback.__class__ is dict:
+        entries = _flatten_plain(feedback, max_keys, max_key_chars)
+        if entries is not None:
+            return entries
+    return _flatten_checked(feedback, max_keys, max_key_chars)
+
+
+class _NotPlain(Exception):
+    """Raised inside :func:`_walk_plain` to leave the input to the checked loop."""
+
+
+def _flatten_plain(
+    feedback: dict[str, Any], max_keys: int | None, max_key_chars: int | None
+) -> list[FlatEntry] | None:
+    """The entries of plain valid JSON, or None as soon as anything is not (an error, a Mapping that
+    is not a dict, a subclass of a scalar, nesting past the recursion limit): no error messages, the
+    bounds and collisions checked once at the end, exact classes instead of ``isinstance``."""
+    out: list[FlatEntry] = []
+    try:
+        _walk_plain(feedback, "", out)
+    except (_NotPlain, OverflowError, RecursionError):
+        return None
+    keys = {entry.key for entry in out}
+    if len(keys) != len(out):  # a collision: the checked loop names it
+        return None
+    if max_keys is not None and len(out) > max_keys:
+        return None
+    if max_key_chars is not None and out and max(map(len, keys)) > max_key_chars:
+        return None
+    return out
+
+
+def _walk_plain(obj: dict[str, Any], prefix: str, out: list[FlatEntry]) -> None:
+    """Recursive (faster than an explicit stack; the edge bounds depth far below the limit, and a
+    RecursionError only sends the input to the iterative checked loop)."""
+    for key, value in obj.items():
+        if key.__class__ is not str or not key:
+            raise _NotPlain
+        path = prefix + key
+        cls = value.__class__
+        if cls is bool or cls is str:
+            out.append(FlatEntry(path, value))
+        elif cls is float:
+            if value - value != 0.0:  # inf or nan
+                raise _NotPlain
+            out.append(FlatEntry(path, value))
+        elif cls is int:
+            out.append(FlatEntry(path, float(value)))  # OverflowError past float's range
+        elif cls is dict:
+            n = len(value)
+            if (n == 1 or n == 2) and "score" in value and (n == 1 or "reason" in value):
+                score, reason = value["score"], value.get("reason")
+                kind = score.__class__
+                if n == 2 and reason.__class__ is not str:
+                    raise _NotPlain
+                if kind is bool or kind is str or (kind is float and score - score == 0.0):
+                    out.append(FlatEntry(path, score, reason))
+                elif kind is int:
+                    out.append(FlatEntry(path, float(score), reason))
+                else:  # an object score (a nested dict without a reason) or an error
+                    raise _NotPlain
+            else:
+                _walk_plain(value, path + ".", out)
+        else:
+            raise _NotPlain
+
+
+def _flatten_checked(
+    feedback: Mapping[str, Any], max_keys: int | None, max_key_chars: int | None
+) -> list[FlatEntry]:
+    """The flattening with every check in place, naming the first thing wrong."""
     if not isinstance(feedback, Mapping):
         raise FlattenError(f"feedback must be an object, not {_type_name(feedback)}")
     out: dict[str, FlatEntry] = {}

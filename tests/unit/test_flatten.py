@@ -19,6 +19,7 @@ from pipeline.rules.flatten import (
     feedback_namer,
     flatten_feedback,
 )
+from pipeline.rules.flatten import _flatten_checked as flatten_checked
 
 # --- the seed's own examples --------------------------------------------------------------------
 
@@ -351,3 +352,81 @@ def test_structured_leaves_round_trip(scores: dict[str, tuple[Any, str | None]])
     for entry, (score, reason) in zip(entries, scores.values(), strict=True):
         assert entry.reason == reason
         assert entry.value == (score if isinstance(score, bool | str) else float(score))
+
+
+# --- the plain fast path gives what the checked loop gives ---------------------------------------
+
+_edge_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**400, -(10**400), 2**1023, float("inf"), float("nan"), -0.0])
+    | st.floats()
+    | st.text(max_size=3)
+)
+_edge_keys = st.sampled_from(["", "a", "b", "a.b", "score", "reason", "x.y.z"]) | st.text(max_size=3)
+
+
+def _edge_json(leaves: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    structured = st.fixed_dictionaries({"score": leaves}, optional={"reason": leaves})
+    return st.recursive(
+        leaves,
+        lambda children: (
+            st.lists(children, max_size=2)
+            | st.dictionaries(_edge_keys, children, max_size=4)
+            | st.fixed_dictionaries({"score": children}, optional={"reason": children})
+            | structured
+        ),
+        max_leaves=20,
+    )
+
+
+def _outcome(flatten: Any, feedback: Any, **bounds: Any) -> Any:
+    try:
+        return flatten(feedback, **bounds)
+    except FlattenError as err:
+        return ("error", str(err))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.dictionaries(_edge_keys, _edge_json(_edge_scalars), max_size=6), st.sampled_from([None, 1, 3, 64]))
+def test_flattening_is_the_checked_loops_for_any_input(feedback: dict[str, Any], bound: int | None) -> None:
+    """Same entries, or the same error, whichever path took the input (bounds included)."""
+    for bounds in ({}, {"max_keys": bound, "max_key_chars": bound}):
+        checked = _outcome(
+            lambda f, **b: flatten_checked(f, b.get("max_keys"), b.get("max_key_chars")), feedback, **bounds
+        )
+        assert _outcome(flatten_feedback, feedback, **bounds) == checked
+
+
+def test_the_fast_path_leaves_what_is_not_plain_json_to_the_checked_loop() -> None:
+    """A Mapping, a str or float subclass, a non-str key: the checked loop's rules and messages."""
+
+    class Text(str):
+        pass
+
+    assert flatten_feedback({"a": Text("x")}) == [FlatEntry("a", "x")]
+    assert flatten_feedback({"a": {"b": 1}}) == flatten_feedback({"a": _Frozen({"b": 1})})
+    with pytest.raises(FlattenError, match="non-empty strings"):
+        flatten_feedback({1: True})  # type: ignore[dict-item]
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5_000):  # past the recursion limit: the iterative loop flattens it
+        node["k"] = node = {}
+    node["v"] = True
+    (entry,) = flatten_feedback(deep)
+    assert entry.key.endswith(".k.v") and entry.value is True
+
+
+class _Frozen(Mapping[str, Any]):
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
