@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, cast
 
 from pydantic import ValidationError
 
@@ -26,9 +26,19 @@ from pipeline.api.contracts import (
     SearchEventRequest,
 )
 from pipeline.api.wording import describe_validation_error
-from pipeline.ids import canonical_uuid, new_event_id
+from pipeline.ids import canonical_uuid, is_canonical_uuid, new_event_id
 from pipeline.kafka.io import OutRecord
-from pipeline.limits import MAX_DEPTH, MAX_ID_CHARS, MAX_KEYS_PER_REQUEST, DepthExceeded, deepest_path
+from pipeline.limits import (
+    MAX_DEPTH,
+    MAX_ID_CHARS,
+    MAX_KEYS_PER_ITEM,
+    MAX_KEYS_PER_REQUEST,
+    MAX_LABEL_CHARS,
+    MAX_TAGS,
+    DepthExceeded,
+    deepest_path,
+)
+from pipeline.rules.flatten import FlatEntry, FlattenError, flatten_feedback
 from pipeline.tenants import BUILTIN_LABELS, FeedbackMode, Tenant
 from pipeline.wire.envelope import (
     Contract,
@@ -61,6 +71,7 @@ __all__ = [
     "correction",
     "default_domain",
     "inference_feedback",
+    "plain_inference_item",
     "ranking_outcomes",
     "require_domain",
     "scored_output",
@@ -197,10 +208,9 @@ def trace_fields(trace_id: str | None, span_id: str | None) -> dict[str, str]:
     return {k: v for k, v in (("trace_id", trace_id), ("span_id", span_id)) if v is not None}
 
 
-def base_fields(ctx: Context, domain: str, event_id: str | None = None) -> dict[str, Any]:
-    """The envelope fields every contract's event shares (a new event id unless given)."""
+def shared_fields(ctx: Context, domain: str) -> dict[str, Any]:
+    """The envelope fields every event of a request shares (all but its event id)."""
     return {
-        "event_id": event_id or ctx.new_id(),
         "tenant": ctx.tenant.id,
         "domain": domain,
         "received_at": ctx.received_at,
@@ -208,6 +218,11 @@ def base_fields(ctx: Context, domain: str, event_id: str | None = None) -> dict[
         "request_id": ctx.request_id,
         "origin": ctx.origin,
     }
+
+
+def base_fields(ctx: Context, domain: str, event_id: str | None = None) -> dict[str, Any]:
+    """The envelope fields every contract's event shares (a new event id unless given)."""
+    return {"event_id": event_id or ctx.new_id(), **shared_fields(ctx, domain)}
 
 
 # --- seed 000 -------------------------------------------------------------------------------------
@@ -302,29 +317,79 @@ def inference_payload(item: InferenceFeedbackEvent) -> InferenceFeedbackPayload:
     )
 
 
+_PLAIN_ITEM_FIELDS = frozenset({"id", "feedback", "tags", "optimize"})
+_Optimize = Literal["max", "min"]
+
+
+def plain_inference_item(item: Any) -> tuple[InferenceFeedbackPayload, list[FlatEntry]] | None:
+    """The payload and flattened feedback of an item that is plainly valid, or None for any other
+    (left to :func:`validate_inference_item`, whose pydantic model says what is wrong).
+
+    Plainly valid: a dict of ``id`` (already canonical), ``feedback`` (a dict that flattens within
+    the bounds), ``tags`` (a dict of strings within their bounds, or null) and ``optimize``; no
+    trace fields. What is accepted here the model accepts with the same payload (a property test
+    holds it); it saves the model per item (a quarter of taking a 100-item request in).
+    """
+    if item.__class__ is not dict or not item.keys() <= _PLAIN_ITEM_FIELDS:
+        return None
+    uid, feedback = item.get("id"), item.get("feedback")
+    if uid.__class__ is not str or feedback.__class__ is not dict or not is_canonical_uuid(uid):
+        return None
+    optimize = item.get("optimize", "max")
+    if optimize.__class__ is not str or (optimize != "max" and optimize != "min"):
+        return None
+    tags = item.get("tags")
+    if tags is not None:
+        if tags.__class__ is not dict or len(tags) > MAX_TAGS:
+            return None
+        for key, value in tags.items():
+            if (
+                key.__class__ is not str
+                or value.__class__ is not str
+                or len(key) > MAX_LABEL_CHARS
+                or len(value) > MAX_ID_CHARS
+            ):
+                return None
+        tags = dict(tags)
+    try:
+        entries = flatten_feedback(feedback, max_keys=MAX_KEYS_PER_ITEM, max_key_chars=MAX_ID_CHARS)
+    except FlattenError:
+        return None
+    payload = InferenceFeedbackPayload(
+        id=uid, feedback=feedback, tags=tags, optimize=cast(_Optimize, optimize)
+    )
+    return payload, entries
+
+
 def inference_feedback(ctx: Context, items: Sequence[object], *, max_items: int | None = None) -> Intake:
     """Seed 002: validate item by item; a bad item is rejected alone (its answer says why)."""
     check_items(len(items), max_items)
     domain = default_domain(ctx, Contract.INFERENCE_FEEDBACK)
     out = Intake(items=len(items))
+    shared = shared_fields(ctx, domain)
+    new_id = ctx.new_id
     keys = 0
     for index, raw in enumerate(items):
-        checked = validate_inference_item(raw)
-        if isinstance(checked, InferenceFeedbackEvent):
-            flat = [entry.key for entry in checked.entries()]
-            keys += len(flat)
-            if keys > MAX_KEYS_PER_REQUEST:  # stop here: the rest is not worth validating
-                raise Refused(
-                    413,
-                    "TOO_MANY_KEYS",
-                    f"The request's feedback flattens to more than {MAX_KEYS_PER_REQUEST} keys "
-                    f"(item {index} crosses the limit).",
-                )
-            payload = inference_payload(checked)
-            out.events.append(InferenceFeedbackEnvelope(**base_fields(ctx, domain), payload=payload))
-            out.flat_keys.append(flat)
+        plain = plain_inference_item(raw)
+        if plain is None:
+            checked = validate_inference_item(raw)
+            if isinstance(checked, ItemError):
+                out.rejected.append(ItemRejection(index, checked.message, "invalid"))
+                continue
+            payload, entries = inference_payload(checked), checked.entries()
         else:
-            out.rejected.append(ItemRejection(index, checked.message, "invalid"))
+            payload, entries = plain
+        flat = [entry.key for entry in entries]
+        keys += len(flat)
+        if keys > MAX_KEYS_PER_REQUEST:  # stop here: the rest is not worth validating
+            raise Refused(
+                413,
+                "TOO_MANY_KEYS",
+                f"The request's feedback flattens to more than {MAX_KEYS_PER_REQUEST} keys "
+                f"(item {index} crosses the limit).",
+            )
+        out.events.append(InferenceFeedbackEnvelope(event_id=new_id(), payload=payload, **shared))
+        out.flat_keys.append(flat)
     return out
 
 
