@@ -47,17 +47,16 @@ class _Uuid7:
             return self.pool.pop()
 
     def _tick(self) -> tuple[int, int]:
-        """(millisecond, counter) of the next id, and 62 random bits for it."""
+        """The next id's counter (its millisecond is then ``self.ms``) and its 62 random bits."""
         ms = time.time_ns() // 1_000_000
-        bits = self._random()
         if ms > self.ms:
-            self.ms, self.counter = ms, bits >> 53  # 11 bits: headroom to count up
+            self.ms, self.counter = ms, self._random() >> 53  # 11 bits: headroom to count up
             self.head = ""
         else:
             self.counter += 1
             if self.counter > 0xFFF:
                 self.ms, self.counter, self.head = self.ms + 1, 0, ""
-        return self.counter, bits & _RAND_B
+        return self.counter, self._random() & _RAND_B
 
     def hex(self) -> str:
         counter, rand = self._tick()
