@@ -150,7 +150,7 @@ def canonical_uuid(value: object) -> str | None:
     """
     if not isinstance(value, str) or len(value) > MAX_UUID_INPUT_CHARS:
         return None
-    if _CANONICAL.fullmatch(value):  # already canonical (the common case): no UUID object to build
+    if is_canonical_uuid(value):  # the common case: no UUID object to build
         return value
     if not _UUID_SPELLINGS.fullmatch(value):
         return None

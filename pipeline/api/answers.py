@@ -18,7 +18,7 @@ from pipeline.api.contracts import (
 )
 from pipeline.api.guards import RateState
 from pipeline.api.intake import Context, Intake
-from pipeline.rules.flatten import feedback_namer, flatten_feedback
+from pipeline.rules.flatten import feedback_ids, flatten_feedback
 from pipeline.wire.envelope import (
     InferenceFeedbackEnvelope,
     ScoredOutputEnvelope,
@@ -101,8 +101,7 @@ def item_answers(intake: Intake) -> list[dict[str, Any]]:
             else [entry.key for entry in flatten_feedback(event.payload.feedback)]
         )
         written += 1
-        fid = feedback_namer(event.event_id)
-        results.append({"feedback_ids": {k: fid(k) for k in keys}, "error": None})
+        results.append({"feedback_ids": feedback_ids(event.event_id, keys), "error": None})
     return results
 
 

@@ -42,7 +42,7 @@ from pipeline.limits import (
     MAX_UUID_INPUT_CHARS,
     MAX_WEIGHT,
 )
-from pipeline.rules.flatten import FlatEntry, FlattenError, feedback_namer, flatten_feedback
+from pipeline.rules.flatten import FlatEntry, FlattenError, feedback_ids, flatten_feedback
 from pipeline.wire.envelope import Contract, ScoreSource, SearchEventType
 
 __all__ = [
@@ -305,8 +305,7 @@ class InferenceFeedbackEvent(_Request):
 
     def feedback_ids(self) -> dict[str, str]:
         """Flattened key -> deterministic feedback id, as the response and the stream both use."""
-        fid = feedback_namer(self.id)
-        return {entry.key: fid(entry.key) for entry in self.entries()}
+        return feedback_ids(self.id, [entry.key for entry in self.entries()])
 
 
 class ItemError(BaseModel):

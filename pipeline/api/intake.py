@@ -38,7 +38,7 @@ from pipeline.limits import (
     DepthExceeded,
     deepest_path,
 )
-from pipeline.rules.flatten import FlatEntry, FlattenError, flatten_feedback
+from pipeline.rules.flatten import FlatEntry, flatten_plain
 from pipeline.tenants import BUILTIN_LABELS, FeedbackMode, Tenant
 from pipeline.wire.envelope import (
     Contract,
@@ -351,9 +351,8 @@ def plain_inference_item(item: Any) -> tuple[InferenceFeedbackPayload, list[Flat
             ):
                 return None
         tags = dict(tags)
-    try:
-        entries = flatten_feedback(feedback, max_keys=MAX_KEYS_PER_ITEM, max_key_chars=MAX_ID_CHARS)
-    except FlattenError:
+    entries = flatten_plain(feedback, MAX_KEYS_PER_ITEM, MAX_ID_CHARS)  # None: the model words why
+    if entries is None:
         return None
     payload = InferenceFeedbackPayload(
         id=uid, feedback=feedback, tags=tags, optimize=cast(_Optimize, optimize)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
 
-from pipeline.ids import uuid5_namer, uuid5_names
+from pipeline.ids import uuid5_names
 
 __all__ = [
     "FEEDBACK_ID_NAMESPACE",
     "FlatEntry",
     "FlattenError",
     "feedback_id",
+    "feedback_ids",
     "feedback_namer",
     "flatten_feedback",
+    "flatten_plain",
 ]
 
 # uuid5(NAMESPACE_DNS, "feedback-ids.feedstream"), written out so it can never drift.
@@ -120,11 +122,11 @@ def flatten_feedback(
     (the edge's bounds, :mod:`pipeline.limits`) stop at the first key past them.
 
     Valid parsed JSON (every item at the edge, every seed 002 event in the stream) takes
-    :func:`_flatten_plain`; anything it does not take is flattened again by the checked loop, which
+    :func:`flatten_plain`; anything it does not take is flattened again by the checked loop, which
     names the error, so both give the same entries and the same errors (a property test holds it).
     """
     if feedback.__class__ is dict:
-        entries = _flatten_plain(feedback, max_keys, max_key_chars)
+        entries = flatten_plain(feedback, max_keys, max_key_chars)
         if entries is not None:
             return entries
     return _flatten_checked(feedback, max_keys, max_key_chars)
@@ -134,7 +136,7 @@ class _NotPlain(Exception):
     """Raised inside :func:`_walk_plain` to leave the input to the checked loop."""
 
 
-def _flatten_plain(
+def flatten_plain(
     feedback: dict[str, Any], max_keys: int | None, max_key_chars: int | None
 ) -> list[FlatEntry] | None:
     """The entries of plain valid JSON, or None as soon as anything is not (an error, a Mapping that
@@ -230,17 +232,20 @@ def _flatten_checked(
     return list(out.values())
 
 
-_feedback_uuid5 = uuid5_namer(FEEDBACK_ID_NAMESPACE)
-
-
 def feedback_id(event_id: str, key: str) -> str:
     """A uuid5 of (event id, flattened key): the HTTP answer and the stream derive the same id.
 
     The event id's length is part of the name, so no (event id, key) pair can alias another.
     """
-    return _feedback_uuid5(f"{len(event_id)}:{event_id}:{key}")
+    return feedback_namer(event_id)(key)
 
 
 def feedback_namer(event_id: str) -> Callable[[str], str]:
     """``key -> feedback_id(event_id, key)`` for the keys of one event (its name prefix encoded once)."""
     return uuid5_names(FEEDBACK_ID_NAMESPACE, f"{len(event_id)}:{event_id}:")
+
+
+def feedback_ids(event_id: str, keys: Iterable[str]) -> dict[str, str]:
+    """Flattened key -> feedback id for the keys of one event (seed 002's answer of an item)."""
+    fid = feedback_namer(event_id)
+    return {key: fid(key) for key in keys}
