@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -406,7 +407,7 @@ def test_the_fast_path_leaves_what_is_not_plain_json_to_the_checked_loop() -> No
         pass
 
     assert flatten_feedback({"a": Text("x")}) == [FlatEntry("a", "x")]
-    assert flatten_feedback({"a": {"b": 1}}) == flatten_feedback({"a": _Frozen({"b": 1})})
+    assert flatten_feedback({"a": {"b": 1}}) == flatten_feedback({"a": MappingProxyType({"b": 1})})
     with pytest.raises(FlattenError, match="non-empty strings"):
         flatten_feedback({1: True})  # type: ignore[dict-item]
     deep: dict[str, Any] = {}
@@ -416,17 +417,3 @@ def test_the_fast_path_leaves_what_is_not_plain_json_to_the_checked_loop() -> No
     node["v"] = True
     (entry,) = flatten_feedback(deep)
     assert entry.key.endswith(".k.v") and entry.value is True
-
-
-class _Frozen(Mapping[str, Any]):
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Any:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
